@@ -1,0 +1,315 @@
+"""Llama-family decoder-only transformer (Llama, Mistral, Qwen2) in Flax linen.
+
+RMSNorm, rotary embeddings (configurable theta, optional Llama-3 frequency scaling),
+SwiGLU MLP, grouped-query attention, optional q/k/v bias (Qwen2), optional sliding
+window (Mistral), tied or untied embeddings, f32 or bf16 compute.
+
+Layers are stacked with `nn.scan`, so every layer parameter has a leading "layers"
+axis and the KV cache is one array per k / v: `[layers, batch, cache_length,
+kv_heads, head_dim]`. The cache is explicit state passed in and returned, never a
+hidden mutable collection.
+
+Attention is always "queries over key slots with a boolean mask": the caller
+(training, prefill or one decode step) builds `attn_mask_BxTxS`, which keeps the
+model free of padding and caching policy. Positions are passed explicitly too, so a
+left-padded prompt gets the same rotary phases as the unpadded one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rest_em import partitioning
+
+Array = jax.Array
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture hyper-parameters. Frozen and hashable: it is a static jit argument."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int | None = None  # defaults to hidden_size // num_heads
+    max_seq_len: int = 2048
+    rope_theta: float = 10000.0
+    # Llama-3 style frequency scaling: (factor, low_freq_factor, high_freq_factor,
+    # original_max_position_embeddings), or None.
+    rope_llama3_scaling: tuple[float, float, float, int] | None = None
+    rms_norm_eps: float = 1e-6
+    qkv_bias: bool = False
+    tie_embeddings: bool = False
+    sliding_window: int | None = None
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} must be a multiple of "
+                f"num_kv_heads={self.num_kv_heads}"
+            )
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in _DTYPES:
+                raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {list(_DTYPES)}")
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    @property
+    def compute_dtype(self) -> Any:
+        return _DTYPES[self.dtype]
+
+    @property
+    def params_dtype(self) -> Any:
+        return _DTYPES[self.param_dtype]
+
+
+def _param(module: nn.Module, name: str, shape, axes, init, dtype):
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+class RMSNorm(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = _param(self, "scale", (x.shape[-1],), ("norm",), nn.initializers.ones,
+                       self.cfg.params_dtype)
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.cfg.rms_norm_eps)
+        # Hugging Face order: normalise in f32, cast back, then scale.
+        return scale.astype(self.cfg.compute_dtype) * x32.astype(self.cfg.compute_dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> Array:
+    """Inverse rotary frequencies `[head_dim // 2]` (f32), with Llama-3 scaling if set."""
+    d = cfg.resolved_head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    if cfg.rope_llama3_scaling is not None:
+        factor, low, high, original = cfg.rope_llama3_scaling
+        low_wavelen = original / low
+        high_wavelen = original / high
+        wavelen = 2 * jnp.pi / inv_freq
+        smooth = (original / wavelen - low) / (high - low)
+        scaled = jnp.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        mid = (1 - smooth) * scaled / factor + smooth * scaled
+        is_mid = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv_freq = jnp.where(is_mid, mid, scaled)
+    return inv_freq
+
+
+def apply_rope(x_BxTxNxH: Array, positions_BxT: Array, inv_freq: Array) -> Array:
+    """Rotary embedding, "rotate half" convention (the one HF checkpoints are stored in)."""
+    freqs = positions_BxT.astype(jnp.float32)[:, :, None] * inv_freq[None, None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # BxTx1xH
+    cos, sin = jnp.cos(emb), jnp.sin(emb)
+    x = x_BxTxNxH.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return (x * cos + rotated * sin).astype(x_BxTxNxH.dtype)
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD, positions_BxT, attn_mask_BxTxS, kv_cache, write_index):
+        cfg = self.cfg
+        d, h, k, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
+        dt, pdt = cfg.compute_dtype, cfg.params_dtype
+        init = nn.initializers.normal(0.02)
+
+        def proj(name, n, axes):
+            w = _param(self, f"{name}_kernel", (d, n, hd), ("embed", axes, "head_dim"), init, pdt)
+            y = jnp.einsum("btd,dnh->btnh", x_BxTxD, w.astype(dt))
+            if cfg.qkv_bias:
+                b = _param(self, f"{name}_bias", (n, hd), (axes, "head_dim"),
+                           nn.initializers.zeros, pdt)
+                y = y + b.astype(dt)
+            return y
+
+        q = proj("q", h, "heads")
+        k_new = proj("k", k, "kv_heads")
+        v_new = proj("v", k, "kv_heads")
+        inv_freq = rope_inv_freq(cfg)
+        q = apply_rope(q, positions_BxT, inv_freq)
+        k_new = apply_rope(k_new, positions_BxT, inv_freq)
+        q = partitioning.constrain(q, ("batch", "length", "act_heads", "head_dim"))
+
+        if kv_cache is None:
+            keys, values, new_cache = k_new, v_new, None
+        else:
+            cache_k, cache_v = kv_cache
+            keys = jax.lax.dynamic_update_slice(cache_k, k_new.astype(cache_k.dtype),
+                                                (0, write_index, 0, 0))
+            values = jax.lax.dynamic_update_slice(cache_v, v_new.astype(cache_v.dtype),
+                                                  (0, write_index, 0, 0))
+            axes = ("cache_batch", "cache_length", "act_kv_heads", "head_dim")
+            keys = partitioning.constrain(keys, axes)
+            values = partitioning.constrain(values, axes)
+            new_cache = (keys, values)
+
+        b, t = q.shape[:2]
+        g = h // k
+        q = q.reshape(b, t, k, g, hd)
+        scores = jnp.einsum("btkgh,bskh->bkgts", q, keys.astype(dt)).astype(jnp.float32)
+        scores = scores * (hd ** -0.5)
+        scores = jnp.where(attn_mask_BxTxS[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+        out = jnp.einsum("bkgts,bskh->btkgh", probs, values.astype(dt)).reshape(b, t, h, hd)
+        out = partitioning.constrain(out, ("batch", "length", "act_heads", "head_dim"))
+        wo = _param(self, "o_kernel", (h, hd, d), ("heads", "head_dim", "embed"), init, pdt)
+        return jnp.einsum("btnh,nhd->btd", out, wo.astype(dt)), new_cache
+
+
+class MLP(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD):
+        cfg = self.cfg
+        d, f, dt, pdt = cfg.hidden_size, cfg.intermediate_size, cfg.compute_dtype, cfg.params_dtype
+        init = nn.initializers.normal(0.02)
+        gate = _param(self, "gate_kernel", (d, f), ("embed", "mlp"), init, pdt)
+        up = _param(self, "up_kernel", (d, f), ("embed", "mlp"), init, pdt)
+        down = _param(self, "down_kernel", (f, d), ("mlp", "embed"), init, pdt)
+        hidden = jax.nn.silu(x_BxTxD @ gate.astype(dt)) * (x_BxTxD @ up.astype(dt))
+        hidden = partitioning.constrain(hidden, ("batch", "length", "act_mlp"))
+        return hidden @ down.astype(dt)
+
+
+class DecoderLayer(nn.Module):
+    """One pre-norm block; signature `(carry, scanned...) -> (carry, scanned_out)` for nn.scan."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD, kv_cache, positions_BxT, attn_mask_BxTxS, write_index):
+        attn_out, new_cache = Attention(self.cfg, name="attn")(
+            RMSNorm(self.cfg, name="attn_norm")(x_BxTxD), positions_BxT, attn_mask_BxTxS,
+            kv_cache, write_index)
+        x = x_BxTxD + attn_out
+        x = x + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x))
+        x = partitioning.constrain(x, ("batch", "length", "act_embed"))
+        return x, new_cache
+
+
+class Transformer(nn.Module):
+    """`(tokens_BxT, positions_BxT, attn_mask_BxTxS, kv_cache?, write_index) -> (logits_BxTxV f32, kv_cache)`."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_BxT, positions_BxT, attn_mask_BxTxS, kv_cache=None, write_index=0):
+        cfg = self.cfg
+        embedding = _param(self, "embedding", (cfg.vocab_size, cfg.hidden_size),
+                           ("vocab", "embed"), nn.initializers.normal(0.02), cfg.params_dtype)
+        x = jnp.take(embedding, tokens_BxT, axis=0).astype(cfg.compute_dtype)
+        x = partitioning.constrain(x, ("batch", "length", "act_embed"))
+
+        layers = nn.scan(
+            DecoderLayer,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(cfg, name="layers")
+        x, new_cache = layers(x, kv_cache, positions_BxT, attn_mask_BxTxS, write_index)
+        x = RMSNorm(cfg, name="final_norm")(x)
+        if cfg.tie_embeddings:
+            logits = jnp.einsum("btd,vd->btv", x, embedding.astype(cfg.compute_dtype))
+        else:
+            head = _param(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"),
+                          nn.initializers.normal(0.02), cfg.params_dtype)
+            logits = x @ head.astype(cfg.compute_dtype)
+        logits = partitioning.constrain(logits, ("batch", "length", "act_vocab"))
+        return logits.astype(jnp.float32), new_cache
+
+
+# --- pure helpers ------------------------------------------------------------
+
+def causal_mask(valid_BxT: Array) -> Array:
+    """`attn_mask_BxTxT` for a full (uncached) forward pass over possibly padded rows."""
+    t = valid_BxT.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+    return causal[None] & valid_BxT[:, None, :]
+
+
+def positions_from_valid(valid_BxT: Array) -> Array:
+    """Positions counting only valid tokens, so left padding does not shift rotary phases."""
+    return jnp.maximum(jnp.cumsum(valid_BxT.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def forward(params: Any, cfg: ModelConfig, tokens_BxT: Array, valid_BxT: Array | None = None) -> Array:
+    """Logits `[B, T, V]` (f32) of a full uncached pass; `valid_BxT` masks padding."""
+    if valid_BxT is None:
+        valid_BxT = jnp.ones(tokens_BxT.shape, bool)
+    logits, _ = Transformer(cfg).apply(
+        {"params": params}, tokens_BxT, positions_from_valid(valid_BxT), causal_mask(valid_BxT))
+    return logits
+
+
+def init_kv_cache(cfg: ModelConfig, batch: int, length: int, dtype: Any = None) -> tuple[Array, Array]:
+    """Zeroed `(k, v)`, each `[layers, batch, length, kv_heads, head_dim]`."""
+    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.resolved_head_dim)
+    dtype = dtype or cfg.compute_dtype
+    return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+
+
+KV_CACHE_AXES = ("layers", "cache_batch", "cache_length", "kv_heads", "head_dim")
+
+
+def _abstract_boxed(cfg: ModelConfig):
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    return jax.eval_shape(
+        lambda: Transformer(cfg).init(jax.random.key(0), tokens, tokens,
+                                      jnp.ones((1, 1, 1), bool))["params"])
+
+
+def param_logical_axes(cfg: ModelConfig) -> Any:
+    """A pytree like the params whose leaves are tuples of logical axis names."""
+    boxed = _abstract_boxed(cfg)
+    return jax.tree.map(lambda b: tuple(b.names), boxed,
+                        is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def abstract_params(cfg: ModelConfig) -> Any:
+    """ShapeDtypeStructs of the params, without allocating them."""
+    return nn.meta.unbox(_abstract_boxed(cfg))
+
+
+def param_shardings(cfg: ModelConfig, mesh, rules=partitioning.LOGICAL_AXIS_RULES) -> Any:
+    """NamedShardings for every parameter, from the one rules table."""
+    return partitioning.tree_shardings(abstract_params(cfg), param_logical_axes(cfg), mesh, rules)
+
+
+def init_params(cfg: ModelConfig, key: Array, mesh=None,
+                rules=partitioning.LOGICAL_AXIS_RULES) -> Any:
+    """Random params (plain arrays), created directly in their shardings when `mesh` is given."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+
+    def init(k):
+        boxed = Transformer(cfg).init(k, tokens, tokens, jnp.ones((1, 1, 1), bool))["params"]
+        return nn.meta.unbox(boxed)
+
+    if mesh is None:
+        return jax.jit(init)(key)
+    return jax.jit(init, out_shardings=param_shardings(cfg, mesh, rules))(key)
+
+
+def count_params(params: Any) -> int:
+    return sum(x.size for x in jax.tree.leaves(params))

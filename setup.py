@@ -1,0 +1,39 @@
+"""rest_em: ReST^EM self-training of language models in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="rest_em",
+    version="0.1.0",
+    description="ReST^EM: self-training language models on their own verified solutions, in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["rest_em", "rest_em.*"]),
+    install_requires=[
+        "jax>=0.7,<0.11",
+        "flax>=0.11,<0.13",
+        "optax>=0.2.4,<0.3",
+        "orbax-checkpoint>=0.11,<0.13",
+        "gin-config>=0.5,<0.6",
+        "sympy>=1.12",
+        "absl-py>=2.0",
+        "safetensors>=0.4,<0.9",
+        "ml_dtypes>=0.4",
+        "numpy>=1.26",
+        "tqdm>=4.60",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        # Test-only references: Hugging Face models as ground truth. torch is pinned to the
+        # CPU build available locally; an unpinned torch pulls several GB of CUDA packages.
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "chex>=0.1.87",
+            "scipy>=1.11",
+            "torch==2.13.0",
+            "transformers>=4.45,<6",
+        ],
+    },
+)
