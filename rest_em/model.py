@@ -242,11 +242,25 @@ class Transformer(nn.Module):
 
 # --- pure helpers ------------------------------------------------------------
 
-def causal_mask(valid_BxT: Array) -> Array:
+def attention_mask(query_slot_BxT: Array, key_valid_BxS: Array,
+                   sliding_window: int | None = None) -> Array:
+    """`attn_mask_BxTxS`: a query at slot q sees valid key slots s <= q (within the window).
+
+    Slots are indices into the (padded) key sequence or KV cache. Padding only ever
+    sits before a row's first token, so slot differences equal position differences.
+    """
+    s = jnp.arange(key_valid_BxS.shape[1])[None, None, :]
+    q = query_slot_BxT[:, :, None]
+    mask = (s <= q) & key_valid_BxS[:, None, :]
+    if sliding_window is not None:
+        mask &= s > q - sliding_window
+    return mask
+
+
+def causal_mask(valid_BxT: Array, sliding_window: int | None = None) -> Array:
     """`attn_mask_BxTxT` for a full (uncached) forward pass over possibly padded rows."""
-    t = valid_BxT.shape[1]
-    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-    return causal[None] & valid_BxT[:, None, :]
+    b, t = valid_BxT.shape
+    return attention_mask(jnp.broadcast_to(jnp.arange(t), (b, t)), valid_BxT, sliding_window)
 
 
 def positions_from_valid(valid_BxT: Array) -> Array:
@@ -259,7 +273,8 @@ def forward(params: Any, cfg: ModelConfig, tokens_BxT: Array, valid_BxT: Array |
     if valid_BxT is None:
         valid_BxT = jnp.ones(tokens_BxT.shape, bool)
     logits, _ = Transformer(cfg).apply(
-        {"params": params}, tokens_BxT, positions_from_valid(valid_BxT), causal_mask(valid_BxT))
+        {"params": params}, tokens_BxT, positions_from_valid(valid_BxT),
+        causal_mask(valid_BxT, cfg.sliding_window))
     return logits
 
 
