@@ -76,9 +76,12 @@ def make_mesh(
             f"mesh data={data} x fsdp={fsdp} x tensor={tensor} = {data * fsdp * tensor}"
             f" does not match the {n} available devices"
         )
+    # Auto axes: sharding is decided by the rules and XLA, as in t5x (jax 0.10's
+    # make_mesh defaults to Explicit axes, which changes the semantics of indexing).
+    axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
     if devices == list(jax.devices()):
-        return jax.make_mesh((data, fsdp, tensor), MESH_AXES)
-    return Mesh(np.asarray(devices).reshape(data, fsdp, tensor), MESH_AXES)
+        return jax.make_mesh((data, fsdp, tensor), MESH_AXES, axis_types=axis_types)
+    return Mesh(np.asarray(devices).reshape(data, fsdp, tensor), MESH_AXES, axis_types=axis_types)
 
 
 def logical_to_spec(

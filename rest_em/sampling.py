@@ -96,13 +96,14 @@ def filtered_candidates(logits_RxV: Array, cfg: SamplingConfig) -> tuple[Array, 
     With top-k and/or top-p the candidates are the sorted head of the distribution
     (C <= V) and disallowed entries are -inf; otherwise all V tokens (ids None).
     """
-    scores = logits_RxV / cfg.temperature
-    vocab = scores.shape[-1]
+    vocab = logits_RxV.shape[-1]
     k = cfg.top_k if 0 < cfg.top_k < vocab else 0
     if k == 0 and cfg.top_p >= 1.0:
-        return scores, None
-    # Sorted descending: top-k directly, or the whole vocabulary for top-p alone.
-    scores, ids = jax.lax.top_k(scores, k if k else vocab)
+        return logits_RxV / cfg.temperature, None
+    # Sorted descending: top-k directly, or the whole vocabulary for top-p alone. Ranking
+    # is unchanged by a positive temperature, so only the C candidates get divided.
+    scores, ids = jax.lax.top_k(logits_RxV, k if k else vocab)
+    scores = scores / cfg.temperature
     if cfg.top_p < 1.0:
         probs = jax.nn.softmax(scores, axis=-1)
         mass_before = jnp.cumsum(probs, axis=-1) - probs
@@ -116,7 +117,8 @@ def filtered_candidates(logits_RxV: Array, cfg: SamplingConfig) -> tuple[Array, 
 def choose_tokens(logits_RxV: Array, keys_R: Array, cfg: SamplingConfig) -> Array:
     """One token per row: argmax when greedy, else a draw from the filtered distribution."""
     if cfg.greedy:
-        return jnp.argmax(logits_RxV, axis=-1).astype(jnp.int32)
+        # top_k(., 1) is the first maximal index, like argmax, and several times faster on CPU.
+        return jax.lax.top_k(logits_RxV, 1)[1][:, 0].astype(jnp.int32)
     scores, ids = filtered_candidates(logits_RxV, cfg)
     choice = jax.vmap(jax.random.categorical)(keys_R, scores)
     if ids is None:
@@ -168,11 +170,12 @@ def generate(
     # Prefill once per prompt, then give each of the n samples its own copy of the cache.
     if cfg.use_kv_cache:
         cache = model_lib.init_kv_cache(model_cfg, b, s)
-        cache = tuple(partitioning.constrain(c, model_lib.KV_CACHE_AXES) for c in cache)
+        cache = jax.tree.map(lambda c: partitioning.constrain(c, model_lib.KV_CACHE_AXES), cache)
         mask = model_lib.attention_mask(prompt_slots_BxP, valid_prompt_BxS, window)
         logits_BxPxV, cache = run(prompt_BxP, positions_BxP, mask, cache, 0)
-        cache = tuple(partitioning.constrain(jnp.repeat(c, n, axis=1), model_lib.KV_CACHE_AXES)
-                      for c in cache)
+        cache = jax.tree.map(
+            lambda c: partitioning.constrain(jnp.repeat(c, n, axis=0), model_lib.KV_CACHE_AXES),
+            cache)
     else:
         mask = model_lib.attention_mask(prompt_slots_BxP, valid_prompt_BxS[:, :p], window)
         logits_BxPxV, _ = run(prompt_BxP, positions_BxP, mask, None, 0)
@@ -207,7 +210,8 @@ def generate(
         t, tokens_RxT, logprobs_RxT, done_R, lengths_R, logits_RxV, cache, seq_RxS = state
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys_R)
         tok = choose_tokens(logits_RxV, step_keys, cfg)
-        logp = jnp.take_along_axis(jax.nn.log_softmax(logits_RxV, axis=-1), tok[:, None], axis=-1)[:, 0]
+        logp = (jnp.take_along_axis(logits_RxV, tok[:, None], axis=-1)[:, 0]
+                - jax.nn.logsumexp(logits_RxV, axis=-1))
         tok = jnp.where(done_R, cfg.pad_id, tok)
         logp = jnp.where(done_R, 0.0, logp)
         tokens_RxT = jax.lax.dynamic_update_index_in_dim(tokens_RxT, tok, t, axis=1)

@@ -1,0 +1,560 @@
+"""Getting weights in and out: Hugging Face safetensors import/export, orbax save/restore.
+
+Hugging Face import (`load_hf_checkpoint`) reads Llama / Mistral / Qwen2 checkpoints
+(one `model.safetensors` or shards listed in `model.safetensors.index.json`), checks
+every tensor name and shape before reading any data, and places each parameter
+straight into its target sharding: a device's callback reads only that device's block
+from memory-mapped files, so the host never holds more than one parameter's worth of
+data and never one copy per device.
+
+The safetensors files are memory-mapped here rather than opened with
+`safetensors.safe_open(framework="numpy")`: numpy has no bfloat16, and safetensors 0.8
+refuses BF16 tensors with that framework (`framework="flax"` would stage every tensor
+on the default accelerator first). The format is an 8-byte header length, a JSON
+header of `{name: {dtype, shape, data_offsets}}`, then raw little-endian data, and
+`ml_dtypes` supplies bfloat16 / float8 for numpy views of it.
+
+Orbax (`save_params` / `restore_params`) is the format for our own checkpoints; restore
+writes each array directly into the requested sharding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jax
+import ml_dtypes
+import numpy as np
+import orbax.checkpoint as ocp
+import safetensors.numpy
+from jax.sharding import Mesh, Sharding, SingleDeviceSharding
+
+from rest_em import model, partitioning
+from rest_em.model import ModelConfig
+
+PathLike = str | os.PathLike
+Params = dict[str, Any]
+
+SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+)
+_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                "qwen2": "Qwen2ForCausalLM"}
+_HF_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
+              "torch.float32": "float32", "torch.bfloat16": "bfloat16",
+              "torch.float16": "float16"}
+# Buffers some exporters write that carry no learned weights.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+# --- config ------------------------------------------------------------------
+
+def _read_json(path: pathlib.Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _hf_config_dict(config: Mapping[str, Any] | PathLike) -> dict[str, Any]:
+    if isinstance(config, Mapping):
+        return dict(config)
+    path = pathlib.Path(config)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no Hugging Face config.json at {path}")
+    return _read_json(path)
+
+
+def _architecture(hf: Mapping[str, Any]) -> str:
+    archs = hf.get("architectures") or []
+    arch = archs[0] if archs else _MODEL_TYPES.get(hf.get("model_type", ""), None)
+    if arch not in SUPPORTED_ARCHITECTURES:
+        found = archs or f"model_type={hf.get('model_type')!r}"
+        raise ValueError(f"unsupported architecture {found}; supported: "
+                         f"{list(SUPPORTED_ARCHITECTURES)}")
+    return arch
+
+
+def _rope(hf: Mapping[str, Any]) -> tuple[float, tuple[float, float, float, int] | None]:
+    """(theta, llama3 scaling) from transformers 5 `rope_parameters` or the older
+    top-level `rope_theta` + `rope_scaling`."""
+    params = dict(hf.get("rope_parameters") or {})
+    # transformers 5 may nest per layer type ({"full_attention": {...}}); all must agree.
+    nested = [v for v in params.values() if isinstance(v, Mapping)]
+    if nested:
+        if any(n != nested[0] for n in nested):
+            raise ValueError(f"per-layer-type rope_parameters differ: {params}")
+        params = dict(nested[0])
+    scaling = dict(hf.get("rope_scaling") or params)
+    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    if float(params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))) != 1.0:
+        raise ValueError("partial_rotary_factor != 1 is not supported")
+    kind = scaling.get("rope_type", scaling.get("type")) or "default"
+    if kind == "default":
+        return theta, None
+    if kind == "llama3":
+        original = scaling.get("original_max_position_embeddings",
+                               hf.get("max_position_embeddings"))
+        return theta, (float(scaling["factor"]), float(scaling["low_freq_factor"]),
+                       float(scaling["high_freq_factor"]), int(original))
+    raise ValueError(f"unsupported rope type {kind!r}; supported: 'default', 'llama3'")
+
+
+def _sliding_window(hf: Mapping[str, Any], arch: str, num_layers: int) -> int | None:
+    window = hf.get("sliding_window")
+    if arch == "LlamaForCausalLM" or window is None:
+        return None
+    if arch == "MistralForCausalLM":
+        return int(window)
+    # Qwen2: the window applies only with use_sliding_window, and only to layers listed
+    # as "sliding_attention" (those at index >= max_window_layers).
+    if not hf.get("use_sliding_window", False):
+        return None
+    types = hf.get("layer_types") or [
+        "sliding_attention" if i >= hf.get("max_window_layers", 28) else "full_attention"
+        for i in range(num_layers)]
+    if all(t == "full_attention" for t in types):
+        return None
+    if all(t == "sliding_attention" for t in types):
+        return int(window)
+    raise ValueError(f"Qwen2 with sliding window on only some layers ({types}) is not "
+                     "supported: our layers are scanned and share one attention pattern")
+
+
+def config_from_hf(config: Mapping[str, Any] | PathLike, **overrides: Any) -> ModelConfig:
+    """Our `ModelConfig` from a Hugging Face config dict, config.json or checkpoint dir.
+
+    Refuses (ValueError) anything the model cannot reproduce exactly, rather than
+    loading weights into an architecture that silently computes something else.
+    `overrides` replace fields afterwards, e.g. `dtype="float32"`.
+    """
+    hf = _hf_config_dict(config)
+    arch = _architecture(hf)
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r}; only 'silu'")
+    if hf.get("mlp_bias", False):
+        raise ValueError("mlp_bias=True is not supported")
+    if arch == "LlamaForCausalLM" and hf.get("attention_bias", False):
+        # HF Llama's attention_bias also adds an o_proj bias, which our model lacks.
+        raise ValueError("Llama attention_bias=True (q/k/v AND o_proj biases) is not "
+                         "supported; only Qwen2-style q/k/v biases are")
+    num_layers = int(hf["num_hidden_layers"])
+    theta, llama3 = _rope(hf)
+    raw_dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
+    if str(raw_dtype) not in _HF_DTYPES:
+        raise ValueError(f"unsupported checkpoint dtype {raw_dtype!r}; "
+                         f"expected one of {sorted(set(_HF_DTYPES.values()))}")
+    dtype = _HF_DTYPES[str(raw_dtype)]
+    fields = dict(
+        vocab_size=int(hf["vocab_size"]),
+        hidden_size=int(hf["hidden_size"]),
+        intermediate_size=int(hf["intermediate_size"]),
+        num_layers=num_layers,
+        num_heads=int(hf["num_attention_heads"]),
+        num_kv_heads=int(hf.get("num_key_value_heads") or hf["num_attention_heads"]),
+        head_dim=int(hf["head_dim"]) if hf.get("head_dim") else None,
+        max_seq_len=int(hf.get("max_position_embeddings", 2048)),
+        rope_theta=theta,
+        rope_llama3_scaling=llama3,
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        qkv_bias=arch == "Qwen2ForCausalLM",
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        sliding_window=_sliding_window(hf, arch, num_layers),
+        dtype=dtype,
+        param_dtype=dtype,
+    )
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """A Hugging Face config dict for `cfg` (Qwen2 if it has q/k/v biases, Mistral if
+    it has a sliding window, Llama otherwise), so exports load with `from_pretrained`."""
+    if cfg.qkv_bias:
+        arch, model_type = "Qwen2ForCausalLM", "qwen2"
+    elif cfg.sliding_window is not None:
+        arch, model_type = "MistralForCausalLM", "mistral"
+    else:
+        arch, model_type = "LlamaForCausalLM", "llama"
+    rope: dict[str, Any] = {"rope_theta": cfg.rope_theta, "rope_type": "default"}
+    if cfg.rope_llama3_scaling is not None:
+        if arch != "LlamaForCausalLM":
+            raise ValueError(f"llama3 rope scaling cannot be exported as {arch}")
+        factor, low, high, original = cfg.rope_llama3_scaling
+        rope.update(rope_type="llama3", factor=factor, low_freq_factor=low,
+                    high_freq_factor=high, original_max_position_embeddings=original)
+    hf = {
+        "architectures": [arch], "model_type": model_type, "hidden_act": "silu",
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.rms_norm_eps, "tie_word_embeddings": cfg.tie_embeddings,
+        "rope_parameters": rope, "dtype": cfg.param_dtype,
+    }
+    if cfg.head_dim is not None:
+        hf["head_dim"] = cfg.head_dim
+    if arch == "MistralForCausalLM":
+        hf["sliding_window"] = cfg.sliding_window
+    if arch == "Qwen2ForCausalLM":
+        hf.update(sliding_window=cfg.sliding_window,
+                  use_sliding_window=cfg.sliding_window is not None, max_window_layers=0)
+    if arch == "LlamaForCausalLM":
+        hf.update(attention_bias=False, mlp_bias=False)
+    return hf
+
+
+# --- name / layout table -----------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _Tensor:
+    """One parameter: where it lives in our tree and in the HF checkpoint.
+
+    `hf_name` has `{i}` for per-layer tensors, which stack along our leading axis.
+    `to_ours` / `to_hf` convert one (per-layer) array between layouts; both return
+    views (transpose / reshape), so slicing the result reads only the needed block.
+    """
+
+    path: tuple[str, ...]
+    hf_name: str
+    hf_shape: tuple[int, ...]
+    to_ours: Callable[[np.ndarray], np.ndarray]
+    to_hf: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def stacked(self) -> bool:
+        return "{i}" in self.hf_name
+
+
+def _identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def _transpose(x: np.ndarray) -> np.ndarray:
+    return x.T
+
+
+def _layout(cfg: ModelConfig) -> list[_Tensor]:
+    """Every parameter of `cfg`, in a fixed order, with its HF name and layout."""
+    d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    h, k, hd = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
+    layer = "model.layers.{i}."
+
+    def in_proj(n: int) -> tuple[Callable, Callable]:  # HF [n*hd, D] <-> ours [D, n, hd]
+        return (lambda w: w.T.reshape(d, n, hd), lambda w: w.reshape(d, n * hd).T)
+
+    out = [
+        _Tensor(("embedding",), "model.embed_tokens.weight", (v, d), _identity, _identity),
+        _Tensor(("final_norm", "scale"), "model.norm.weight", (d,), _identity, _identity),
+        _Tensor(("layers", "attn_norm", "scale"), layer + "input_layernorm.weight", (d,),
+                _identity, _identity),
+        _Tensor(("layers", "mlp_norm", "scale"), layer + "post_attention_layernorm.weight",
+                (d,), _identity, _identity),
+    ]
+    for name, n in (("q", h), ("k", k), ("v", k)):
+        out.append(_Tensor(("layers", "attn", f"{name}_kernel"),
+                           layer + f"self_attn.{name}_proj.weight", (n * hd, d), *in_proj(n)))
+        if cfg.qkv_bias:
+            out.append(_Tensor(("layers", "attn", f"{name}_bias"),
+                               layer + f"self_attn.{name}_proj.bias", (n * hd,),
+                               lambda b, n=n: b.reshape(n, hd),
+                               lambda b, n=n: b.reshape(n * hd)))
+    out.append(_Tensor(("layers", "attn", "o_kernel"), layer + "self_attn.o_proj.weight",
+                       (d, h * hd), lambda w: w.T.reshape(h, hd, d),
+                       lambda w: w.reshape(h * hd, d).T))
+    out += [
+        _Tensor(("layers", "mlp", "gate_kernel"), layer + "mlp.gate_proj.weight", (f, d),
+                _transpose, _transpose),
+        _Tensor(("layers", "mlp", "up_kernel"), layer + "mlp.up_proj.weight", (f, d),
+                _transpose, _transpose),
+        _Tensor(("layers", "mlp", "down_kernel"), layer + "mlp.down_proj.weight", (d, f),
+                _transpose, _transpose),
+    ]
+    if not cfg.tie_embeddings:
+        out.append(_Tensor(("lm_head",), "lm_head.weight", (v, d), _transpose, _transpose))
+    return out
+
+
+def _hf_names(t: _Tensor, num_layers: int) -> list[str]:
+    return [t.hf_name.format(i=i) for i in range(num_layers)] if t.stacked else [t.hf_name]
+
+
+def _tree_get(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _tree_set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+# --- safetensors reading -----------------------------------------------------
+
+_ST_DTYPES = {
+    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16), "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "I64": np.dtype(np.int64), "I32": np.dtype(np.int32), "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
+}
+
+
+_FLOAT_TAGS = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    file: pathlib.Path
+    dtype: str  # safetensors dtype tag, e.g. "BF16"
+    shape: tuple[int, ...]
+    start: int  # absolute byte offsets in the file
+    stop: int
+
+
+def _read_header(file: pathlib.Path) -> dict[str, _Entry]:
+    with open(file, "rb") as fh:
+        size_bytes = fh.read(8)
+        if len(size_bytes) != 8:
+            raise ValueError(f"{file} is not a safetensors file (too short)")
+        n = int.from_bytes(size_bytes, "little")
+        try:
+            header = json.loads(fh.read(n))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{file} has an unreadable safetensors header: {e}") from e
+    base = 8 + n
+    return {name: _Entry(file, info["dtype"], tuple(info["shape"]),
+                         base + info["data_offsets"][0], base + info["data_offsets"][1])
+            for name, info in header.items() if name != "__metadata__"}
+
+
+def _safetensors_files(path: pathlib.Path) -> list[pathlib.Path]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(_read_json(index)["weight_map"].values()))
+        files = [path / n for n in names]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} lists shard files that do not exist: {missing}")
+        return files
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors files (nor model.safetensors.index.json) "
+                                f"in {path}")
+    return files
+
+
+class _Reader:
+    """Name -> zero-copy numpy view over memory-mapped safetensors files."""
+
+    def __init__(self, entries: Mapping[str, _Entry]):
+        self.entries = entries
+        self._maps: dict[pathlib.Path, np.memmap] = {}
+
+    def __call__(self, name: str) -> np.ndarray:
+        e = self.entries[name]
+        if e.file not in self._maps:
+            self._maps[e.file] = np.memmap(e.file, dtype=np.uint8, mode="r")
+        dtype = _ST_DTYPES[e.dtype]
+        raw = self._maps[e.file][e.start:e.stop]
+        return raw.view(dtype).reshape(e.shape)
+
+
+def _check_entries(entries: Mapping[str, _Entry], layout: list[_Tensor], cfg: ModelConfig,
+                   path: pathlib.Path) -> None:
+    """Fails before any data is read if names, shapes or dtypes do not fit `cfg`."""
+    expected = {name: t.hf_shape for t in layout for name in _hf_names(t, cfg.num_layers)}
+    missing = [n for n in expected if n not in entries]
+    if missing:
+        hint = (" (config says tie_word_embeddings=false, so lm_head.weight is required)"
+                if "lm_head.weight" in missing else "")
+        raise ValueError(f"checkpoint {path} is missing {len(missing)} tensor(s): "
+                         f"{missing}{hint}")
+    tolerated = {"lm_head.weight"} if cfg.tie_embeddings else set()  # a tied copy
+    extra = sorted(n for n in entries if n not in expected and n not in tolerated
+                   and not n.endswith(_IGNORED_SUFFIXES))
+    if extra:
+        raise ValueError(f"checkpoint {path} has {len(extra)} tensor(s) the "
+                         f"{cfg.num_layers}-layer config does not use: {extra}")
+    bad = [f"{n}: expected {shape}, found {entries[n].shape}"
+           for n, shape in expected.items() if entries[n].shape != shape]
+    if bad:
+        raise ValueError(f"checkpoint {path} has tensors of the wrong shape: {bad}")
+    for n in expected:
+        e = entries[n]
+        if e.dtype not in _FLOAT_TAGS:
+            raise ValueError(f"{n} in {e.file} has dtype {e.dtype}; expected one of "
+                             f"{list(_FLOAT_TAGS)}")
+        if e.stop - e.start != math.prod(e.shape) * _ST_DTYPES[e.dtype].itemsize:
+            raise ValueError(f"{n} in {e.file}: byte range does not match shape {e.shape} "
+                             f"and dtype {e.dtype} (corrupt file?)")
+
+
+def _default_sharding() -> Sharding:
+    device = jax.config.jax_default_device
+    if not isinstance(device, jax.Device):
+        device = jax.local_devices()[0]
+    return SingleDeviceSharding(device)
+
+
+def _place(t: _Tensor, read: _Reader, num_layers: int, shape: tuple[int, ...],
+           dtype: Any, sharding: Sharding) -> jax.Array:
+    """One parameter as a global array; each shard reads only its own block.
+
+    Shards with the same index (replicas) share one host buffer, so the host holds at
+    most one copy of the parameter, never one per device.
+    """
+    names = _hf_names(t, num_layers)
+    blocks: dict[tuple[tuple[int, int, int], ...], np.ndarray] = {}
+
+    def block(index: tuple[slice, ...]) -> np.ndarray:
+        key = tuple(s.indices(n) for s, n in zip(index, shape))
+        if key not in blocks:
+            if t.stacked:
+                rows = range(*key[0])
+                out = np.empty((len(rows),) + tuple(len(range(*k)) for k in key[1:]), dtype)
+                for j, i in enumerate(rows):
+                    out[j] = t.to_ours(read(names[i]))[index[1:]]
+            else:
+                out = np.array(t.to_ours(read(names[0]))[index], dtype=dtype)
+            blocks[key] = out
+        return blocks[key]
+
+    return jax.make_array_from_callback(shape, sharding, block)
+
+
+def load_hf_checkpoint(
+    path: PathLike,
+    *,
+    mesh: Mesh | None = None,
+    rules: partitioning.Rules = partitioning.LOGICAL_AXIS_RULES,
+    dtype: str | None = None,
+    config_overrides: Mapping[str, Any] | None = None,
+) -> tuple[ModelConfig, Params]:
+    """`(cfg, params)` from a Hugging Face Llama / Mistral / Qwen2 safetensors checkpoint.
+
+    With `mesh`, every parameter is created directly in `model.param_shardings(cfg,
+    mesh, rules)` and each device reads only its block; without, parameters land on
+    the default device. `dtype` (e.g. "float32") sets both the parameter and compute
+    dtype; `config_overrides` replace any other config field. Names, shapes and dtypes
+    are all checked before any tensor data is read.
+    """
+    path = pathlib.Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json in Hugging Face checkpoint dir {path}")
+    overrides = dict(config_overrides or {})
+    if dtype is not None:
+        overrides.setdefault("dtype", dtype)
+        overrides.setdefault("param_dtype", dtype)
+    cfg = config_from_hf(path, **overrides)
+
+    entries: dict[str, _Entry] = {}
+    for file in _safetensors_files(path):
+        for name, entry in _read_header(file).items():
+            if name in entries:
+                raise ValueError(f"tensor {name} appears in both {entries[name].file} "
+                                 f"and {file}")
+            entries[name] = entry
+    layout = _layout(cfg)
+    _check_entries(entries, layout, cfg, path)
+
+    abstract = model.abstract_params(cfg)
+    if mesh is not None:
+        shardings = model.param_shardings(cfg, mesh, rules)
+    else:
+        shardings = jax.tree.map(lambda _: _default_sharding(), abstract)
+    read = _Reader(entries)
+    params: Params = {}
+    for t in layout:
+        target = _tree_get(abstract, t.path)
+        _tree_set(params, t.path, _place(t, read, cfg.num_layers, target.shape,
+                                         target.dtype, _tree_get(shardings, t.path)))
+    if jax.tree.structure(params) != jax.tree.structure(abstract):
+        raise AssertionError("checkpoint layout table does not cover the model's params")
+    return cfg, params
+
+
+def _hf_tensors(cfg: ModelConfig, params: Params) -> Iterator[tuple[str, np.ndarray]]:
+    for t in _layout(cfg):
+        value = np.asarray(jax.device_get(_tree_get(params, t.path)))
+        if t.stacked:
+            for i, name in enumerate(_hf_names(t, cfg.num_layers)):
+                yield name, np.ascontiguousarray(t.to_hf(value[i]))
+        else:
+            yield t.hf_name, np.ascontiguousarray(t.to_hf(value))
+
+
+def save_hf_checkpoint(path: PathLike, cfg: ModelConfig, params: Params) -> None:
+    """Writes `config.json` + `model.safetensors` that transformers' `from_pretrained`
+    (and `load_hf_checkpoint`) read back: for evaluating or sharing trained models.
+
+    Gathers each parameter to this host, so use it on models that fit in host memory
+    (and, multi-host, on one process after making params fully addressable).
+    """
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = dict(_hf_tensors(cfg, params))
+    safetensors.numpy.save_file(tensors, str(path / "model.safetensors"),
+                                metadata={"format": "pt"})
+    with open(path / "config.json", "w", encoding="utf-8") as f:
+        json.dump(config_to_hf(cfg), f, indent=2)
+
+
+# --- orbax ---------------------------------------------------------------------
+
+def save_params(path: PathLike, params: Params, *, force: bool = False) -> None:
+    """Saves a params pytree with orbax; returns once the checkpoint is committed.
+
+    Every process of a multi-host job must call it (each writes its own shards).
+    """
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(pathlib.Path(path).absolute(), params, force=force)
+        ckptr.wait_until_finished()
+
+
+def restore_params(
+    path: PathLike,
+    *,
+    cfg: ModelConfig | None = None,
+    mesh: Mesh | None = None,
+    rules: partitioning.Rules = partitioning.LOGICAL_AXIS_RULES,
+    abstract: Any = None,
+) -> Params:
+    """Restores params saved by `save_params`, each array read straight into its target.
+
+    The target is `abstract` (ShapeDtypeStructs; those carrying a `.sharding` keep
+    it), else the shapes of `cfg` (cast to `cfg.param_dtype`), else the shapes and
+    dtypes recorded in the checkpoint. With `mesh` the shardings are
+    `model.param_shardings(cfg, mesh, rules)`, which needs `cfg`; without, arrays
+    land on the default device.
+    """
+    path = pathlib.Path(path).absolute()
+    ckptr = ocp.StandardCheckpointer()
+    if abstract is None and cfg is not None:
+        abstract = model.abstract_params(cfg)
+    if abstract is None:
+        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
+                                ckptr.metadata(path).item_metadata.tree)
+    if mesh is not None:
+        if cfg is None:
+            raise ValueError("restoring into a mesh needs cfg (for the logical axes); or "
+                             "pass abstract ShapeDtypeStructs that carry shardings")
+        shardings = model.param_shardings(cfg, mesh, rules)
+    else:
+        shardings = jax.tree.map(
+            lambda x: getattr(x, "sharding", None) or _default_sharding(), abstract)
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          abstract, shardings)
+    return ckptr.restore(path, target)

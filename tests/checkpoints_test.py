@@ -1,0 +1,254 @@
+"""Hugging Face import / export and orbax save / restore (single device).
+
+Multi-device placement is tested in checkpoints_multidevice_test.py, which needs
+XLA_FLAGS set before jax starts.
+"""
+
+import copy
+import json
+import re
+import shutil
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+import safetensors.numpy
+import torch
+import transformers
+
+from rest_em import checkpoints
+
+SMALL = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+
+
+def make_hf_model(family: str = "Llama", seed: int = 0, **overrides):
+    """A tiny f32 HF causal LM with every parameter (norms and biases too) randomised."""
+    config = getattr(transformers, f"{family}Config")(**{**SMALL, **overrides},
+                                                      attn_implementation="eager")
+    torch.manual_seed(seed)
+    hf = getattr(transformers, f"{family}ForCausalLM")(config).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            noise = torch.randn_like(p)
+            p.copy_(1.0 + 0.2 * noise if "norm" in name else 0.1 * noise)
+    return hf
+
+
+def assert_trees_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    hf = make_hf_model("Llama")
+    path = tmp_path_factory.mktemp("llama")
+    hf.save_pretrained(path)
+    return hf, path
+
+
+@pytest.fixture(scope="module")
+def llama_loaded(llama):
+    return checkpoints.load_hf_checkpoint(llama[1])
+
+
+@pytest.fixture
+def llama_copy(llama, tmp_path):
+    """A private copy of the checkpoint dir that a test may damage."""
+    return shutil.copytree(llama[1], tmp_path / "ckpt")
+
+
+def _rewrite(path, edit):
+    file = path / "model.safetensors"
+    tensors = safetensors.numpy.load_file(file)
+    edit(tensors)
+    safetensors.numpy.save_file(tensors, file, metadata={"format": "pt"})
+
+
+def _edit_config(path, **changes):
+    config = json.loads((path / "config.json").read_text())
+    config.update(changes)
+    (path / "config.json").write_text(json.dumps(config))
+
+
+# --- import ------------------------------------------------------------------
+
+def test_sharded_checkpoint_loads_like_single_file(llama, llama_loaded, tmp_path):
+    hf, _ = llama
+    hf.save_pretrained(tmp_path, max_shard_size="40KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    assert len(list(tmp_path.glob("*.safetensors"))) > 2
+    cfg, params = checkpoints.load_hf_checkpoint(tmp_path)
+    assert cfg == llama_loaded[0]
+    assert_trees_equal(params, llama_loaded[1])
+
+
+def test_layouts_follow_hf(llama, llama_loaded):
+    hf, _ = llama
+    cfg, params = llama_loaded
+    sd = {k: v.numpy() for k, v in hf.state_dict().items()}
+    d, hd = cfg.hidden_size, cfg.resolved_head_dim
+    q = sd["model.layers.1.self_attn.q_proj.weight"]  # [H*hd, D]
+    np.testing.assert_array_equal(params["layers"]["attn"]["q_kernel"][1],
+                                  q.T.reshape(d, cfg.num_heads, hd))
+    o = sd["model.layers.1.self_attn.o_proj.weight"]  # [D, H*hd]
+    np.testing.assert_array_equal(params["layers"]["attn"]["o_kernel"][1],
+                                  o.T.reshape(cfg.num_heads, hd, d))
+    np.testing.assert_array_equal(params["lm_head"], sd["lm_head.weight"].T)
+    np.testing.assert_array_equal(params["layers"]["mlp_norm"]["scale"][0],
+                                  sd["model.layers.0.post_attention_layernorm.weight"])
+    assert all(x.devices() == {jax.devices()[0]} for x in jax.tree.leaves(params))
+
+
+def test_bf16_checkpoint_loads_exactly(llama, tmp_path):
+    hf, _ = llama
+    copy.deepcopy(hf).to(torch.bfloat16).save_pretrained(tmp_path)
+    cfg, params = checkpoints.load_hf_checkpoint(tmp_path)
+    assert cfg.param_dtype == cfg.dtype == "bfloat16"
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
+    ref = hf.model.layers[1].mlp.down_proj.weight.detach().to(torch.bfloat16).float().numpy()
+    got = params["layers"]["mlp"]["down_kernel"][1]
+    np.testing.assert_array_equal(np.asarray(got, np.float32), ref.T)
+    cfg32, params32 = checkpoints.load_hf_checkpoint(tmp_path, dtype="float32")
+    assert cfg32.param_dtype == cfg32.dtype == "float32"
+    np.testing.assert_array_equal(params32["layers"]["mlp"]["down_kernel"][1], ref.T)
+
+
+def test_tied_checkpoint_has_no_lm_head(tmp_path):
+    make_hf_model(tie_word_embeddings=True).save_pretrained(tmp_path)
+    cfg, params = checkpoints.load_hf_checkpoint(tmp_path)
+    assert cfg.tie_embeddings and "lm_head" not in params
+
+
+def test_missing_tensor_is_named(llama_copy):
+    _rewrite(llama_copy, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.up_proj\.weight") as e:
+        checkpoints.load_hf_checkpoint(llama_copy)
+    assert str(llama_copy) in str(e.value)
+
+
+def test_missing_lm_head_when_untied_is_named(llama_copy):
+    _rewrite(llama_copy, lambda t: t.pop("lm_head.weight"))
+    with pytest.raises(ValueError, match=r"lm_head\.weight.*tie_word_embeddings"):
+        checkpoints.load_hf_checkpoint(llama_copy)
+
+
+def test_extra_tensor_is_named_but_rotary_buffers_are_ignored(llama_copy):
+    _rewrite(llama_copy, lambda t: t.update({
+        "model.layers.0.self_attn.rotary_emb.inv_freq": np.ones(4, np.float32)}))
+    checkpoints.load_hf_checkpoint(llama_copy)
+    _rewrite(llama_copy, lambda t: t.update({"model.layers.2.mlp.up_proj.weight": t[
+        "model.layers.1.mlp.up_proj.weight"]}))
+    with pytest.raises(ValueError, match=r"does not use.*model\.layers\.2\.mlp\.up_proj"):
+        checkpoints.load_hf_checkpoint(llama_copy)
+
+
+def test_wrong_shape_is_named(llama_copy):
+    _edit_config(llama_copy, intermediate_size=48)
+    with pytest.raises(ValueError, match=r"wrong shape.*mlp\.gate_proj\.weight: expected "
+                                         r"\(48, 32\), found \(64, 32\)"):
+        checkpoints.load_hf_checkpoint(llama_copy)
+
+
+def test_unsupported_architecture_is_named(llama_copy):
+    _edit_config(llama_copy, architectures=["GPT2LMHeadModel"])
+    with pytest.raises(ValueError, match=r"GPT2LMHeadModel.*LlamaForCausalLM"):
+        checkpoints.load_hf_checkpoint(llama_copy)
+
+
+def test_missing_files(llama_copy, tmp_path):
+    (llama_copy / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(str(llama_copy))):
+        checkpoints.load_hf_checkpoint(llama_copy)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text(json.dumps(SMALL | {"architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(FileNotFoundError, match=r"no \*\.safetensors.*" + re.escape(str(empty))):
+        checkpoints.load_hf_checkpoint(empty)
+
+
+# --- config ------------------------------------------------------------------
+
+def _hf(arch="LlamaForCausalLM", **changes):
+    return {"architectures": [arch], **SMALL, **changes}
+
+
+def test_config_rope_formats():
+    llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    new = checkpoints.config_from_hf(_hf(rope_parameters={"rope_theta": 5e5, **llama3}))
+    old = checkpoints.config_from_hf(_hf(rope_theta=5e5, rope_scaling=llama3))
+    assert new == old
+    assert new.rope_theta == 5e5 and new.rope_llama3_scaling == (8.0, 1.0, 4.0, 8192)
+    plain = checkpoints.config_from_hf(_hf(rope_scaling=None))
+    assert plain.rope_theta == 10000.0 and plain.rope_llama3_scaling is None
+    with pytest.raises(ValueError, match="yarn"):
+        checkpoints.config_from_hf(_hf(rope_parameters={"rope_type": "yarn", "factor": 4.0}))
+    with pytest.raises(ValueError, match="dynamic"):
+        checkpoints.config_from_hf(_hf(rope_scaling={"type": "dynamic", "factor": 2.0}))
+
+
+def test_config_fields_and_overrides():
+    cfg = checkpoints.config_from_hf(_hf(num_key_value_heads=None, torch_dtype="bfloat16",
+                                         rms_norm_eps=1e-5, head_dim=16))
+    assert cfg.num_kv_heads == 4 and cfg.head_dim == 16 and cfg.rms_norm_eps == 1e-5
+    assert cfg.param_dtype == cfg.dtype == "bfloat16" and cfg.max_seq_len == 64
+    assert checkpoints.config_from_hf(_hf(dtype="bfloat16"), dtype="float32").dtype == "float32"
+    no_arch = {**SMALL, "model_type": "mistral", "sliding_window": None}
+    assert checkpoints.config_from_hf(no_arch).sliding_window is None
+    with pytest.raises(ValueError, match="o_proj"):
+        checkpoints.config_from_hf(_hf(attention_bias=True))
+    with pytest.raises(ValueError, match="gelu"):
+        checkpoints.config_from_hf(_hf(hidden_act="gelu"))
+
+
+def test_config_sliding_window_rules():
+    mistral = checkpoints.config_from_hf(_hf("MistralForCausalLM", sliding_window=4096))
+    assert mistral.sliding_window == 4096 and not mistral.qkv_bias
+    assert checkpoints.config_from_hf(_hf(sliding_window=16)).sliding_window is None
+    qwen = lambda **kw: checkpoints.config_from_hf(_hf("Qwen2ForCausalLM", sliding_window=16, **kw))
+    assert qwen().qkv_bias
+    assert qwen(use_sliding_window=False).sliding_window is None
+    assert qwen(use_sliding_window=True, max_window_layers=0).sliding_window == 16
+    assert qwen(use_sliding_window=True, max_window_layers=28).sliding_window is None
+    with pytest.raises(ValueError, match="only some layers"):
+        qwen(use_sliding_window=True, max_window_layers=1)
+
+
+# --- export and orbax ----------------------------------------------------------
+
+@pytest.mark.parametrize("family,overrides", [
+    ("Llama", {}), ("Qwen2", dict(use_sliding_window=True, sliding_window=3, max_window_layers=0))])
+def test_hf_export_round_trip(family, overrides, tmp_path):
+    hf = make_hf_model(family, **overrides)
+    hf.save_pretrained(tmp_path / "in")
+    cfg, params = checkpoints.load_hf_checkpoint(tmp_path / "in")
+    checkpoints.save_hf_checkpoint(tmp_path / "out", cfg, params)
+    cfg2, params2 = checkpoints.load_hf_checkpoint(tmp_path / "out")
+    assert cfg2 == cfg
+    assert_trees_equal(params2, params)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "out", attn_implementation="eager").eval()
+    tokens = torch.tensor(np.random.default_rng(0).integers(0, SMALL["vocab_size"], (2, 8)))
+    with torch.no_grad():
+        np.testing.assert_array_equal(reloaded(tokens).logits.numpy(), hf(tokens).logits.numpy())
+
+
+def test_orbax_round_trip(llama_loaded, tmp_path):
+    cfg, params = llama_loaded
+    checkpoints.save_params(tmp_path / "ckpt", params)
+    assert_trees_equal(checkpoints.restore_params(tmp_path / "ckpt", cfg=cfg), params)
+    assert_trees_equal(checkpoints.restore_params(tmp_path / "ckpt"), params)  # from metadata
+    with pytest.raises(Exception):
+        checkpoints.save_params(tmp_path / "ckpt", params)  # no silent overwrite
+    checkpoints.save_params(tmp_path / "ckpt", params, force=True)
+    bf16 = checkpoints.restore_params(tmp_path / "ckpt", abstract=jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16), params))
+    assert bf16["embedding"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(bf16["embedding"],
+                                  np.asarray(params["embedding"]).astype(ml_dtypes.bfloat16))

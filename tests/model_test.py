@@ -1,0 +1,124 @@
+"""The Flax model against Hugging Face transformers, through `load_hf_checkpoint`.
+
+Tiny random Llama / Qwen2 / Mistral models are built with torch (every weight, norm
+scale and bias randomised so a swapped or dropped tensor shows), saved with
+`save_pretrained`, imported, and their logits compared on full and left-padded batches.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from rest_em import checkpoints, model
+
+VOCAB, T = 256, 10
+SMALL = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+
+CASES = {
+    "llama": ("Llama", dict(rope_parameters={"rope_type": "default", "rope_theta": 5000.0})),
+    "llama_tied": ("Llama", dict(tie_word_embeddings=True, num_hidden_layers=2)),
+    "llama3_rope": ("Llama", dict(rope_parameters={
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64})),
+    "llama_mha_head_dim": ("Llama", dict(num_key_value_heads=4, head_dim=8,
+                                         num_hidden_layers=2)),
+    "qwen2": ("Qwen2", dict(num_hidden_layers=2)),
+    "qwen2_sliding": ("Qwen2", dict(num_hidden_layers=2, use_sliding_window=True,
+                                    sliding_window=4, max_window_layers=0)),
+    "mistral_sliding": ("Mistral", dict(sliding_window=4, num_hidden_layers=2)),
+}
+
+
+def make_hf_model(family: str, seed: int = 0, **overrides) -> transformers.PreTrainedModel:
+    """A tiny f32 HF causal LM with every parameter randomised (norms around 1)."""
+    config_cls = getattr(transformers, f"{family}Config")
+    model_cls = getattr(transformers, f"{family}ForCausalLM")
+    config = config_cls(**{**SMALL, **overrides}, attn_implementation="eager")
+    torch.manual_seed(seed)
+    hf = model_cls(config).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, 0.1)
+    return hf
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request, tmp_path_factory):
+    family, overrides = CASES[request.param]
+    hf = make_hf_model(family, **overrides)
+    path = tmp_path_factory.mktemp(request.param)
+    hf.save_pretrained(path)
+    cfg, params = checkpoints.load_hf_checkpoint(path)
+    return request.param, hf, cfg, params
+
+
+def _tokens(batch=3, seed=1):
+    return np.random.default_rng(seed).integers(1, VOCAB, (batch, T)).astype(np.int64)
+
+
+def _hf_logits(hf, tokens, valid=None):
+    kwargs = {}
+    if valid is not None:
+        positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0)
+        kwargs = dict(attention_mask=torch.tensor(valid.astype(np.int64)),
+                      position_ids=torch.tensor(positions))
+    with torch.no_grad():
+        return hf(input_ids=torch.tensor(tokens), **kwargs).logits.numpy()
+
+
+_forward = jax.jit(model.forward, static_argnums=1)
+
+
+def test_config_matches_hf(case):
+    name, hf, cfg, params = case
+    c = hf.config
+    assert cfg.num_layers == c.num_hidden_layers and cfg.num_kv_heads == c.num_key_value_heads
+    assert cfg.resolved_head_dim == (getattr(c, "head_dim", None) or 64 // 4)
+    assert cfg.tie_embeddings == c.tie_word_embeddings
+    assert cfg.qkv_bias == name.startswith("qwen2")
+    assert cfg.sliding_window == (4 if name.endswith("sliding") else None)
+    assert (cfg.rope_llama3_scaling is not None) == (name == "llama3_rope")
+    assert cfg.param_dtype == "float32"
+    assert ("lm_head" in params) != cfg.tie_embeddings
+    assert model.count_params(params) == sum(p.numel() for p in hf.parameters())
+
+
+# Optional features whose effect the test sequences must be long enough to show.
+FEATURES = {"llama3_rope": "rope_llama3_scaling", "qwen2_sliding": "sliding_window",
+            "mistral_sliding": "sliding_window"}
+
+
+def test_logits_match_hf(case):
+    name, hf, cfg, params = case
+    tokens = _tokens()
+    ours = np.asarray(_forward(params, cfg, jnp.asarray(tokens)))
+    ref = _hf_logits(hf, tokens)
+    assert np.abs(ref).max() > 0.5  # the comparison is not between near-zero logits
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+    if name in FEATURES:  # ...and it would fail without the feature
+        without = dataclasses.replace(cfg, **{FEATURES[name]: None})
+        assert np.abs(np.asarray(_forward(params, without, jnp.asarray(tokens))) - ref).max() > 1e-2
+
+
+def test_left_padded_logits_match_hf(case):
+    _, hf, cfg, params = case
+    tokens = _tokens(seed=2)
+    lengths = np.array([T, 6, 3])
+    valid = np.arange(T)[None, :] >= (T - lengths)[:, None]
+    tokens = np.where(valid, tokens, 0)
+    ours = np.asarray(_forward(params, cfg, jnp.asarray(tokens), jnp.asarray(valid)))
+    ref = _hf_logits(hf, tokens, valid)
+    np.testing.assert_allclose(ours[valid], ref[valid], atol=1e-4, rtol=0)
+    # Padding must not change a row's logits: each row equals its unpadded self.
+    for row, n in enumerate(lengths):
+        alone = np.asarray(_forward(params, cfg, jnp.asarray(tokens[row:row + 1, T - n:])))
+        np.testing.assert_allclose(ours[row, T - n:], alone[0], atol=1e-4, rtol=0)
