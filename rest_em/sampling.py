@@ -81,11 +81,13 @@ class SampleOutput:
     generated tokens including the EOS. logprobs_BxNxT: log p_model(token | prefix)
     under the unmodified model distribution (temperature 1, no top-k/top-p), 0 on
     padding; later stages (reference log-probs, advantages) need exactly that.
+    num_steps: decode steps actually run (< max_new_tokens when every row hit EOS).
     """
 
     tokens_BxNxT: Array
     lengths_BxN: Array
     logprobs_BxNxT: Array
+    num_steps: Array
 
 
 # --- token choice ---------------------------------------------------------------
@@ -235,11 +237,12 @@ def generate(
         # The KV-cache path never reads the sequence buffer: carry an empty one.
         seq_RxS if not cfg.use_kv_cache else jnp.zeros((r, 0), jnp.int32),
     )
-    _, tokens_RxT, logprobs_RxT, _, lengths_R, _, _, _ = jax.lax.while_loop(cond, body, state)
+    steps, tokens_RxT, logprobs_RxT, _, lengths_R, _, _, _ = jax.lax.while_loop(cond, body, state)
     return SampleOutput(
         tokens_BxNxT=tokens_RxT.reshape(b, n, t_max),
         lengths_BxN=lengths_R.reshape(b, n),
         logprobs_BxNxT=logprobs_RxT.reshape(b, n, t_max),
+        num_steps=steps,
     )
 
 
@@ -259,7 +262,7 @@ def make_sampler(
     batch2 = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(batch.spec[0], None))
     batch3 = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(batch.spec[0], None, None))
     params_sh = model_lib.param_shardings(model_cfg, mesh, rules)
-    out_sh = SampleOutput(batch3, batch2, batch3)
+    out_sh = SampleOutput(batch3, batch2, batch3, partitioning.replicated(mesh))
 
     def traced(*args):
         with partitioning.activation_sharding(mesh, rules):
@@ -359,4 +362,5 @@ def sample(
     out = fn(params, prompt_BxP, lengths_B, ids_B, key)
     out = jax.device_get(out)
     n = len(prompts)
-    return SampleOutput(out.tokens_BxNxT[:n], out.lengths_BxN[:n], out.logprobs_BxNxT[:n])
+    return SampleOutput(out.tokens_BxNxT[:n], out.lengths_BxN[:n], out.logprobs_BxNxT[:n],
+                        out.num_steps)
