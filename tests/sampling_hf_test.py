@@ -1,0 +1,73 @@
+"""Greedy decoding of an imported checkpoint equals Hugging Face `generate(do_sample=False)`."""
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from rest_em import checkpoints, sampling
+
+PROMPTS = [[5, 9, 17, 3, 44, 2, 8, 61], [7, 7, 30], [100, 1, 2, 3, 4, 5], [12]]
+PAD = 0
+NEW = 16
+
+
+def _hf_model(kind: str):
+    torch.manual_seed(0)
+    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  initializer_range=0.3, attn_implementation="eager", pad_token_id=PAD)
+    if kind == "llama":
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)).eval()
+    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+        **common, tie_word_embeddings=True)).eval()
+    with torch.no_grad():  # non-zero biases so that they matter
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.3)
+    return model
+
+
+def _hf_greedy(model, eos):
+    width = max(map(len, PROMPTS))
+    ids = torch.full((len(PROMPTS), width), PAD)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(PROMPTS):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=NEW,
+                             eos_token_id=eos, pad_token_id=PAD)
+    return out[:, width:].numpy()
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_greedy_equals_transformers_generate(kind, tmp_path):
+    hf = _hf_model(kind)
+    hf.save_pretrained(tmp_path)
+    cfg, params = checkpoints.load_hf_checkpoint(tmp_path)
+
+    def ours(eos):
+        scfg = sampling.SamplingConfig(max_new_tokens=NEW, temperature=0.0, eos_id=eos,
+                                       pad_id=PAD)
+        return sampling.sample(params, PROMPTS, model_cfg=cfg, cfg=scfg, key=jax.random.key(0))
+
+    # Without EOS: every row runs the full length.
+    want = _hf_greedy(hf, eos=None)
+    got = ours(None)
+    assert want.shape == (len(PROMPTS), NEW)
+    np.testing.assert_array_equal(got.tokens_BxNxT[:, 0], want)
+    assert len(np.unique(want)) > 8, "degenerate test model: greedy output is too repetitive"
+
+    # With an EOS that row 1 emits mid-way: rows stop there and are padded, like HF's.
+    eos = int(want[1, NEW // 2])
+    want = _hf_greedy(hf, eos=eos)
+    got = ours(eos)
+    steps = want.shape[1]
+    assert int(got.num_steps) == steps
+    np.testing.assert_array_equal(got.tokens_BxNxT[:, 0, :steps], want)
+    assert (got.tokens_BxNxT[:, 0, steps:] == PAD).all()
+    for i in range(len(PROMPTS)):
+        row = want[i].tolist()
+        assert got.lengths_BxN[i, 0] == (row.index(eos) + 1 if eos in row else NEW)
