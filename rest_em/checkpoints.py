@@ -126,7 +126,7 @@ def _sliding_window(hf: Mapping[str, Any], arch: str, num_layers: int) -> int | 
     if all(t == "sliding_attention" for t in types):
         return int(window)
     raise ValueError(f"Qwen2 with sliding window on only some layers ({types}) is not "
-                     "supported: our layers are scanned and share one attention pattern")
+                     "supported: ModelConfig has one sliding_window for all layers")
 
 
 def config_from_hf(config: Mapping[str, Any] | PathLike, **overrides: Any) -> ModelConfig:
@@ -218,9 +218,9 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
 class _Tensor:
     """One parameter: where it lives in our tree and in the HF checkpoint.
 
-    `hf_name` has `{i}` for per-layer tensors, which stack along our leading axis.
-    `to_ours` / `to_hf` convert one (per-layer) array between layouts; both return
-    views (transpose / reshape), so slicing the result reads only the needed block.
+    Each of our parameters is exactly one HF tensor. `to_ours` / `to_hf` convert it
+    between layouts; both return views (transpose / reshape), so slicing the result of
+    `to_ours` reads only the needed block of the memory-mapped file.
     """
 
     path: tuple[str, ...]
@@ -228,10 +228,6 @@ class _Tensor:
     hf_shape: tuple[int, ...]
     to_ours: Callable[[np.ndarray], np.ndarray]
     to_hf: Callable[[np.ndarray], np.ndarray]
-
-    @property
-    def stacked(self) -> bool:
-        return "{i}" in self.hf_name
 
 
 def _identity(x: np.ndarray) -> np.ndarray:
@@ -246,45 +242,44 @@ def _layout(cfg: ModelConfig) -> list[_Tensor]:
     """Every parameter of `cfg`, in a fixed order, with its HF name and layout."""
     d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     h, k, hd = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
-    layer = "model.layers.{i}."
 
     def in_proj(n: int) -> tuple[Callable, Callable]:  # HF [n*hd, D] <-> ours [D, n, hd]
         return (lambda w: w.T.reshape(d, n, hd), lambda w: w.reshape(d, n * hd).T)
 
+    def bias(n: int) -> tuple[Callable, Callable]:  # HF [n*hd] <-> ours [n, hd]
+        return (lambda b: b.reshape(n, hd), lambda b: b.reshape(n * hd))
+
     out = [
         _Tensor(("embedding",), "model.embed_tokens.weight", (v, d), _identity, _identity),
         _Tensor(("final_norm", "scale"), "model.norm.weight", (d,), _identity, _identity),
-        _Tensor(("layers", "attn_norm", "scale"), layer + "input_layernorm.weight", (d,),
-                _identity, _identity),
-        _Tensor(("layers", "mlp_norm", "scale"), layer + "post_attention_layernorm.weight",
-                (d,), _identity, _identity),
     ]
-    for name, n in (("q", h), ("k", k), ("v", k)):
-        out.append(_Tensor(("layers", "attn", f"{name}_kernel"),
-                           layer + f"self_attn.{name}_proj.weight", (n * hd, d), *in_proj(n)))
-        if cfg.qkv_bias:
-            out.append(_Tensor(("layers", "attn", f"{name}_bias"),
-                               layer + f"self_attn.{name}_proj.bias", (n * hd,),
-                               lambda b, n=n: b.reshape(n, hd),
-                               lambda b, n=n: b.reshape(n * hd)))
-    out.append(_Tensor(("layers", "attn", "o_kernel"), layer + "self_attn.o_proj.weight",
-                       (d, h * hd), lambda w: w.T.reshape(h, hd, d),
-                       lambda w: w.reshape(h * hd, d).T))
-    out += [
-        _Tensor(("layers", "mlp", "gate_kernel"), layer + "mlp.gate_proj.weight", (f, d),
-                _transpose, _transpose),
-        _Tensor(("layers", "mlp", "up_kernel"), layer + "mlp.up_proj.weight", (f, d),
-                _transpose, _transpose),
-        _Tensor(("layers", "mlp", "down_kernel"), layer + "mlp.down_proj.weight", (d, f),
-                _transpose, _transpose),
-    ]
+    for i in range(cfg.num_layers):
+        ours, hf = f"layer_{i}", f"model.layers.{i}."
+        out += [
+            _Tensor((ours, "attn_norm", "scale"), hf + "input_layernorm.weight", (d,),
+                    _identity, _identity),
+            _Tensor((ours, "mlp_norm", "scale"), hf + "post_attention_layernorm.weight",
+                    (d,), _identity, _identity),
+        ]
+        for name, n in (("q", h), ("k", k), ("v", k)):
+            out.append(_Tensor((ours, "attn", f"{name}_kernel"),
+                               hf + f"self_attn.{name}_proj.weight", (n * hd, d), *in_proj(n)))
+            if cfg.qkv_bias:
+                out.append(_Tensor((ours, "attn", f"{name}_bias"),
+                                   hf + f"self_attn.{name}_proj.bias", (n * hd,), *bias(n)))
+        out += [
+            _Tensor((ours, "attn", "o_kernel"), hf + "self_attn.o_proj.weight", (d, h * hd),
+                    lambda w: w.T.reshape(h, hd, d), lambda w: w.reshape(h * hd, d).T),
+            _Tensor((ours, "mlp", "gate_kernel"), hf + "mlp.gate_proj.weight", (f, d),
+                    _transpose, _transpose),
+            _Tensor((ours, "mlp", "up_kernel"), hf + "mlp.up_proj.weight", (f, d),
+                    _transpose, _transpose),
+            _Tensor((ours, "mlp", "down_kernel"), hf + "mlp.down_proj.weight", (d, f),
+                    _transpose, _transpose),
+        ]
     if not cfg.tie_embeddings:
         out.append(_Tensor(("lm_head",), "lm_head.weight", (v, d), _transpose, _transpose))
     return out
-
-
-def _hf_names(t: _Tensor, num_layers: int) -> list[str]:
-    return [t.hf_name.format(i=i) for i in range(num_layers)] if t.stacked else [t.hf_name]
 
 
 def _tree_get(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
@@ -375,7 +370,7 @@ class _Reader:
 def _check_entries(entries: Mapping[str, _Entry], layout: list[_Tensor], cfg: ModelConfig,
                    path: pathlib.Path) -> None:
     """Fails before any data is read if names, shapes or dtypes do not fit `cfg`."""
-    expected = {name: t.hf_shape for t in layout for name in _hf_names(t, cfg.num_layers)}
+    expected = {t.hf_name: t.hf_shape for t in layout}
     missing = [n for n in expected if n not in entries]
     if missing:
         hint = (" (config says tie_word_embeddings=false, so lm_head.weight is required)"
@@ -409,27 +404,19 @@ def _default_sharding() -> Sharding:
     return SingleDeviceSharding(device)
 
 
-def _place(t: _Tensor, read: _Reader, num_layers: int, shape: tuple[int, ...],
-           dtype: Any, sharding: Sharding) -> jax.Array:
+def _place(t: _Tensor, read: _Reader, shape: tuple[int, ...], dtype: Any,
+           sharding: Sharding) -> jax.Array:
     """One parameter as a global array; each shard reads only its own block.
 
     Shards with the same index (replicas) share one host buffer, so the host holds at
     most one copy of the parameter, never one per device.
     """
-    names = _hf_names(t, num_layers)
     blocks: dict[tuple[tuple[int, int, int], ...], np.ndarray] = {}
 
     def block(index: tuple[slice, ...]) -> np.ndarray:
         key = tuple(s.indices(n) for s, n in zip(index, shape))
         if key not in blocks:
-            if t.stacked:
-                rows = range(*key[0])
-                out = np.empty((len(rows),) + tuple(len(range(*k)) for k in key[1:]), dtype)
-                for j, i in enumerate(rows):
-                    out[j] = t.to_ours(read(names[i]))[index[1:]]
-            else:
-                out = np.array(t.to_ours(read(names[0]))[index], dtype=dtype)
-            blocks[key] = out
+            blocks[key] = np.array(t.to_ours(read(t.hf_name))[index], dtype=dtype)
         return blocks[key]
 
     return jax.make_array_from_callback(shape, sharding, block)
@@ -479,8 +466,8 @@ def load_hf_checkpoint(
     params: Params = {}
     for t in layout:
         target = _tree_get(abstract, t.path)
-        _tree_set(params, t.path, _place(t, read, cfg.num_layers, target.shape,
-                                         target.dtype, _tree_get(shardings, t.path)))
+        _tree_set(params, t.path, _place(t, read, target.shape, target.dtype,
+                                         _tree_get(shardings, t.path)))
     if jax.tree.structure(params) != jax.tree.structure(abstract):
         raise AssertionError("checkpoint layout table does not cover the model's params")
     return cfg, params
@@ -489,11 +476,7 @@ def load_hf_checkpoint(
 def _hf_tensors(cfg: ModelConfig, params: Params) -> Iterator[tuple[str, np.ndarray]]:
     for t in _layout(cfg):
         value = np.asarray(jax.device_get(_tree_get(params, t.path)))
-        if t.stacked:
-            for i, name in enumerate(_hf_names(t, cfg.num_layers)):
-                yield name, np.ascontiguousarray(t.to_hf(value[i]))
-        else:
-            yield t.hf_name, np.ascontiguousarray(t.to_hf(value))
+        yield t.hf_name, np.ascontiguousarray(t.to_hf(value))
 
 
 def save_hf_checkpoint(path: PathLike, cfg: ModelConfig, params: Params) -> None:

@@ -50,7 +50,6 @@ LOGICAL_AXIS_RULES: Rules = (
     ("act_mlp", "tensor"),
     ("vocab", "tensor"),
     ("act_vocab", "tensor"),
-    ("layers", None),
     ("norm", None),
 )
 

@@ -14,18 +14,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-import transformers
 
+from hf_testing import SMALL, make_hf_model
 from rest_em import checkpoints, model, partitioning
 
-# Every sharded dimension divides its mesh axes: D=32 over fsdp, heads / kv heads /
-# mlp / vocab over tensor, so each parameter really is split.
-SMALL = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-# Also split the stacked layer axis, so each device reads only its own layer rows.
-LAYER_RULES = tuple(partitioning.LOGICAL_AXIS_RULES) + (("layers", "data"),)
-LAYER_RULES = tuple(r for r in LAYER_RULES if r != ("layers", None))
+# With SMALL every sharded dimension divides its mesh axes: D=32 over fsdp, heads /
+# kv heads / mlp / vocab over tensor, so each parameter really is split.
+
+# Non-default rules: no fsdp, tensor parallelism 4 ways over (tensor, fsdp), so the
+# `rules` argument must reach every parameter (and 2 kv heads fall back to replicated).
+TP4_RULES = tuple(
+    (name, ("tensor", "fsdp") if name in ("heads", "kv_heads", "mlp", "vocab")
+     else None if name == "embed" else target)
+    for name, target in partitioning.LOGICAL_AXIS_RULES)
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +38,7 @@ def mesh():
 
 @pytest.fixture(scope="module", params=["Llama", "Qwen2"])
 def checkpoint(request, tmp_path_factory):
-    config = getattr(transformers, f"{request.param}Config")(**SMALL)
-    torch.manual_seed(0)
-    hf = getattr(transformers, f"{request.param}ForCausalLM")(config)
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.normal_(1.0, 0.1)
+    hf = make_hf_model(request.param)
     path = tmp_path_factory.mktemp(request.param)
     hf.save_pretrained(path, max_shard_size="40KB")
     return path
@@ -57,15 +53,19 @@ def _assert_placed(params, shardings, reference):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(ref))
 
 
-@pytest.mark.parametrize("rules", [partitioning.LOGICAL_AXIS_RULES, LAYER_RULES],
-                         ids=["default_rules", "layers_sharded"])
-def test_load_into_mesh(checkpoint, mesh, rules):
+@pytest.mark.parametrize("rules,q_spec,k_spec", [
+    (partitioning.LOGICAL_AXIS_RULES, ("fsdp", "tensor", None), ("fsdp", "tensor", None)),
+    (TP4_RULES, (None, ("tensor", "fsdp"), None), (None, None, None)),
+], ids=["default_rules", "tp4_rules"])
+def test_load_into_mesh(checkpoint, mesh, rules, q_spec, k_spec):
     cfg, single = checkpoints.load_hf_checkpoint(checkpoint)
     cfg_m, params = checkpoints.load_hf_checkpoint(checkpoint, mesh=mesh, rules=rules)
     assert cfg_m == cfg
     shardings = model.param_shardings(cfg, mesh, rules)
-    spec = shardings["layers"]["attn"]["q_kernel"].spec
-    assert spec[1] == "fsdp" and spec[2] == "tensor"  # the test really shards
+    for i in range(cfg.num_layers):  # the test really shards, as the rules say
+        attn = shardings[f"layer_{i}"]["attn"]
+        assert tuple(attn["q_kernel"].spec) == q_spec
+        assert tuple(attn["k_kernel"].spec) == k_spec
     _assert_placed(params, shardings, single)
 
 
@@ -74,13 +74,7 @@ def _auto_mesh():
                          axis_types=(jax.sharding.AxisType.Auto,) * 3)
 
 
-@pytest.mark.parametrize("mesh_kind", [
-    "auto_axes",
-    pytest.param("make_mesh", marks=pytest.mark.xfail(strict=True, reason=(
-        "partitioning.make_mesh builds jax.make_mesh's default Explicit axes; the "
-        "embedding gather then needs out_sharding. Remove this mark once make_mesh "
-        "asks for AxisType.Auto."))),
-])
+@pytest.mark.parametrize("mesh_kind", ["auto_axes", "make_mesh"])
 def test_sharded_forward_matches_single_device(checkpoint, mesh, mesh_kind):
     mesh = _auto_mesh() if mesh_kind == "auto_axes" else mesh
     cfg, single = checkpoints.load_hf_checkpoint(checkpoint)
@@ -105,17 +99,49 @@ def test_orbax_restore_into_mesh(checkpoint, mesh, tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(ref))
 
 
-def test_each_block_is_read_once_and_only_its_layers(checkpoint, mesh, monkeypatch):
-    reads = []
-    original = checkpoints._Reader.__call__  # pylint: disable=protected-access
+def test_each_block_is_read_once_and_host_holds_one_copy(checkpoint, mesh, monkeypatch):
+    """Replicas share one host block; the distinct blocks of a parameter tile it exactly,
+    so no device is handed more than its shard and the host never holds more than
+    one copy of any parameter."""
+    reads, made = [], []
+    original_read = checkpoints._Reader.__call__  # pylint: disable=protected-access
+    original_make = jax.make_array_from_callback
 
-    def spy(self, name):
+    def spy_read(self, name):
         reads.append(name)
-        return original(self, name)
+        return original_read(self, name)
 
-    monkeypatch.setattr(checkpoints._Reader, "__call__", spy)  # pylint: disable=protected-access
-    checkpoints.load_hf_checkpoint(checkpoint, mesh=mesh, rules=LAYER_RULES)
-    # q: [L@data, D@fsdp, H@tensor, hd] -> 8 distinct blocks, each needing 1 of 2 layers.
-    assert reads.count("model.layers.0.self_attn.q_proj.weight") == 4
-    # embedding: [V@tensor, D@fsdp], replicated over data -> 4 distinct blocks, not 8.
+    def spy_make(shape, sharding, callback):
+        handed = []
+
+        def spy_callback(index):
+            handed.append((index, callback(index)))
+            return handed[-1][1]
+
+        out = original_make(shape, sharding, spy_callback)
+        made.append((out, handed))
+        return out
+
+    monkeypatch.setattr(checkpoints._Reader, "__call__", spy_read)  # pylint: disable=protected-access
+    monkeypatch.setattr(jax, "make_array_from_callback", spy_make)
+    cfg, params = checkpoints.load_hf_checkpoint(checkpoint, mesh=mesh)
+    assert len(made) == len(jax.tree.leaves(params)) == len(set(reads))  # 1 tensor each
+    for out, handed in made:
+        # Devices holding the same block (jax may ask only once when all do) get one
+        # shared buffer of exactly the shard's shape...
+        by_index = {}
+        for index, b in handed:
+            key = tuple(s.indices(n) for s, n in zip(index, out.shape))
+            assert by_index.setdefault(key, b) is b
+            assert b.shape == out.sharding.shard_shape(out.shape)
+        # ...and the distinct blocks add up to exactly one copy of the parameter.
+        assert len({id(b) for b in by_index.values()}) == len(by_index)
+        assert sum(b.nbytes for b in by_index.values()) == out.nbytes
+    # q: [D@fsdp, H@tensor, hd], replicated over data -> 4 distinct blocks, not 8.
+    for i in range(cfg.num_layers):
+        assert reads.count(f"model.layers.{i}.self_attn.q_proj.weight") == 4
+    # embedding: [V@tensor, D@fsdp], replicated over data -> 4 distinct blocks.
     assert reads.count("model.embed_tokens.weight") == 4
+    # A norm scale is replicated everywhere: read once for all 8 devices.
+    assert reads.count("model.norm.weight") == 1
+    assert reads.count("model.layers.1.input_layernorm.weight") == 1

@@ -18,24 +18,8 @@ import safetensors.numpy
 import torch
 import transformers
 
+from hf_testing import SMALL, make_hf_model
 from rest_em import checkpoints
-
-SMALL = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-
-
-def make_hf_model(family: str = "Llama", seed: int = 0, **overrides):
-    """A tiny f32 HF causal LM with every parameter (norms and biases too) randomised."""
-    config = getattr(transformers, f"{family}Config")(**{**SMALL, **overrides},
-                                                      attn_implementation="eager")
-    torch.manual_seed(seed)
-    hf = getattr(transformers, f"{family}ForCausalLM")(config).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            noise = torch.randn_like(p)
-            p.copy_(1.0 + 0.2 * noise if "norm" in name else 0.1 * noise)
-    return hf
-
 
 def assert_trees_equal(a, b):
     assert jax.tree.structure(a) == jax.tree.structure(b)
@@ -93,14 +77,18 @@ def test_layouts_follow_hf(llama, llama_loaded):
     cfg, params = llama_loaded
     sd = {k: v.numpy() for k, v in hf.state_dict().items()}
     d, hd = cfg.hidden_size, cfg.resolved_head_dim
+    assert sorted(params) == ["embedding", "final_norm", "layer_0", "layer_1", "lm_head"]
     q = sd["model.layers.1.self_attn.q_proj.weight"]  # [H*hd, D]
-    np.testing.assert_array_equal(params["layers"]["attn"]["q_kernel"][1],
+    np.testing.assert_array_equal(params["layer_1"]["attn"]["q_kernel"],
                                   q.T.reshape(d, cfg.num_heads, hd))
+    k = sd["model.layers.0.self_attn.k_proj.weight"]  # [K*hd, D]
+    np.testing.assert_array_equal(params["layer_0"]["attn"]["k_kernel"],
+                                  k.T.reshape(d, cfg.num_kv_heads, hd))
     o = sd["model.layers.1.self_attn.o_proj.weight"]  # [D, H*hd]
-    np.testing.assert_array_equal(params["layers"]["attn"]["o_kernel"][1],
+    np.testing.assert_array_equal(params["layer_1"]["attn"]["o_kernel"],
                                   o.T.reshape(cfg.num_heads, hd, d))
     np.testing.assert_array_equal(params["lm_head"], sd["lm_head.weight"].T)
-    np.testing.assert_array_equal(params["layers"]["mlp_norm"]["scale"][0],
+    np.testing.assert_array_equal(params["layer_0"]["mlp_norm"]["scale"],
                                   sd["model.layers.0.post_attention_layernorm.weight"])
     assert all(x.devices() == {jax.devices()[0]} for x in jax.tree.leaves(params))
 
@@ -112,11 +100,11 @@ def test_bf16_checkpoint_loads_exactly(llama, tmp_path):
     assert cfg.param_dtype == cfg.dtype == "bfloat16"
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
     ref = hf.model.layers[1].mlp.down_proj.weight.detach().to(torch.bfloat16).float().numpy()
-    got = params["layers"]["mlp"]["down_kernel"][1]
+    got = params["layer_1"]["mlp"]["down_kernel"]
     np.testing.assert_array_equal(np.asarray(got, np.float32), ref.T)
     cfg32, params32 = checkpoints.load_hf_checkpoint(tmp_path, dtype="float32")
     assert cfg32.param_dtype == cfg32.dtype == "float32"
-    np.testing.assert_array_equal(params32["layers"]["mlp"]["down_kernel"][1], ref.T)
+    np.testing.assert_array_equal(params32["layer_1"]["mlp"]["down_kernel"], ref.T)
 
 
 def test_tied_checkpoint_has_no_lm_head(tmp_path):
@@ -216,8 +204,14 @@ def test_config_sliding_window_rules():
     assert qwen(use_sliding_window=False).sliding_window is None
     assert qwen(use_sliding_window=True, max_window_layers=0).sliding_window == 16
     assert qwen(use_sliding_window=True, max_window_layers=28).sliding_window is None
-    with pytest.raises(ValueError, match="only some layers"):
+    # One sliding_window for the whole model: a per-layer mix is refused, not approximated.
+    with pytest.raises(ValueError, match="only some layers.*one sliding_window"):
         qwen(use_sliding_window=True, max_window_layers=1)
+    with pytest.raises(ValueError, match="only some layers"):
+        qwen(use_sliding_window=True,
+             layer_types=["sliding_attention", "full_attention"])
+    assert qwen(use_sliding_window=True,
+                layer_types=["sliding_attention"] * 2).sliding_window == 16
 
 
 # --- export and orbax ----------------------------------------------------------

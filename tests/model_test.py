@@ -12,13 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import transformers
 
+from hf_testing import make_hf_model
 from rest_em import checkpoints, model
 
 VOCAB, T = 256, 10
-SMALL = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+# Bigger than hf_testing.SMALL, with three layers unless a case says otherwise.
+SIZE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+            max_position_embeddings=128)
 
 CASES = {
     "llama": ("Llama", dict(rope_parameters={"rope_type": "default", "rope_theta": 5000.0})),
@@ -35,26 +36,10 @@ CASES = {
 }
 
 
-def make_hf_model(family: str, seed: int = 0, **overrides) -> transformers.PreTrainedModel:
-    """A tiny f32 HF causal LM with every parameter randomised (norms around 1)."""
-    config_cls = getattr(transformers, f"{family}Config")
-    model_cls = getattr(transformers, f"{family}ForCausalLM")
-    config = config_cls(**{**SMALL, **overrides}, attn_implementation="eager")
-    torch.manual_seed(seed)
-    hf = model_cls(config).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "norm" in name:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            else:
-                p.normal_(0.0, 0.1)
-    return hf
-
-
 @pytest.fixture(scope="module", params=list(CASES))
 def case(request, tmp_path_factory):
     family, overrides = CASES[request.param]
-    hf = make_hf_model(family, **overrides)
+    hf = make_hf_model(family, **{**SIZE, **overrides})
     path = tmp_path_factory.mktemp(request.param)
     hf.save_pretrained(path)
     cfg, params = checkpoints.load_hf_checkpoint(path)

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-import transformers
+from hf_testing import make_hf_model
 
 from rest_em import checkpoints, sampling
 
@@ -13,20 +13,8 @@ PAD = 0
 NEW = 16
 
 
-def _hf_model(kind: str):
-    torch.manual_seed(0)
-    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                  initializer_range=0.3, attn_implementation="eager", pad_token_id=PAD)
-    if kind == "llama":
-        return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)).eval()
-    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
-        **common, tie_word_embeddings=True)).eval()
-    with torch.no_grad():  # non-zero biases so that they matter
-        for layer in model.model.layers:
-            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-                proj.bias.normal_(0, 0.3)
-    return model
+def _hf_model(family: str):
+    return make_hf_model(family, hidden_size=64, num_hidden_layers=3, pad_token_id=PAD)
 
 
 def _hf_greedy(model, eos):
@@ -42,9 +30,9 @@ def _hf_greedy(model, eos):
     return out[:, width:].numpy()
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
-def test_greedy_equals_transformers_generate(kind, tmp_path):
-    hf = _hf_model(kind)
+@pytest.mark.parametrize("family", ["Llama", "Qwen2"])
+def test_greedy_equals_transformers_generate(family, tmp_path):
+    hf = _hf_model(family)
     hf.save_pretrained(tmp_path)
     cfg, params = checkpoints.load_hf_checkpoint(tmp_path)
 
