@@ -17,7 +17,6 @@ left-padded prompt gets the same rotary phases as the unpadded one.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -199,7 +198,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x_BxTxD):
         cfg = self.cfg
-        d, f, dt, pdt = cfg.hidden_size, cfg.intermediate_size, cfg.compute_dtype, cfg.params_dtype
+        d, f, pdt = cfg.hidden_size, cfg.intermediate_size, cfg.params_dtype
         init = nn.initializers.normal(0.02)
         gate = _param(self, "gate_kernel", (d, f), ("embed", "mlp"), init, pdt)
         up = _param(self, "up_kernel", (d, f), ("embed", "mlp"), init, pdt)
