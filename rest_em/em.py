@@ -1,0 +1,362 @@
+"""The ReST^EM outer loop (Algorithm 1): generate -> score -> filter -> improve -> evaluate.
+
+Iteration 0 evaluates the base model; iteration i >= 1 samples `num_samples` solutions
+per training problem from the previous iteration's model (E-step), keeps the correct
+ones (filtering), fine-tunes the BASE model on them (M-step; `from_base=False` continues
+from the last model, as ReST does) and evaluates the result.
+
+Every unit of work leaves a file in the workdir, written atomically (temp file +
+rename), and is skipped when that file exists; so a run killed at any moment (even
+`kill -9`) continues from the last completed unit when the same command runs again:
+
+  workdir/base/                      the base params (orbax)
+  workdir/iter_001/samples/shard_*   E-step samples with rewards, one file per chunk
+  workdir/iter_001/samples/manifest.json
+  workdir/iter_001/selected.jsonl    the M-step dataset
+  workdir/iter_001/mstep/            resumable M-step checkpoints (orbax)
+  workdir/iter_001/params/           the iteration's model (orbax)
+  workdir/iter_00i/eval_<split>.json evaluation results
+  workdir/iter_00i/metrics.json      the iteration's metrics: its completion marker
+  workdir/metrics.jsonl, tensorboard/, accuracy.png   rebuilt from the markers
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import tqdm
+
+from rest_em import checkpoints, evaluation, filtering, sampling, training
+from rest_em import metrics as metrics_lib
+from rest_em import model as model_lib
+from rest_em.tasks.problems import Problem, Task
+from rest_em.tokenizers import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class EMConfig:
+    """Knobs of Algorithm 1. Defaults follow the paper where it gives them."""
+
+    num_iterations: int = 3
+    num_samples: int = 32            # E-step samples per training problem
+    temperature: float = 0.7
+    top_k: int = 0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    max_per_problem: int = 10        # the paper's cap on solutions per problem
+    dedup: bool = True
+    from_base: bool = True           # ReST^EM: every M-step starts from the base model
+    chunk_size: int = 256            # problems per sampler call (= per E-step shard)
+    eval_num_samples: int = 8        # samples per test problem for pass@k / maj@k
+    eval_ks: tuple[int, ...] = (1, 4, 8)
+    train_eval_size: int = 500       # training problems scored greedily (train-test gap)
+    val_size: int | None = None      # validation problems for checkpoint selection
+    seed: int = 0
+    fit: training.FitConfig = training.FitConfig()
+
+    def __post_init__(self):
+        if self.num_iterations < 0:
+            raise ValueError(f"num_iterations must be >= 0, got {self.num_iterations}")
+        if self.num_samples < 1 or self.eval_num_samples < 1:
+            raise ValueError("num_samples and eval_num_samples must be >= 1")
+        if self.temperature <= 0:
+            raise ValueError("the E-step samples: temperature must be > 0 "
+                             "(greedy decoding would give one solution per problem)")
+
+
+# --- small, atomic file helpers ---------------------------------------------------------
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_jsonl(path: pathlib.Path, rows: Sequence[dict]) -> None:
+    _write_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def _read_jsonl(path: pathlib.Path) -> list[dict]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _write_json(path: pathlib.Path, obj: Any) -> None:
+    _write_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def _save_params_once(path: pathlib.Path, params: Any) -> None:
+    """Orbax writes to a temp dir and renames on commit; a stale temp dir is removed."""
+    if path.exists():
+        shutil.rmtree(path)
+    checkpoints.save_params(path, params)
+
+
+# --- generation + scoring ---------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """The sampler's completions for one problem with the checker's statuses."""
+
+    problem: Problem
+    completions: list[str]
+    statuses: list[str]
+    answers: list[str | None]
+
+
+def prompt_ids(task: Task, tokenizer: Tokenizer, problem: Problem) -> list[int]:
+    ids = tokenizer.encode(task.prompt(problem))
+    return ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + ids
+
+
+def generate_and_score(params: Any, problems: Sequence[Problem], *, task: Task,
+                       tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
+                       sampling_cfg: sampling.SamplingConfig, key: jax.Array,
+                       chunk_size: int, mesh=None, desc: str = "",
+                       shard_dir: pathlib.Path | None = None) -> list[Scored]:
+    """Samples and scores `problems` in chunks of `chunk_size` (one sampler shape).
+
+    With `shard_dir`, each chunk's results are a file there and finished chunks are
+    read back instead of recomputed (resumable E-step). Keys depend only on (key,
+    problem_id, sample index), so chunking never changes a sample.
+    """
+    out: list[Scored] = []
+    starts = range(0, len(problems), chunk_size)
+    for shard, start in enumerate(tqdm.tqdm(starts, desc=desc, leave=False, dynamic_ncols=True)):
+        chunk = list(problems[start: start + chunk_size])
+        path = shard_dir / f"shard_{shard:05d}.jsonl" if shard_dir is not None else None
+        if path is not None and path.exists():
+            rows = _read_jsonl(path)
+            by_id: dict[int, list[dict]] = {}
+            for r in rows:
+                by_id.setdefault(r["problem_id"], []).append(r)
+            for p in chunk:
+                rs = sorted(by_id[p.problem_id], key=lambda r: r["sample_index"])
+                out.append(Scored(p, [r["completion"] for r in rs], [r["status"] for r in rs],
+                                  [r["answer"] for r in rs]))
+            continue
+        # Pad the last chunk with copies of its first problem: one compiled shape.
+        padded = chunk + [chunk[0]] * (chunk_size - len(chunk)) if len(problems) > chunk_size else chunk
+        res = sampling.sample(params, [prompt_ids(task, tokenizer, p) for p in padded],
+                              model_cfg=model_cfg, cfg=sampling_cfg, key=key,
+                              problem_ids=[p.problem_id for p in padded], mesh=mesh)
+        rows = []
+        for b, p in enumerate(chunk):
+            comps = [tokenizer.decode(res.tokens_BxNxT[b, j, : res.lengths_BxN[b, j]])
+                     for j in range(sampling_cfg.num_samples)]
+            statuses = [str(s) for s in task.score(comps, [p.answer] * len(comps))]
+            answers = [task.extract(c) for c in comps]
+            out.append(Scored(p, comps, statuses, answers))
+            rows += [{"problem_id": p.problem_id, "sample_index": j, "completion": c, "status": s,
+                      "reward": float(s == "correct"), "answer": a}
+                     for j, (c, s, a) in enumerate(zip(comps, statuses, answers))]
+        if path is not None:
+            _write_jsonl(path, rows)
+    return out
+
+
+def with_gold(problems: Sequence[Problem], split: str) -> list[Problem]:
+    """Problems without a gold answer cannot be scored: reported and skipped, never scored 0."""
+    kept = [p for p in problems if p.answer is not None and str(p.answer).strip()]
+    if len(kept) < len(problems):
+        missing = [p.problem_id for p in problems if p not in kept]
+        log.warning("%s: %d problems have no gold answer and are skipped (ids %s%s)", split,
+                    len(missing), missing[:20], " ..." if len(missing) > 20 else "")
+    return kept
+
+
+# --- evaluation -------------------------------------------------------------------------
+
+def evaluate(params: Any, problems: Sequence[Problem], *, task: Task, tokenizer: Tokenizer,
+             model_cfg: model_lib.ModelConfig, cfg: EMConfig, key: jax.Array, prefix: str,
+             sampled: bool, mesh=None) -> dict[str, float]:
+    """Greedy pass@1 (and, if `sampled`, pass@k and maj@k) with per-level breakdowns."""
+    greedy_cfg = sampling.SamplingConfig(
+        num_samples=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens,
+        eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+    greedy = generate_and_score(params, problems, task=task, tokenizer=tokenizer,
+                                model_cfg=model_cfg, sampling_cfg=greedy_cfg, key=key,
+                                chunk_size=cfg.chunk_size, mesh=mesh, desc=f"eval {prefix} greedy")
+    samples = None
+    if sampled:
+        sample_cfg = dataclasses.replace(greedy_cfg, num_samples=cfg.eval_num_samples,
+                                         temperature=cfg.temperature, top_k=cfg.top_k,
+                                         top_p=cfg.top_p)
+        samples = generate_and_score(params, problems, task=task, tokenizer=tokenizer,
+                                     model_cfg=model_cfg, sampling_cfg=sample_cfg, key=key,
+                                     chunk_size=cfg.chunk_size, mesh=mesh,
+                                     desc=f"eval {prefix} samples")
+    results = evaluation.summarize(
+        greedy_correct=[s.statuses[0] == "correct" for s in greedy],
+        sample_correct=None if samples is None else
+        [[st == "correct" for st in s.statuses] for s in samples],
+        sample_answers=None if samples is None else [s.answers for s in samples],
+        levels=[p.level for p in problems], ks=cfg.eval_ks)
+    return {f"{prefix}/{k}": v for k, v in results.items()}
+
+
+# --- the loop ---------------------------------------------------------------------------
+
+def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
+        make_base_params: Callable[[], Any], workdir: str | pathlib.Path, cfg: EMConfig,
+        mesh=None) -> list[dict]:
+    """Runs (or resumes) the EM loop in `workdir`; returns the metrics of every iteration."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    writer = metrics_lib.MetricsWriter(workdir)
+    root = jax.random.key(cfg.seed)
+
+    t0 = time.time()
+    base_dir = workdir / "base"
+    if not base_dir.exists():  # orbax renames its temp dir into place only when complete
+        base = make_base_params()
+        _save_params_once(base_dir, base)
+    base_seconds = time.time() - t0
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                            model_lib.abstract_params(model_cfg))
+    base = checkpoints.restore_params(base_dir, abstract=abstract)
+
+    train = with_gold(task.load("train"), "train")
+    val = with_gold(task.load("val"), "val")
+    if cfg.val_size is not None:
+        val = val[: cfg.val_size]
+    test = with_gold(task.load("test"), "test")
+    train_eval = train[: cfg.train_eval_size]
+
+    params = base
+    history: list[dict] = []
+    for it in range(cfg.num_iterations + 1):
+        idir = workdir / f"iter_{it:03d}"
+        marker = idir / "metrics.json"
+        if marker.exists():
+            history.append(json.loads(marker.read_text()))
+            params = None if it > 0 else params  # restored below if a later iteration needs it
+            continue
+        if params is None:
+            params = checkpoints.restore_params(workdir / f"iter_{it - 1:03d}" / "params",
+                                                abstract=abstract)
+        key = jax.random.fold_in(root, it)
+        m: dict[str, Any] = {"iteration": it}
+        seconds: dict[str, float] = {}
+        if it == 0:
+            seconds["base"] = base_seconds
+        else:
+            # E-step: sample from the previous iteration's model, score.
+            t = time.time()
+            e_cfg = sampling.SamplingConfig(
+                num_samples=cfg.num_samples, temperature=cfg.temperature, top_k=cfg.top_k,
+                top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, eos_id=tokenizer.eos_id,
+                pad_id=tokenizer.pad_id)
+            scored = generate_and_score(
+                params, train, task=task, tokenizer=tokenizer, model_cfg=model_cfg,
+                sampling_cfg=e_cfg, key=jax.random.fold_in(key, 0), chunk_size=cfg.chunk_size,
+                mesh=mesh, desc=f"iter {it} E-step", shard_dir=idir / "samples")
+            _write_json(idir / "samples" / "manifest.json",
+                        {"shards": sorted(p.name for p in (idir / "samples").glob("shard_*.jsonl")),
+                         "num_problems": len(train), "num_samples": cfg.num_samples})
+            seconds["generate"] = time.time() - t
+
+            # Filter: the M-step dataset.
+            t = time.time()
+            records = [filtering.Sample(problem_id=s.problem.problem_id, sample_index=j,
+                                        prompt=task.prompt(s.problem), completion=c,
+                                        reward=float(st == "correct"))
+                       for s in scored for j, (c, st) in enumerate(zip(s.completions, s.statuses))]
+            selected = filtering.select(records, max_per_problem=cfg.max_per_problem,
+                                        seed=cfg.seed * 1_000_003 + it, dedup=cfg.dedup)
+            _write_jsonl(idir / "selected.jsonl", [dataclasses.asdict(s) for s in selected])
+            statuses = [st for s in scored for st in s.statuses]
+            m.update(num_problems=len(train), num_samples=len(statuses),
+                     num_correct=statuses.count("correct"),
+                     num_no_answer=statuses.count("no_answer"),
+                     num_checker_errors=statuses.count("checker_error") + statuses.count("timeout"),
+                     num_selected=len(selected),
+                     num_problems_solved=len({s.problem_id for s in selected}))
+            seconds["filter"] = time.time() - t
+
+            # M-step: fine-tune (from the base model) with validation-based selection.
+            t = time.time()
+            start = base if cfg.from_base else params
+            if not selected:
+                log.warning("iteration %d: no correct samples among %d: the M-step has nothing "
+                            "to train on and keeps its starting model", it, len(statuses))
+            eos = [tokenizer.eos_id]
+
+            def val_reward(p):
+                r = evaluate(p, val, task=task, tokenizer=tokenizer, model_cfg=model_cfg,
+                             cfg=cfg, key=key, prefix="val", sampled=False, mesh=mesh)
+                return r["val/greedy_pass@1"]
+
+            by_id = {p.problem_id: p for p in train}
+            fit = training.fit(
+                start, [prompt_ids(task, tokenizer, by_id[s.problem_id]) for s in selected],
+                [tokenizer.encode(s.completion) + eos for s in selected], model_cfg=model_cfg,
+                cfg=cfg.fit, seed=cfg.seed * 1_000_003 + it, eval_fn=val_reward,
+                checkpoint_dir=idir / "mstep", mesh=mesh, pad_id=tokenizer.pad_id,
+                desc=f"iter {it} M-step") if selected else training.FitResult(start, 0, None, [])
+            params = fit.params
+            _save_params_once(idir / "params", params)
+            m.update({"val/greedy_pass@1": fit.best_reward, "best_step": fit.best_step,
+                      "num_train_steps": training.total_steps(cfg.fit, len(selected))
+                      if selected else 0})
+            seconds["improve"] = time.time() - t
+
+        # Evaluate: train (greedy, the train-test gap) and test (greedy, pass@k, maj@k).
+        t = time.time()
+        ekey = jax.random.fold_in(root, 10_000 + it)
+        for split, probs, sampled in (("train", train_eval, False), ("test", test, True)):
+            path = idir / f"eval_{split}.json"
+            if not path.exists():
+                _write_json(path, evaluate(params, probs, task=task, tokenizer=tokenizer,
+                                           model_cfg=model_cfg, cfg=cfg, key=ekey, prefix=split,
+                                           sampled=sampled, mesh=mesh))
+            m.update(json.loads(path.read_text()))
+        seconds["evaluate"] = time.time() - t
+        m["seconds"] = seconds
+        _write_json(marker, m)
+        history.append(m)
+        writer.write_all(history)
+        log.info("iteration %d: %s", it, {k: v for k, v in m.items() if "level" not in k})
+    writer.write_all(history)
+    return history
+
+
+def final_table(history: Sequence[dict]) -> str:
+    """The terminal summary: one row per iteration."""
+    cols = ["iteration", "num_correct", "num_selected", "train/greedy_pass@1", "test/greedy_pass@1"]
+    ks = sorted({k for m in history for k in m if k.startswith(("test/pass@", "test/maj@"))},
+                key=lambda k: (k.split("@")[0], int(k.split("@")[1])))
+    cols += ks
+    lines = [" | ".join(cols), " | ".join("---" for _ in cols)]
+    for m in history:
+        cells = []
+        for c in cols:
+            v = m.get(c, "")
+            cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
+        lines.append(" | ".join(cells))
+    return "\n".join(lines)
+
+
+def load_history(workdir: str | pathlib.Path) -> list[dict]:
+    """Metrics of the completed iterations of a workdir, in order."""
+    paths = sorted(pathlib.Path(workdir).glob("iter_*/metrics.json"))
+    return [json.loads(p.read_text()) for p in paths]
+
+
+__all__ = ["EMConfig", "Scored", "evaluate", "final_table", "generate_and_score", "load_history",
+           "prompt_ids", "run", "with_gold"]

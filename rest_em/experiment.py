@@ -1,0 +1,89 @@
+"""One experiment = a task, a tokenizer, a model, a base model and the EM config.
+
+Plain functions with keyword-only arguments; `rest_em.main` makes them gin-configurable
+(gin stays at the edges). Base models come from `sft_base` (train a model from scratch
+on the task's reference solutions: the embedded default) or `hf_base` (a Hugging Face
+checkpoint directory).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from rest_em import checkpoints, em, partitioning, training
+from rest_em import model as model_lib
+from rest_em.tasks.problems import Task
+from rest_em.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer
+
+log = logging.getLogger(__name__)
+
+BaseFn = Callable[[Task, Tokenizer, model_lib.ModelConfig, Any], Any]
+
+
+def sft_base(task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig, mesh=None, *,
+             fit: training.FitConfig = training.FitConfig(), split: str = "sft",
+             seed: int = 0) -> Any:
+    """A base model trained from random init on `split`'s reference solutions."""
+    problems = [p for p in task.load(split) if p.solution]
+    if not problems:
+        raise ValueError(f"task {task.name!r}: split {split!r} has no reference solutions")
+    params = model_lib.init_params(model_cfg, jax.random.key(seed), mesh)
+    result = training.fit(
+        params, [em.prompt_ids(task, tokenizer, p) for p in problems],
+        [tokenizer.encode(task.target(p)) + [tokenizer.eos_id] for p in problems],
+        model_cfg=model_cfg, cfg=fit, seed=seed, mesh=mesh, pad_id=tokenizer.pad_id,
+        desc="base model SFT")
+    return result.params
+
+
+def hf_base(task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig, mesh=None, *,
+            checkpoint_dir: str) -> Any:
+    """The params of a Hugging Face safetensors checkpoint directory."""
+    del task, tokenizer
+    cfg, params = checkpoints.load_hf_checkpoint(checkpoint_dir, mesh=mesh,
+                                                 dtype=model_cfg.param_dtype)
+    if cfg.num_layers != model_cfg.num_layers or cfg.hidden_size != model_cfg.hidden_size:
+        raise ValueError(f"{checkpoint_dir}: the checkpoint's architecture does not match the "
+                         "configured model (use hf_model_config with the same checkpoint_dir)")
+    return params
+
+
+def byte_tokenizer() -> Tokenizer:
+    return ByteTokenizer()
+
+
+def hf_tokenizer(*, checkpoint_dir: str, eos_token: str | None = None) -> Tokenizer:
+    return HFTokenizer(checkpoint_dir, eos_token=eos_token)
+
+
+def hf_model_config(*, checkpoint_dir: str, dtype: str = "float32",
+                    param_dtype: str | None = None) -> model_lib.ModelConfig:
+    """The ModelConfig read from a checkpoint's config.json."""
+    overrides = {"dtype": dtype}
+    if param_dtype is not None:
+        overrides["param_dtype"] = param_dtype
+    return checkpoints.config_from_hf(pathlib.Path(checkpoint_dir), **overrides)
+
+
+def run(*, workdir: str, task: Task, tokenizer: Tokenizer, model: model_lib.ModelConfig,
+        base: Callable[..., Any], em_config: em.EMConfig, mesh_shape: tuple[int, ...] | None = None
+        ) -> list[dict]:
+    """Runs (or resumes) the experiment in `workdir`; returns per-iteration metrics.
+
+    `base(task, tokenizer, model_cfg, mesh)` builds the base params (called once: the
+    result is saved in the workdir). `mesh_shape` (data, fsdp, tensor) shards sampling
+    and training; None runs on the default device.
+    """
+    if model.vocab_size < tokenizer.vocab_size:
+        raise ValueError(f"the model's vocab_size={model.vocab_size} is smaller than the "
+                         f"tokenizer's {tokenizer.vocab_size}")
+    mesh = partitioning.make_mesh(*mesh_shape) if mesh_shape else None
+    return em.run(task=task, tokenizer=tokenizer, model_cfg=model,
+                  make_base_params=functools.partial(base, task, tokenizer, model, mesh),
+                  workdir=workdir, cfg=em_config, mesh=mesh)

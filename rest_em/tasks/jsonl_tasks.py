@@ -1,0 +1,117 @@
+"""GSM8K and MATH from JSONL files, with few-shot prompts and the math checker.
+
+Rows are `{"question": ..., "answer": ...}` where `answer` is the reference solution
+(GSM8K: ending in `#### N`; MATH: with a final `\\boxed{}`), as in ../shared/data and
+the original releases. The gold final answer is read from the reference solution; a row
+whose reference has no readable final answer keeps `answer=None` and is reported and
+skipped by the loop, never scored 0.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+from collections.abc import Sequence
+
+from rest_em.tasks.problems import Problem, Task, read_jsonl
+
+_CALC = re.compile(r"<<[^<>]*>>")
+
+
+def gsm8k_reference(solution: str) -> str:
+    """GSM8K's solution without its calculator annotations `<<48/2=24>>`."""
+    return _CALC.sub("", solution)
+
+
+def load_problems(path: str | pathlib.Path, *, style: str, question_field: str = "question",
+                  solution_field: str = "answer", level_field: str | None = "level") -> list[Problem]:
+    """Problems of a JSONL file; `style` is "gsm8k" or "math" (how the gold is read)."""
+    from rest_em.rewards import math as math_reward
+
+    problems = []
+    for i, (lineno, row) in enumerate(read_jsonl(path, required=(question_field, solution_field))):
+        solution = row[solution_field]
+        if style == "gsm8k":
+            solution = gsm8k_reference(solution)
+        try:
+            gold = math_reward.gold_answer(solution)
+        except ValueError:
+            gold = None
+        level = row.get(level_field) if level_field else None
+        if isinstance(level, str):
+            m = re.search(r"\d+", level)
+            level = int(m.group()) if m else None
+        problems.append(Problem(i, row[question_field], gold, solution,
+                                level if isinstance(level, int) else None))
+        del lineno
+    return problems
+
+
+def _few_shot_prefix(shots: Sequence[Problem], style: str) -> str:
+    return "".join(_format(p, style) + p.solution.strip() + "\n\n" for p in shots)
+
+
+def _format(problem: Problem, style: str) -> str:
+    return f"Question: {problem.question.strip()}\nAnswer:" + (" " if style == "gsm8k" else "\n")
+
+
+def _make(name: str, style: str, files: dict[str, str | None], num_shots: int, val_size: int) -> Task:
+    from rest_em.rewards import math as math_reward
+
+    cache: dict[str, list[Problem]] = {}
+
+    def raw(split: str) -> list[Problem]:
+        if split not in cache:
+            path = files.get(split)
+            if path is None:
+                raise ValueError(f"task {name!r}: no file configured for split {split!r}")
+            cache[split] = load_problems(path, style=style)
+        return cache[split]
+
+    def load(split: str) -> list[Problem]:
+        """train minus the few-shot exemplars and the val tail; val = that tail."""
+        if split in ("train", "val", "sft") and files.get("train"):
+            rest = raw("train")[num_shots:]
+            cut = len(rest) - val_size
+            return rest[cut:] if split == "val" else rest[:cut]
+        return raw(split)
+
+    shots = raw("train")[:num_shots] if num_shots and files.get("train") else []
+    prefix = _few_shot_prefix(shots, style)
+
+    def prompt(p: Problem) -> str:
+        return prefix + _format(p, style)
+
+    def target(p: Problem) -> str:
+        if p.solution is None:
+            raise ValueError(f"{name}: problem {p.problem_id} has no reference solution")
+        return " " + p.solution.strip() if style == "gsm8k" else p.solution.strip()
+
+    def extract(completion: str) -> str | None:
+        return math_reward.extract_answer(_first_answer(completion), style=style)
+
+    def score(completions: Sequence[str], golds: Sequence[str]) -> list[str]:
+        cut = [_first_answer(c) for c in completions]
+        return [str(s) for s in math_reward.check_batch(cut, golds)]
+
+    return Task(name, load, prompt, target, extract, score)
+
+
+def _first_answer(completion: str) -> str:
+    """Few-shot models continue with the next "Question:"; only the first answer counts."""
+    return completion.split("\nQuestion:", 1)[0]
+
+
+def gsm8k_task(*, train_file: str | None, test_file: str, num_shots: int = 0,
+               val_size: int = 200) -> Task:
+    """GSM8K: the gold is the number after `####`."""
+    return _make("gsm8k", "gsm8k", {"train": train_file, "test": test_file}, num_shots, val_size)
+
+
+def math_task(*, train_file: str | None, test_file: str, num_shots: int = 0,
+              val_size: int = 200) -> Task:
+    """MATH (Hendrycks et al.): the gold is the last `\\boxed{}` of the reference."""
+    return _make("math", "math", {"train": train_file, "test": test_file}, num_shots, val_size)
+
+
+GIN_CONFIGURABLES = (gsm8k_task, math_task)

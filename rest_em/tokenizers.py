@@ -1,0 +1,86 @@
+"""Tokenizers: text <-> ids for prompts, completions and the sampler's EOS.
+
+`ByteTokenizer` needs no files (the embedded task's tiny models); `HFTokenizer` reads a
+Hugging Face `tokenizer.json` with the `tokenizers` library (imported lazily).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class Tokenizer(Protocol):
+    vocab_size: int
+    pad_id: int
+    bos_id: int | None
+    eos_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class ByteTokenizer:
+    """UTF-8 bytes shifted by 3: 0 = pad, 1 = BOS, 2 = EOS. Vocabulary 259."""
+
+    pad_id, bos_id, eos_id = 0, 1, 2
+    offset = 3
+    vocab_size = 256 + offset
+
+    def encode(self, text: str) -> list[int]:
+        return [b + self.offset for b in text.encode("utf-8")]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Stops at the first EOS; pad/BOS are dropped; invalid UTF-8 is replaced."""
+        out = bytearray()
+        for i in ids:
+            i = int(i)
+            if i == self.eos_id:
+                break
+            if i >= self.offset:
+                out.append(i - self.offset)
+        return out.decode("utf-8", errors="replace")
+
+
+class HFTokenizer:
+    """A Hugging Face `tokenizer.json` (in a checkpoint directory) via `tokenizers`."""
+
+    def __init__(self, path: str | pathlib.Path, *, eos_token: str | None = None,
+                 pad_id: int | None = None):
+        import tokenizers  # lazy: only users of real checkpoints need it
+
+        path = pathlib.Path(path)
+        file = path / "tokenizer.json" if path.is_dir() else path
+        if not file.exists():
+            raise FileNotFoundError(f"{file}: no tokenizer.json (a Hugging Face fast tokenizer file)")
+        self._tok = tokenizers.Tokenizer.from_file(str(file))
+        self.vocab_size = self._tok.get_vocab_size()
+        config = _read_json(file.parent / "tokenizer_config.json")
+        eos_token = eos_token or config.get("eos_token")
+        if isinstance(eos_token, dict):
+            eos_token = eos_token.get("content")
+        bos_token = config.get("bos_token")
+        if isinstance(bos_token, dict):
+            bos_token = bos_token.get("content")
+        if eos_token is None or self._tok.token_to_id(eos_token) is None:
+            raise ValueError(f"{file}: cannot find the EOS token ({eos_token!r}); pass eos_token=")
+        self.eos_id = self._tok.token_to_id(eos_token)
+        self.bos_id = self._tok.token_to_id(bos_token) if bos_token else None
+        self.pad_id = self.eos_id if pad_id is None else pad_id
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        ids = [int(i) for i in ids]
+        if self.eos_id in ids:
+            ids = ids[: ids.index(self.eos_id)]
+        return self._tok.decode(ids, skip_special_tokens=True)
+
+
+def _read_json(path: pathlib.Path) -> dict:
+    import json
+
+    return json.loads(path.read_text()) if path.exists() else {}

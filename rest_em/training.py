@@ -1,0 +1,335 @@
+"""The M-step: fine-tune on selected samples with weighted NLL, keep the best on D_val.
+
+Pieces, each usable alone:
+  TrainBatch / make_batch   right-padded prompt+completion rows with a target mask
+  make_optimizer            optax AdamW (+ clipping) with a warmup/cosine schedule
+  TrainState, train_step    a pure step over `[A, B, L]` micro-batches (exact accumulation)
+  make_train_step           `jax.jit` with shardings and state donation
+  fit                       the M-step loop: batches from the seed, validation every K
+                            steps, best-params selection, resumable orbax checkpoints
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+
+from rest_em import losses
+from rest_em import model as model_lib
+from rest_em import partitioning
+
+Array = jax.Array
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN/inf; the last good checkpoint is left in place."""
+
+
+@flax.struct.dataclass
+class TrainBatch:
+    """One (micro-)batch. Right padded: row b is prompt + completion, then padding.
+
+    inputs_BxL / targets_BxL are the row shifted by one; loss_mask_BxL is 1 on the
+    positions whose target is a completion token (the prompt is never a target);
+    weights_B the per-example reward; token_weights_BxL optional per-token weights.
+    Stacked micro-batches carry a leading axis A (`[A, B, L]`).
+    """
+
+    inputs_BxL: Array
+    targets_BxL: Array
+    valid_BxL: Array
+    loss_mask_BxL: Array
+    weights_B: Array
+    token_weights_BxL: Array
+
+
+def make_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *,
+               length: int, pad_id: int = 0, weights: Sequence[float] | None = None,
+               token_weights: Sequence[Sequence[float]] | None = None) -> TrainBatch:
+    """Host numpy TrainBatch of `len(prompts)` rows padded to `length` (+1 for the shift).
+
+    token_weights[i] (optional) has one weight per completion token of row i. Raises
+    ValueError naming the row when prompt + completion does not fit.
+    """
+    b = len(prompts)
+    seq = np.full((b, length + 1), pad_id, np.int32)
+    mask = np.zeros((b, length), np.float32)
+    tok_w = np.ones((b, length), np.float32)
+    valid = np.zeros((b, length), bool)
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        n = len(p) + len(c)
+        if n > length + 1:
+            raise ValueError(f"row {i}: prompt ({len(p)}) + completion ({len(c)}) tokens exceed "
+                             f"the training length {length + 1}")
+        if len(p) == 0 or len(c) == 0:
+            raise ValueError(f"row {i}: empty prompt or completion")
+        seq[i, :n] = np.concatenate([np.asarray(p, np.int32), np.asarray(c, np.int32)])
+        valid[i, : n - 1] = True
+        mask[i, len(p) - 1: n - 1] = 1.0  # inputs[t] predicts seq[t+1]: the completion
+        if token_weights is not None:
+            tok_w[i, len(p) - 1: n - 1] = np.asarray(token_weights[i], np.float32)
+    w = np.ones((b,), np.float32) if weights is None else np.asarray(weights, np.float32)
+    return TrainBatch(seq[:, :-1], seq[:, 1:], valid, mask, w, tok_w)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with global-norm clipping and linear warmup into a constant or cosine decay."""
+
+    learning_rate: float = 1e-4
+    warmup_steps: int = 0
+    schedule: str = "constant"  # "constant" | "cosine"
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    clip_norm: float | None = 1.0
+
+    def __post_init__(self):
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule={self.schedule!r}; expected 'constant' or 'cosine'")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+
+def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
+    """The optax chain for `total_steps` steps (the cosine decays to 10% at the end)."""
+    warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+    if cfg.schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(
+            0.0 if warmup else cfg.learning_rate, cfg.learning_rate, warmup,
+            max(total_steps, warmup + 1), end_value=0.1 * cfg.learning_rate)
+    elif warmup:
+        lr = optax.join_schedules(
+            [optax.linear_schedule(0.0, cfg.learning_rate, warmup),
+             optax.constant_schedule(cfg.learning_rate)], [warmup])
+    else:
+        lr = optax.constant_schedule(cfg.learning_rate)
+    parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm else []
+    parts.append(optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                             weight_decay=cfg.weight_decay))
+    return optax.chain(*parts)
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: Array
+    params: Any
+    opt_state: Any
+
+
+def init_train_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
+    """A state that owns a copy of `params` (train steps donate it; the caller's params,
+    e.g. the base model every ReST^EM iteration restarts from, stay valid). The optimizer
+    state is created by a jitted init, so it inherits the params' shardings."""
+    params = _copy(params)
+    return TrainState(jnp.zeros((), jnp.int32), params, jax.jit(optimizer.init)(params))
+
+
+@jax.jit
+def _copy(tree: Any) -> Any:
+    return jax.tree.map(jnp.copy, tree)
+
+
+def train_step(state: TrainState, batch_AxBxL: TrainBatch, *, model_cfg: model_lib.ModelConfig,
+               optimizer: optax.GradientTransformation) -> tuple[TrainState, dict[str, Array]]:
+    """One optimizer update from A stacked micro-batches.
+
+    The loss is sum(weight * nll) / (number of target tokens) over ALL micro-batches,
+    accumulated exactly (numerators and token counts summed separately), so A micro-batches
+    of B equal one batch of A*B.
+    """
+
+    def sums(params, mb: TrainBatch):
+        logits = model_lib.forward(params, model_cfg, mb.inputs_BxL, mb.valid_BxL)
+        _, aux = losses.weighted_nll(logits, mb.targets_BxL, mb.loss_mask_BxL, mb.weights_B,
+                                     mb.token_weights_BxL)
+        return aux["loss_sum"], aux
+
+    def accumulate(carry, mb):
+        grads, loss_sum, tokens, correct = carry
+        (ls, aux), g = jax.value_and_grad(sums, has_aux=True)(state.params, mb)
+        grads = jax.tree.map(jnp.add, grads, g)
+        return (grads, loss_sum + ls, tokens + aux["num_tokens"],
+                correct + aux["accuracy"] * aux["num_tokens"]), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+    init = (zeros, jnp.float32(0), jnp.float32(0), jnp.float32(0))
+    (grads, loss_sum, tokens, correct), _ = jax.lax.scan(accumulate, init, batch_AxBxL)
+    denom = jnp.maximum(tokens, 1.0)
+    grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss_sum / denom, "token_accuracy": correct / denom,
+               "num_tokens": tokens, "grad_norm": optax.global_norm(grads)}
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+
+def make_train_step(model_cfg: model_lib.ModelConfig, optimizer: optax.GradientTransformation,
+                    state: TrainState, mesh: jax.sharding.Mesh | None = None,
+                    rules: partitioning.Rules = partitioning.LOGICAL_AXIS_RULES) -> Callable:
+    """`train_step` jitted with the state's own shardings and the state donated.
+
+    With a mesh the batch is split over the mesh's data axes (`batch` logical axis).
+    """
+    fn = jax.tree_util.Partial(train_step, model_cfg=model_cfg, optimizer=optimizer)
+    if mesh is None:
+        return jax.jit(fn, donate_argnums=0)
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    spec = partitioning.logical_to_spec(("batch",), (partitioning.batch_multiple(mesh, rules),),
+                                        mesh, rules)
+    row = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, spec[0]))
+    row2 = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, spec[0], None))
+    batch_sh = TrainBatch(row2, row2, row2, row2, row, row2)
+
+    def traced(state, batch):
+        with partitioning.activation_sharding(mesh, rules):
+            return fn(state, batch)
+
+    return jax.jit(traced, in_shardings=(state_sh, batch_sh),
+                   out_shardings=(state_sh, partitioning.replicated(mesh)), donate_argnums=0)
+
+
+# --- the M-step loop --------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """How long and how the M-step trains. `num_steps` wins over `num_epochs` when set."""
+
+    batch_size: int = 32
+    micro_batches: int = 1
+    num_epochs: float = 2.0
+    num_steps: int | None = None
+    max_length: int = 256
+    eval_every: int = 50  # validation (and a resumable checkpoint) every K steps
+    optimizer: OptimizerConfig = OptimizerConfig()
+
+    def __post_init__(self):
+        if self.batch_size % self.micro_batches:
+            raise ValueError(f"batch_size={self.batch_size} must be a multiple of "
+                             f"micro_batches={self.micro_batches}")
+
+
+@dataclasses.dataclass
+class FitResult:
+    params: Any           # the best params by validation reward (the last if no eval_fn)
+    best_step: int
+    best_reward: float | None
+    history: list[dict]   # one entry per validation: step, reward, loss
+
+
+def total_steps(cfg: FitConfig, num_examples: int) -> int:
+    if cfg.num_steps is not None:
+        return cfg.num_steps
+    return max(1, math.ceil(cfg.num_epochs * num_examples / cfg.batch_size))
+
+
+def batch_indices(num_examples: int, step: int, batch_size: int, seed: int) -> np.ndarray:
+    """The example indices of `step`: epochs are seeded permutations, so any step is
+    recomputable after a restart (no replayed or skipped data)."""
+    start = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), num_examples)
+        perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+        out.extend(perm[offset: offset + batch_size - len(out)].tolist())
+    return np.asarray(out)
+
+
+def _bucket_length(n: int, cap: int) -> int:
+    size = 32
+    while size < n:
+        size *= 2
+    return min(size, cap)
+
+
+def fit(base_params: Any, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
+        *, model_cfg: model_lib.ModelConfig, cfg: FitConfig, seed: int,
+        weights: Sequence[float] | None = None, token_weights: Sequence[Sequence[float]] | None = None,
+        eval_fn: Callable[[Any], float] | None = None, checkpoint_dir: str | pathlib.Path | None = None,
+        mesh: jax.sharding.Mesh | None = None, pad_id: int = 0, desc: str = "M-step") -> FitResult:
+    """Fine-tunes `base_params` on (prompt, completion) pairs; returns the best params.
+
+    Every `cfg.eval_every` steps (and at the end) `eval_fn(params)` gives the validation
+    reward; the params with the highest reward are kept (ties: the earlier step).
+    With `checkpoint_dir`, the state is saved at each validation and a restarted `fit`
+    with the same arguments continues from there; the result equals an uninterrupted run.
+    """
+    n = len(prompts)
+    if n == 0:
+        raise ValueError("fit() got no training examples")
+    steps = total_steps(cfg, n)
+    optimizer = make_optimizer(cfg.optimizer, steps)
+    state = init_train_state(base_params, optimizer)
+    best_params, best_step, best_reward, history = base_params, 0, None, []
+
+    manager = None
+    if checkpoint_dir is not None:
+        manager = ocp.CheckpointManager(
+            pathlib.Path(checkpoint_dir).absolute(),
+            options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False))
+        last = manager.latest_step()
+        if last is not None:
+            target = {"state": state, "best": best_params}
+            restored = manager.restore(last, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target["state"]),
+                best=ocp.args.StandardRestore(target["best"]),
+                meta=ocp.args.JsonRestore()))
+            state, best_params = restored["state"], restored["best"]
+            meta = restored["meta"]
+            best_step, best_reward, history = meta["best_step"], meta["best_reward"], meta["history"]
+
+    step_fn = make_train_step(model_cfg, optimizer, state, mesh)
+    lengths = [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
+    a = cfg.micro_batches
+    mb = cfg.batch_size // a
+    start = int(state.step)
+    bar = tqdm.tqdm(range(start, steps), desc=desc, initial=start, total=steps, leave=False,
+                    dynamic_ncols=True)
+    for step in bar:
+        idx = batch_indices(n, step, cfg.batch_size, seed)
+        length = _bucket_length(max(lengths[i] for i in idx) - 1, cfg.max_length)
+        batch = make_batch([prompts[i] for i in idx], [completions[i] for i in idx],
+                           length=length, pad_id=pad_id,
+                           weights=None if weights is None else [weights[i] for i in idx],
+                           token_weights=None if token_weights is None
+                           else [token_weights[i] for i in idx])
+        batch = jax.tree.map(lambda x: x.reshape((a, mb) + x.shape[1:]), batch)
+        state, metrics = step_fn(state, batch)
+        loss = float(metrics["loss"])
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"{desc}: loss is {loss} at step {step + 1}; the last good checkpoint "
+                f"(step {manager.latest_step() if manager else None}) is kept in {checkpoint_dir}")
+        bar.set_postfix(loss=f"{loss:.4f}")
+        done = step + 1
+        if done % cfg.eval_every == 0 or done == steps:
+            entry = {"step": done, "loss": loss}
+            if eval_fn is not None:
+                reward = float(eval_fn(state.params))
+                entry["reward"] = reward
+                if best_reward is None or reward > best_reward:
+                    best_params, best_step, best_reward = _copy(state.params), done, reward
+            else:
+                best_params, best_step = _copy(state.params), done
+            history.append(entry)
+            if manager is not None:
+                meta = {"best_step": best_step, "best_reward": best_reward, "history": history}
+                manager.save(done, args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best_params),
+                    meta=ocp.args.JsonSave(meta)))
+                manager.wait_until_finished()
+    if manager is not None:
+        manager.close()
+    return FitResult(best_params, best_step, best_reward, history)
