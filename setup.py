@@ -17,6 +17,7 @@ setup(
         "orbax-checkpoint>=0.11,<0.13",
         "gin-config>=0.5,<0.6",
         "sympy>=1.12",
+        "math-verify[antlr4_13_2]>=0.9,<0.10",
         "absl-py>=2.0",
         "safetensors>=0.4,<0.9",
         "ml_dtypes>=0.4",

@@ -1,0 +1,4 @@
+"""Reward checkers: a binary reward r(x, y) for each sampled solution.
+
+  math   final-answer extraction and equivalence (`rest_em.rewards.math`)
+"""
