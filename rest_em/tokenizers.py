@@ -23,9 +23,13 @@ class Tokenizer(Protocol):
 
 
 class ByteTokenizer:
-    """UTF-8 bytes shifted by 3: 0 = pad, 1 = BOS, 2 = EOS. Vocabulary 259."""
+    """UTF-8 bytes shifted by 3: 0 = pad, 1 = EOS, 2 = unknown; no BOS. Vocabulary 259.
 
-    pad_id, bos_id, eos_id = 0, 1, 2
+    The same ids as `seqio.ByteVocabulary`, so seqio pipelines and the loop agree.
+    """
+
+    pad_id, eos_id, unk_id = 0, 1, 2
+    bos_id = None
     offset = 3
     vocab_size = 256 + offset
 

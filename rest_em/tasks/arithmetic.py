@@ -1,13 +1,14 @@
 """The embedded task: multi-step integer arithmetic with worked, checkable solutions.
 
-A level-L problem chains L additions/subtractions of numbers in [1, 99]:
+A level-L problem chains L additions/subtractions (L in 2..5) of numbers in [1, 9], the
+running value kept within [0, 19]:
 
     prompt:    "Q: 41+7-19\n"
     solution:  "41+7=48\n48-19=29\n#### 29"
 
 The solution works left to right, one step per line, and ends with the GSM8K-style
-"#### N" the checker reads. Problems come from a seeded generator; train / val / test
-never share a question. Why this task: answers are exactly verifiable, difficulty is a
+"#### N" the checker reads. Problems come from a seeded generator; no test or val
+question appears in another split. Why this task: answers are exactly verifiable, difficulty is a
 dial (the number of steps), and a byte-level model of a few million parameters learns it
 on a CPU in minutes, so the whole ReST^EM loop can be watched end to end.
 """
@@ -27,12 +28,19 @@ _SPLIT_OFFSETS = {"test": 0, "val": 1, "train": 2, "sft": 3}
 
 
 def make_problem(rng: np.random.Generator, level: int, problem_id: int,
-                 max_operand: int = 9, max_value: int | None = 19) -> Problem:
+                 max_operand: int = 9, max_value: int | None = 19,
+                 style: str = "chain") -> Problem:
     """A level-`level` problem. With `max_value`, each operator is chosen so the running
-    value stays within [0, max_value] (small facts, long chains); None: any sign."""
-    nums = rng.integers(1, max_operand + 1, size=level + 1)
-    value, steps, question = int(nums[0]), [], str(nums[0])
-    for n in (int(x) for x in nums[1:]):
+    value stays within [0, max_value] (small facts, long chains); None: any sign.
+
+    style "chain": one "a+b=c" line per step; "rewrite": each line is the expression
+    left after evaluating its first operation (local steps that extend to any length).
+    """
+    if style not in ("chain", "rewrite"):
+        raise ValueError(f"style={style!r}; expected 'chain' or 'rewrite'")
+    nums = [int(x) for x in rng.integers(1, max_operand + 1, size=level + 1)]
+    value, steps, question, ops = nums[0], [], str(nums[0]), []
+    for n in nums[1:]:
         op = "+" if rng.random() < 0.5 else "-"
         if max_value is not None:
             if value + n > max_value:
@@ -42,18 +50,24 @@ def make_problem(rng: np.random.Generator, level: int, problem_id: int,
         new = value + n if op == "+" else value - n
         steps.append(f"{value}{op}{n}={new}")
         question += f"{op}{n}"
+        ops.append(op)
         value = new
+    if style == "rewrite":
+        steps, acc = [], nums[0]
+        for i, (op, n) in enumerate(zip(ops, nums[1:])):
+            acc = acc + n if op == "+" else acc - n
+            steps.append(str(acc) + "".join(f"{o}{m}" for o, m in zip(ops[i + 1:], nums[i + 2:])))
     solution = "\n".join(steps) + f"\n#### {value}"
     return Problem(problem_id, question, str(value), solution, level)
 
 
 @functools.lru_cache(maxsize=32)
 def generate(split: str, *, num_problems: int, levels: tuple[int, ...], seed: int = 0,
-             max_operand: int = 9) -> tuple[Problem, ...]:
+             max_operand: int = 9, style: str = "chain") -> tuple[Problem, ...]:
     """`num_problems` problems spread evenly over `levels`, deterministic in (split, seed).
 
-    Questions of earlier splits in the order test, val, train, sft are excluded from
-    later ones, so no split leaks into another.
+    Held-out questions (test, then val) never appear in a later split; sft and train
+    may share questions (as human solutions and model samples of the same problems do).
     """
     if split not in _SPLIT_OFFSETS:
         raise ValueError(f"unknown split {split!r}; expected one of {list(_SPLIT_OFFSETS)}")
@@ -66,8 +80,11 @@ def generate(split: str, *, num_problems: int, levels: tuple[int, ...], seed: in
     out, seen = [], set()
     i = 0
     while len(out) < num_problems:
+        if i > 50 * num_problems + 1000:
+            raise ValueError(f"cannot draw {num_problems} distinct {split} problems of levels "
+                             f"{levels} with max_operand={max_operand}: too few exist")
         level = levels[i % len(levels)]
-        p = make_problem(rng, level, len(out), max_operand)
+        p = make_problem(rng, level, len(out), max_operand, style=style)
         i += 1
         if p.question in taken or p.question in seen:
             continue
@@ -78,7 +95,7 @@ def generate(split: str, *, num_problems: int, levels: tuple[int, ...], seed: in
 
 # Sizes of the held-out splits; fixed so that train problems never collide with them.
 HELD_OUT = {"test": 500, "val": 200}
-ALL_LEVELS = (1, 2, 3, 4)
+ALL_LEVELS = (2, 3, 4, 5)
 
 
 @functools.lru_cache(maxsize=8)
@@ -115,10 +132,10 @@ def score(completions: Sequence[str], golds: Sequence[str]) -> list[str]:
     return out
 
 
-def make_task(*, num_train: int = 2000, sft_levels: tuple[int, ...] = (1, 2),
+def make_task(*, num_train: int = 2000, sft_levels: tuple[int, ...] = (2, 3),
               num_sft: int = 300, levels: tuple[int, ...] = ALL_LEVELS, seed: int = 0,
               max_operand: int = 9, num_val: int | None = None,
-              num_test: int | None = None) -> Task:
+              num_test: int | None = None, style: str = "chain") -> Task:
     """The task with splits: sft (worked solutions of easy problems: the base model's
     data), train (all levels: the E-step's problems), val (checkpoint selection), test.
     num_val / num_test take a prefix of the fixed held-out splits (small test runs)."""
@@ -129,13 +146,13 @@ def make_task(*, num_train: int = 2000, sft_levels: tuple[int, ...] = (1, 2),
     def load(split: str) -> list[Problem]:
         if split == "sft":
             return list(generate("sft", num_problems=num_sft, levels=sft_levels, seed=seed,
-                                 max_operand=max_operand))
+                                 max_operand=max_operand, style=style))
         if split == "train":
             return list(generate("train", num_problems=num_train, levels=levels, seed=seed,
-                                 max_operand=max_operand))
+                                 max_operand=max_operand, style=style))
         if split in HELD_OUT:
             held = generate(split, num_problems=HELD_OUT[split], levels=ALL_LEVELS, seed=seed,
-                            max_operand=max_operand)
+                            max_operand=max_operand, style=style)
             return [p for p in held if p.level in levels][: sizes[split]]
         raise ValueError(f"unknown split {split!r}; expected sft, train, val or test")
 

@@ -88,11 +88,11 @@ def _make(name: str, style: str, files: dict[str, str | None], num_shots: int, v
         return " " + p.solution.strip() if style == "gsm8k" else p.solution.strip()
 
     def extract(completion: str) -> str | None:
-        return math_reward.extract_answer(_first_answer(completion), style=style)
+        return math_reward.extract_answer(_first_answer(completion), style="auto")
 
     def score(completions: Sequence[str], golds: Sequence[str]) -> list[str]:
         cut = [_first_answer(c) for c in completions]
-        return [str(s) for s in math_reward.check_batch(cut, golds)]
+        return [v.status.value for v in math_reward.check_batch(cut, golds, style="auto")]
 
     return Task(name, load, prompt, target, extract, score)
 

@@ -7,6 +7,7 @@ A `Task` is plain Python (no seqio): the loop needs prompts, gold answers and a 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import pathlib
 from collections.abc import Callable, Sequence
@@ -47,12 +48,14 @@ class DataError(ValueError):
 
 
 def read_jsonl(path: str | pathlib.Path, *, required: Sequence[str]) -> list[tuple[int, dict]]:
-    """(line number, row) pairs of a JSONL file; malformed rows fail with file:line: field."""
+    """(line number, row) pairs of a JSONL (or .jsonl.gz) file; malformed rows fail with
+    file:line: field."""
     path = pathlib.Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     rows = []
-    with path.open(encoding="utf-8") as f:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

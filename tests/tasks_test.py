@@ -1,0 +1,109 @@
+"""Tasks: the embedded arithmetic generator, GSM8K/MATH from JSONL, and the seqio view."""
+
+import json
+import pathlib
+
+import pytest
+
+from rest_em.tasks import DataError, arithmetic, jsonl_tasks, read_jsonl
+from rest_em.tokenizers import ByteTokenizer
+
+DATA = pathlib.Path(__file__).parent / "testdata"
+
+
+def test_arithmetic_reference_solutions_are_correct_and_splits_disjoint():
+    task = arithmetic.make_task(num_train=400, num_sft=400)
+    splits = {s: task.load(s) for s in ("sft", "train", "val", "test")}
+    for name, probs in splits.items():
+        statuses = task.score([task.target(p) for p in probs], [p.answer for p in probs])
+        assert statuses == ["correct"] * len(probs), name
+        assert len({p.question for p in probs}) == len(probs), name
+        assert [p.problem_id for p in probs] == list(range(len(probs)))
+    assert {p.level for p in splits["sft"]} == {2, 3}
+    assert {p.level for p in splits["test"]} == {2, 3, 4, 5}
+    questions = {n: {p.question for p in ps} for n, ps in splits.items()}
+    for held_out in ("val", "test"):
+        for other in questions:
+            if other != held_out:
+                assert not questions[held_out] & questions[other], (held_out, other)
+
+
+def test_arithmetic_is_deterministic_and_seeded():
+    a = arithmetic.make_task(seed=0).load("train")[:50]
+    b = arithmetic.make_task(seed=0).load("train")[:50]
+    c = arithmetic.make_task(seed=1).load("train")[:50]
+    assert a == b and a != c
+
+
+def test_arithmetic_worked_solution_format():
+    p = arithmetic.make_problem(__import__("numpy").random.default_rng(0), 3, 0)
+    lines = p.solution.split("\n")
+    assert len(lines) == 4 and lines[-1] == f"#### {p.answer}"
+    assert arithmetic.extract("garbage") is None
+    assert arithmetic.score(["1+1=2\n#### 2", "#### 3", "no"], ["2", "2", "2"]) == [
+        "correct", "incorrect", "no_answer"]
+
+
+def test_arithmetic_refuses_impossible_sizes():
+    with pytest.raises(ValueError, match="too few exist"):
+        arithmetic.generate("sft", num_problems=5000, levels=(2,), max_operand=2)
+
+
+def test_gsm8k_from_jsonl():
+    task = jsonl_tasks.gsm8k_task(train_file=None, test_file=str(DATA / "gsm8k_test.jsonl.gz"))
+    probs = task.load("test")
+    assert len(probs) == 1319
+    assert all(p.answer is not None for p in probs)
+    assert "<<" not in probs[0].solution  # calculator annotations stripped
+    statuses = task.score([task.target(p) for p in probs[:50]], [p.answer for p in probs[:50]])
+    assert statuses == ["correct"] * 50
+    assert task.prompt(probs[0]).startswith("Question: ")
+
+
+def test_math_from_jsonl_with_few_shot_prompt(tmp_path):
+    rows = [json.loads(line) for line in
+            __import__("gzip").open(DATA / "math500_test.jsonl.gz", "rt")][:30]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = jsonl_tasks.math_task(train_file=str(train), test_file=str(train), num_shots=2,
+                                 val_size=5)
+    assert len(task.load("train")) == 23 and len(task.load("val")) == 5
+    prompt = task.prompt(task.load("test")[5])
+    assert prompt.count("Question:") == 3 and rows[0]["question"].strip() in prompt
+    # A continuation that rambles into the next question is cut there.
+    p = task.load("test")[5]
+    assert task.score([f"\\boxed{{{p.answer}}}\nQuestion: x \\boxed{{0}}"], [p.answer]) == ["correct"]
+
+
+def test_malformed_rows_name_file_line_and_field(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"question": "q", "answer": "#### 1"}\n{"question": "q"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: missing field 'answer'"):
+        read_jsonl(path, required=("question", "answer"))
+    path.write_text('{"question": "q", "answer": "#### 1"}\n\n{"question": 3, "answer": "x"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:3: field 'question' must be a string"):
+        read_jsonl(path, required=("question", "answer"))
+    path.write_text('{"question": "q", "answer": "#### 1"}\n{not json\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: invalid JSON"):
+        read_jsonl(path, required=("question", "answer"))
+
+
+def test_problems_without_gold_are_kept_unscored(tmp_path):
+    path = tmp_path / "g.jsonl"
+    path.write_text('{"question": "a", "answer": "so #### 4"}\n{"question": "b", "answer": "no answer"}\n')
+    probs = jsonl_tasks.gsm8k_task(train_file=None, test_file=str(path)).load("test")
+    assert probs[0].answer == "4" and probs[1].answer is None
+
+
+def test_seqio_task_matches_the_loop_view():
+    seqio_tasks = pytest.importorskip("rest_em.tasks.seqio_tasks")
+    task = arithmetic.make_task(num_train=20, num_sft=20, num_val=4, num_test=8)
+    st = seqio_tasks.register(task, name="rest_em_arithmetic_test")
+    tok = ByteTokenizer()
+    examples = list(st.get_dataset(split="test", shuffle=False).as_numpy_iterator())
+    probs = task.load("test")
+    assert len(examples) == len(probs) == 8
+    for ex, p in zip(examples, probs):
+        assert ex["inputs"].tolist() == tok.encode(task.prompt(p))
+        assert ex["targets"].tolist() == tok.encode(task.target(p)) + [tok.eos_id]
+        assert ex["answer"].decode() == p.answer and int(ex["problem_id"]) == p.problem_id
