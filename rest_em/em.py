@@ -159,7 +159,7 @@ def generate_and_score(params: Any, problems: Sequence[Problem], *, task: Task,
         for b, p in enumerate(chunk):
             comps = [tokenizer.decode(res.tokens_BxNxT[b, j, : res.lengths_BxN[b, j]])
                      for j in range(sampling_cfg.num_samples)]
-            statuses = [str(s) for s in task.score(comps, [p.answer] * len(comps))]
+            statuses = [str(s) for s in task.score(comps, [p] * len(comps))]
             answers = [task.extract(c) for c in comps]
             out.append(Scored(p, comps, statuses, answers))
             rows += [{"problem_id": p.problem_id, "sample_index": j, "completion": c, "status": s,

@@ -15,7 +15,7 @@ def test_arithmetic_reference_solutions_are_correct_and_splits_disjoint():
     task = arithmetic.make_task(num_train=400, num_sft=400)
     splits = {s: task.load(s) for s in ("sft", "train", "val", "test")}
     for name, probs in splits.items():
-        statuses = task.score([task.target(p) for p in probs], [p.answer for p in probs])
+        statuses = task.score([task.target(p) for p in probs], probs)
         assert statuses == ["correct"] * len(probs), name
         assert len({p.question for p in probs}) == len(probs), name
         assert [p.problem_id for p in probs] == list(range(len(probs)))
@@ -40,8 +40,13 @@ def test_arithmetic_worked_solution_format():
     lines = p.solution.split("\n")
     assert len(lines) == 4 and lines[-1] == f"#### {p.answer}"
     assert arithmetic.extract("garbage") is None
-    assert arithmetic.score(["1+1=2\n#### 2", "#### 3", "no"], ["2", "2", "2"]) == [
+    q = arithmetic.Problem(0, "1+1", "2")
+    assert arithmetic.score(["1+1=2\n#### 2", "#### 3", "no"], [q] * 3) == [
         "correct", "incorrect", "no_answer"]
+    q = arithmetic.Problem(0, "3+4+1", "8")
+    outs = ["3+4=7\n7+1=8\n#### 8", "3+4=6\n6+2=8\n#### 8", "3+5=8\n8+0=8\n#### 8", "#### 8"]
+    assert arithmetic.score(outs, [q] * 4, verify_steps=True) == ["correct"] + ["incorrect"] * 3
+    assert arithmetic.score(outs, [q] * 4) == ["correct"] * 4  # answer-only checking
 
 
 def test_arithmetic_refuses_impossible_sizes():
@@ -55,7 +60,7 @@ def test_gsm8k_from_jsonl():
     assert len(probs) == 1319
     assert all(p.answer is not None for p in probs)
     assert "<<" not in probs[0].solution  # calculator annotations stripped
-    statuses = task.score([task.target(p) for p in probs[:50]], [p.answer for p in probs[:50]])
+    statuses = task.score([task.target(p) for p in probs[:50]], probs[:50])
     assert statuses == ["correct"] * 50
     assert task.prompt(probs[0]).startswith("Question: ")
 
@@ -72,7 +77,7 @@ def test_math_from_jsonl_with_few_shot_prompt(tmp_path):
     assert prompt.count("Question:") == 3 and rows[0]["question"].strip() in prompt
     # A continuation that rambles into the next question is cut there.
     p = task.load("test")[5]
-    assert task.score([f"\\boxed{{{p.answer}}}\nQuestion: x \\boxed{{0}}"], [p.answer]) == ["correct"]
+    assert task.score([f"\\boxed{{{p.answer}}}\nQuestion: x \\boxed{{0}}"], [p]) == ["correct"]
 
 
 def test_malformed_rows_name_file_line_and_field(tmp_path):

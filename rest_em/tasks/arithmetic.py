@@ -29,7 +29,7 @@ _SPLIT_OFFSETS = {"test": 0, "val": 1, "train": 2, "sft": 3}
 
 def make_problem(rng: np.random.Generator, level: int, problem_id: int,
                  max_operand: int = 9, max_value: int | None = 19,
-                 style: str = "chain") -> Problem:
+                 style: str = "chain", first_max: int | None = None) -> Problem:
     """A level-`level` problem. With `max_value`, each operator is chosen so the running
     value stays within [0, max_value] (small facts, long chains); None: any sign.
 
@@ -39,6 +39,8 @@ def make_problem(rng: np.random.Generator, level: int, problem_id: int,
     if style not in ("chain", "rewrite"):
         raise ValueError(f"style={style!r}; expected 'chain' or 'rewrite'")
     nums = [int(x) for x in rng.integers(1, max_operand + 1, size=level + 1)]
+    if first_max is not None:  # a larger first number: a wide answer range, few lucky guesses
+        nums[0] = int(rng.integers(10, first_max + 1))
     value, steps, question, ops = nums[0], [], str(nums[0]), []
     for n in nums[1:]:
         op = "+" if rng.random() < 0.5 else "-"
@@ -123,19 +125,54 @@ def extract(completion: str) -> str | None:
     return m.group(1) if m else None
 
 
-def score(completions: Sequence[str], golds: Sequence[str]) -> list[str]:
-    """Exact integer match; in-process (integers need no sandbox or timeout)."""
+_STEP_RE = re.compile(r"^(-?\d+)([+-])(\d+)=(-?\d+)$")
+_OP_RE = re.compile(r"([+-])(\d+)")
+
+
+def steps_are_correct(completion: str, question: str) -> bool:
+    """A chain-style solution applies the question's operations in order, each one
+    with true arithmetic: a verifier of the whole solution, not just its answer."""
+    ops = _OP_RE.findall(question[len(question.split("+")[0].split("-")[0]):])
+    value = int(re.match(r"\d+", question).group())
+    lines = completion.strip().split("\n")[:-1]
+    if len(lines) != len(ops):
+        return False
+    for line, (op, n) in zip(lines, ops):
+        m = _STEP_RE.match(line.strip())
+        if m is None or (int(m[1]), m[2], m[3]) != (value, op, n):
+            return False
+        value = value + int(n) if op == "+" else value - int(n)
+        if int(m[4]) != value:
+            return False
+    return True
+
+
+def score(completions: Sequence[str], problems: Sequence[Problem], *,
+          verify_steps: bool = False) -> list[str]:
+    """Exact integer match of the final answer; in-process (integers need no sandbox).
+
+    verify_steps (chain style) also checks every written step against the question, so
+    a right answer reached through compensating mistakes is not a positive.
+    """
     out = []
-    for c, g in zip(completions, golds, strict=True):
+    for c, p in zip(completions, problems, strict=True):
         a = extract(c)
-        out.append("no_answer" if a is None else "correct" if int(a) == int(g) else "incorrect")
+        if a is None:
+            out.append("no_answer")
+        elif int(a) != int(p.answer) or (verify_steps and not steps_are_correct(c, p.question)):
+            out.append("incorrect")
+        else:
+            out.append("correct")
     return out
 
 
 def make_task(*, num_train: int = 2000, sft_levels: tuple[int, ...] = (2, 3),
               num_sft: int = 300, levels: tuple[int, ...] = ALL_LEVELS, seed: int = 0,
               max_operand: int = 9, num_val: int | None = None,
-              num_test: int | None = None, style: str = "chain") -> Task:
+              num_test: int | None = None, style: str = "chain",
+              verify_steps: bool = True) -> Task:
+    if verify_steps and style != "chain":
+        raise ValueError("verify_steps checks chain-style solutions; use style='chain'")
     """The task with splits: sft (worked solutions of easy problems: the base model's
     data), train (all levels: the E-step's problems), val (checkpoint selection), test.
     num_val / num_test take a prefix of the fixed held-out splits (small test runs)."""
@@ -156,4 +193,5 @@ def make_task(*, num_train: int = 2000, sft_levels: tuple[int, ...] = (2, 3),
             return [p for p in held if p.level in levels][: sizes[split]]
         raise ValueError(f"unknown split {split!r}; expected sft, train, val or test")
 
-    return Task("arithmetic", load, prompt, target, extract, score)
+    return Task("arithmetic", load, prompt, target, extract,
+                functools.partial(score, verify_steps=verify_steps))

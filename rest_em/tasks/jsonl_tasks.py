@@ -90,8 +90,9 @@ def _make(name: str, style: str, files: dict[str, str | None], num_shots: int, v
     def extract(completion: str) -> str | None:
         return math_reward.extract_answer(_first_answer(completion), style="auto")
 
-    def score(completions: Sequence[str], golds: Sequence[str]) -> list[str]:
+    def score(completions: Sequence[str], problems: Sequence[Problem]) -> list[str]:
         cut = [_first_answer(c) for c in completions]
+        golds = [p.answer for p in problems]
         return [v.status.value for v in math_reward.check_batch(cut, golds, style="auto")]
 
     return Task(name, load, prompt, target, extract, score)

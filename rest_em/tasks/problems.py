@@ -31,7 +31,7 @@ class Task:
 
     load(split) -> problems; prompt(problem) -> text the model continues;
     target(problem) -> reference completion text (SFT); extract(completion) -> answer or
-    None (for maj@k); score(completions, golds) -> one status per item: "correct",
+    None (for maj@k); score(completions, problems) -> one status per item: "correct",
     "incorrect", "no_answer", "checker_error" or "timeout" (only "correct" earns reward 1).
     """
 
@@ -40,7 +40,7 @@ class Task:
     prompt: Callable[[Problem], str]
     target: Callable[[Problem], str]
     extract: Callable[[str], str | None]
-    score: Callable[[Sequence[str], Sequence[str]], list[str]]
+    score: Callable[[Sequence[str], Sequence["Problem"]], list[str]]
 
 
 class DataError(ValueError):
