@@ -172,7 +172,7 @@ def train_step(state: TrainState, batch_AxBxL: TrainBatch, *, model_cfg: model_l
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss_sum / denom, "token_accuracy": correct / denom,
-               "num_tokens": tokens, "grad_norm": optax.global_norm(grads)}
+               "num_tokens": tokens, "grad_norm": optax.tree.norm(grads)}
     return TrainState(state.step + 1, params, opt_state), metrics
 
 
