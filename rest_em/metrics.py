@@ -41,7 +41,8 @@ class MetricsWriter:
             for m in history:
                 for k, v in flatten(m).items():
                     if k != "iteration" and isinstance(v, (int, float)) and v is not None:
-                        w.add_scalar(k, v, global_step=m["iteration"])
+                        # TensorBoard tags allow [A-Za-z0-9_./-]: "pass@8" -> "pass_at_8".
+                        w.add_scalar(k.replace("@", "_at_"), v, global_step=m["iteration"])
 
 
 def flatten(m: dict, prefix: str = "") -> dict:
