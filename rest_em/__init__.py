@@ -1,54 +1,59 @@
 """rest_em: ReST^EM self-training of language models in JAX/Flax.
 
-The public API, one module per concept:
+The public API, one module per step of the algorithm (imported lazily: `import rest_em`
+costs nothing until a name is used, and the reward checkers never pull in JAX):
   model         Llama-family decoder (`ModelConfig`, `Transformer`, `forward`, `init_params`)
   partitioning  meshes and the one logical-axis rules table
   checkpoints   Hugging Face safetensors import/export, orbax save/restore
-  sampling      the pure, jitted, sharded sampler (`SamplingConfig`, `sample`, `generate`)
+  sampling      the pure, jitted, sharded sampler (E-step)
+  rewards       `rewards.math` answer checker, `rewards.code` sandboxed test runner
+  filtering     reward filter, per-problem cap, dedup -> the M-step dataset
+  losses        weighted NLL (per-example and per-token weights)
+  training      train state, pure train_step, `fit` (the M-step)
+  evaluation    greedy pass@1, unbiased pass@k, maj@k, per-level breakdowns
+  em            the outer loop, resumable (`EMConfig`, `run`)
+  tasks         problems, the embedded arithmetic task, GSM8K / MATH from JSONL
 """
 
-from rest_em.checkpoints import (
-    config_from_hf,
-    load_hf_checkpoint,
-    restore_params,
-    save_hf_checkpoint,
-    save_params,
-)
-from rest_em.model import (
-    ModelConfig,
-    Transformer,
-    abstract_params,
-    forward,
-    init_kv_cache,
-    init_params,
-    param_logical_axes,
-    param_shardings,
-)
-from rest_em.partitioning import LOGICAL_AXIS_RULES, activation_sharding, make_mesh
-from rest_em.sampling import SampleOutput, SamplingConfig, generate, make_sampler, sample
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "LOGICAL_AXIS_RULES",
-    "ModelConfig",
-    "SampleOutput",
-    "SamplingConfig",
-    "Transformer",
-    "abstract_params",
-    "activation_sharding",
-    "config_from_hf",
-    "forward",
-    "generate",
-    "init_kv_cache",
-    "init_params",
-    "load_hf_checkpoint",
-    "make_mesh",
-    "make_sampler",
-    "param_logical_axes",
-    "param_shardings",
-    "restore_params",
-    "sample",
-    "save_hf_checkpoint",
-    "save_params",
-]
+_EXPORTS = {
+    "checkpoints": ["config_from_hf", "load_hf_checkpoint", "restore_params",
+                    "save_hf_checkpoint", "save_params"],
+    "model": ["ModelConfig", "Transformer", "abstract_params", "forward", "init_kv_cache",
+              "init_params", "param_logical_axes", "param_shardings"],
+    "partitioning": ["LOGICAL_AXIS_RULES", "activation_sharding", "make_mesh"],
+    "sampling": ["SampleOutput", "SamplingConfig", "generate", "make_sampler", "sample"],
+    "losses": ["weighted_nll", "advantage_weights"],
+    "filtering": ["Sample", "select", "select_with_stats"],
+    "training": ["FitConfig", "OptimizerConfig", "TrainBatch", "TrainState", "TrainingDiverged",
+                 "fit", "init_train_state", "make_batch", "make_optimizer", "make_train_step",
+                 "train_step"],
+    "evaluation": ["pass_at_k", "maj_at_k", "summarize"],
+    "em": ["EMConfig"],
+    "tasks": ["Problem", "Task"],
+    "tokenizers": ["ByteTokenizer", "HFTokenizer"],
+}
+_NAME_TO_MODULE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+_SUBMODULES = set(_EXPORTS) | {"rewards", "experiment", "metrics"}
+
+__all__ = sorted(_NAME_TO_MODULE) + sorted(_SUBMODULES)
+
+
+def __getattr__(name: str):
+    if name in _NAME_TO_MODULE:
+        value = getattr(importlib.import_module(f"rest_em.{_NAME_TO_MODULE[name]}"), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"rest_em.{name}")
+    else:
+        raise AttributeError(f"module 'rest_em' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

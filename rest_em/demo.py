@@ -1,66 +1,33 @@
-"""`make demo` until the EM loop lands: sample from a Llama-config model on this machine.
+"""`make demo`: the embedded default experiment (gin_configs/arithmetic.gin) on CPU.
 
-Builds a random-initialised Llama-shaped model (or imports a Hugging Face checkpoint
-with --hf_checkpoint), samples `num_samples` continuations for a batch of prompts of
-different lengths with the paper's E-step settings (top-k 40, temperature 0.7), and
-prints throughput per batch size. Everything runs on CPU in about a minute.
+A byte-level model learns easy arithmetic from worked solutions, then improves on all
+levels with ReST^EM, with only the checker as feedback. Resumable: running it again
+continues (or just re-prints the results); delete the workdir to start over.
 
-  python -m rest_em.demo [--hf_checkpoint=DIR] [--batch_sizes=1,16,64] [--max_new_tokens=64]
+  python -m rest_em.demo [--workdir=runs/demo] [--gin.EMConfig.seed=1 ...]
 """
 
 from __future__ import annotations
 
-import time
+import sys
 
-import jax
-import numpy as np
 from absl import app, flags
-from tqdm import tqdm
 
-from rest_em import checkpoints, model, sampling
+from rest_em import main as launcher
 
-_HF = flags.DEFINE_string("hf_checkpoint", None, "Hugging Face checkpoint dir (safetensors).")
-_BATCHES = flags.DEFINE_list("batch_sizes", ["1", "16", "64"], "Prompt batch sizes.")
-_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Tokens generated per sample.")
-_SAMPLES = flags.DEFINE_integer("num_samples", 4, "Samples per prompt.")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-
-DEMO_CONFIG = model.ModelConfig(
-    vocab_size=32000, hidden_size=256, intermediate_size=768, num_layers=8, num_heads=8,
-    num_kv_heads=4, max_seq_len=512)
+FLAGS = flags.FLAGS
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    if _HF.value:
-        cfg, params = checkpoints.load_hf_checkpoint(_HF.value)
-    else:
-        cfg = DEMO_CONFIG
-        params = model.init_params(cfg, jax.random.key(0))
-    print(f"model: {model.count_params(params) / 1e6:.1f}M parameters, {cfg.num_layers} layers, "
-          f"vocab {cfg.vocab_size}, on {jax.devices()[0].platform}")
-    rng = np.random.default_rng(0)
-    scfg = sampling.SamplingConfig(max_new_tokens=_NEW.value, num_samples=_SAMPLES.value,
-                                   temperature=0.7, top_k=40, eos_id=None)
-    rows = []
-    for batch in tqdm([int(b) for b in _BATCHES.value], desc="batch sizes"):
-        prompts = [rng.integers(1, cfg.vocab_size, int(rng.integers(8, 33))).tolist()
-                   for _ in range(batch)]
-        key = jax.random.key(_SEED.value)
-        t0 = time.perf_counter()
-        sampling.sample(params, prompts, model_cfg=cfg, cfg=scfg, key=key)  # compiles
-        compile_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = sampling.sample(params, prompts, model_cfg=cfg, cfg=scfg, key=key)
-        seconds = time.perf_counter() - t0
-        tokens = int(out.lengths_BxN.sum())
-        rows.append((batch, batch * _SAMPLES.value, tokens, compile_s, seconds, tokens / seconds))
-    print("\n| prompts | rows | tokens | compile s | sample s | tokens/s |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.1f} | {r[4]:.2f} | {r[5]:.0f} |")
-    print("\nfirst sample of prompt 0:", out.tokens_BxNxT[0, 0, :16].tolist(), "...")
+def demo(argv) -> None:
+    if not FLAGS.gin_file:
+        FLAGS.gin_file = ["arithmetic.gin"]
+    if not FLAGS.workdir:
+        FLAGS.workdir = "runs/demo"
+    print(f"ReST^EM on the embedded arithmetic task; artifacts in {FLAGS.workdir}/ "
+          "(metrics.jsonl, accuracy.png, tensorboard/)", flush=True)
+    launcher.main(argv)
+    print(f"\nplot: {FLAGS.workdir}/accuracy.png   TensorBoard: tensorboard --logdir {FLAGS.workdir}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(demo, argv=launcher.rewrite_gin_args(sys.argv))

@@ -331,9 +331,17 @@ def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
         _write_json(marker, m)
         history.append(m)
         writer.write_all(history)
-        log.info("iteration %d: %s", it, {k: v for k, v in m.items() if "level" not in k})
+        tqdm.tqdm.write(_one_line(m))
     writer.write_all(history)
     return history
+
+
+def _one_line(m: dict) -> str:
+    keys = ("num_selected", "train/greedy_pass@1", "test/greedy_pass@1")
+    parts = [f"{k}={m[k]:.3f}" if isinstance(m.get(k), float) else f"{k}={m[k]}"
+             for k in keys if k in m]
+    secs = ", ".join(f"{k} {v:.0f}s" for k, v in m["seconds"].items())
+    return f"iteration {m['iteration']}: " + " ".join(parts) + f"  ({secs})"
 
 
 def final_table(history: Sequence[dict]) -> str:

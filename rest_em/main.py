@@ -96,7 +96,8 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required")
-    logging.set_verbosity(logging.INFO)
+    if not FLAGS["verbosity"].present:  # library INFO logs (orbax, jax) drown the progress bars
+        logging.set_verbosity(logging.WARNING)
     parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
     run_experiment(FLAGS.workdir)
 
