@@ -113,3 +113,13 @@ def test_unknown_gin_binding_fails_before_any_work(tmp_path):
     assert proc.returncode != 0
     assert "num_iteratons" in proc.stderr
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("config", ["gsm8k.gin", "math.gin", "arithmetic.gin"])
+def test_shipped_gin_configs_parse(config, tmp_path):
+    """Every shipped config binds only names that exist (parsed in a fresh process)."""
+    code = ("import sys; from rest_em import main; "
+            f"main.parse_gin(['{config}'], []); print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
