@@ -24,6 +24,11 @@ setup(
         "numpy>=1.26",
         "tqdm>=4.60",
         "matplotlib>=3.8",
+        "tensorboardX>=2.6,<3",
+        # Imported lazily: only rest_em.tasks.seqio_tasks (seqio pulls in TensorFlow) and
+        # HFTokenizer (tokenizers) use them.
+        "seqio>=0.0.19",
+        "tokenizers>=0.20,<1",
     ],
     extras_require={
         # Test-only references: Hugging Face models as ground truth. torch is pinned to the

@@ -101,7 +101,7 @@ def test_problems_without_gold_are_kept_unscored(tmp_path):
 
 
 def test_seqio_task_matches_the_loop_view():
-    seqio_tasks = pytest.importorskip("rest_em.tasks.seqio_tasks")
+    from rest_em.tasks import seqio_tasks  # imports seqio + TensorFlow: only here
     task = arithmetic.make_task(num_train=20, num_sft=20, num_val=4, num_test=8)
     st = seqio_tasks.register(task, name="rest_em_arithmetic_test")
     tok = ByteTokenizer()
