@@ -49,18 +49,14 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import datetime
 import json
-import os
 import pathlib
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -69,29 +65,38 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # runnable as a plain script from any directory
     sys.path.insert(0, str(REPO))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import torch  # noqa: E402
-import tqdm  # noqa: E402
-import transformers  # noqa: E402
+import jax
+import torch
+import tqdm
+import transformers
 
-from rest_em import checkpoints, sampling  # noqa: E402
-from rest_em import model as model_lib  # noqa: E402
+from benchmarks import _common
+from benchmarks._common import (
+    PEAK_SIZE,
+    Runner,
+    matmul_params,
+    matmul_peak,
+    time_interleaved,
+    usable_cores,
+    write_results,
+)
+from rest_em import checkpoints, sampling
+from rest_em import model as model_lib
 
 # Hugging Face config fields of the benchmarked models (override with --model_overrides).
 CONFIGS: dict[str, dict[str, Any]] = {
     # ~22.7M params, 14.5M of them in per-token matmuls: a small subword-vocabulary Llama.
-    "llama20m": dict(vocab_size=32000, hidden_size=256, intermediate_size=768,
-                     num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
-                     max_position_embeddings=512, tie_word_embeddings=False),
+    "llama20m": {"vocab_size": 32000, "hidden_size": 256, "intermediate_size": 768,
+                 "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 4,
+                 "max_position_embeddings": 512, "tie_word_embeddings": False},
     # ~19M params, almost all in the layers: the library's embedded byte-level task.
-    "bytes": dict(vocab_size=256, hidden_size=512, intermediate_size=1536,
-                  num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4,
-                  max_position_embeddings=512, tie_word_embeddings=False),
+    "bytes": {"vocab_size": 256, "hidden_size": 512, "intermediate_size": 1536,
+              "num_hidden_layers": 6, "num_attention_heads": 8, "num_key_value_heads": 4,
+              "max_position_embeddings": 512, "tie_word_embeddings": False},
     # Smoke-test size for --quick.
-    "tiny": dict(vocab_size=256, hidden_size=64, intermediate_size=128,
-                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 max_position_embeddings=128, tie_word_embeddings=False),
+    "tiny": {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "max_position_embeddings": 128, "tie_word_embeddings": False},
 }
 
 SYSTEMS = ("hf", "ours", "ours-rec")
@@ -102,7 +107,6 @@ SYSTEM_LABELS = {
 }
 PRECISIONS = ("f32", "bf16")
 TOP_K, TEMPERATURE = 40, 0.7
-PEAK_SIZE = 2048
 
 
 # --- workload ------------------------------------------------------------------
@@ -128,14 +132,6 @@ def make_prompts(batch: int, vocab: int, min_len: int, max_len: int,
     rng = np.random.default_rng(seed)
     lengths = rng.integers(min_len, max_len + 1, size=batch)
     return tuple(rng.integers(3, vocab, size=n).astype(np.int32) for n in lengths)
-
-
-def matmul_params(cfg: model_lib.ModelConfig) -> int:
-    """Weights used in a matmul per generated token: all layers' projections + LM head."""
-    d, f, hd = cfg.hidden_size, cfg.intermediate_size, cfg.resolved_head_dim
-    h, k = cfg.num_heads, cfg.num_kv_heads
-    per_layer = d * (h + 2 * k) * hd + h * hd * d + 3 * d * f
-    return cfg.num_layers * per_layer + d * cfg.vocab_size
 
 
 def generation_flops(cfg: model_lib.ModelConfig, prompt_lengths: Sequence[int],
@@ -178,8 +174,6 @@ def load_ours(directory: pathlib.Path, precision: str) -> tuple[model_lib.ModelC
 
 # --- runners: callables `seed -> generated tokens`; the count is checked, so a run
 # that stops early cannot look fast -------------------------------------------------
-
-Runner = Callable[[int], int]
 
 
 def hf_runner(hf: transformers.LlamaForCausalLM, work: Workload) -> Runner:
@@ -224,49 +218,6 @@ def ours_runner(cfg: model_lib.ModelConfig, params: Any, work: Workload,
         return generated
 
     return run
-
-
-# --- timing -------------------------------------------------------------------------
-
-def time_call(fn: Runner, seed: int) -> tuple[float, int]:
-    """(wall seconds, generated tokens) of one run."""
-    start = time.perf_counter()
-    tokens = fn(seed)
-    return time.perf_counter() - start, tokens
-
-
-def time_interleaved(runners: dict[str, Runner], repeats: int,
-                     progress: tqdm.tqdm) -> dict[str, list[tuple[float, int]]]:
-    """One warm-up per system, then `repeats` rounds; the order rotates per round."""
-    names = list(runners)
-    for name in names:
-        progress.set_postfix_str(f"warm-up {name}")
-        runners[name](0)
-        progress.update()
-    timings: dict[str, list[tuple[float, int]]] = {name: [] for name in names}
-    for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for name in order:
-            progress.set_postfix_str(f"round {r + 1}/{repeats} {name}")
-            timings[name].append(time_call(runners[name], r + 1))
-            progress.update()
-    return timings
-
-
-def matmul_peak(precision: str, size: int = PEAK_SIZE, runs: int = 9) -> float:
-    """Median FLOP/s of a jitted size^3 matmul: f32 x f32, or bf16 x bf16 -> f32."""
-    dtype = jnp.float32 if precision == "f32" else jnp.bfloat16
-    ka, kb = jax.random.split(jax.random.key(0))
-    a = jax.random.normal(ka, (size, size), jnp.float32).astype(dtype)
-    b = jax.random.normal(kb, (size, size), jnp.float32).astype(dtype)
-    matmul = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
-    matmul(a, b).block_until_ready()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        matmul(a, b).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return 2.0 * size**3 / statistics.median(times)
 
 
 # --- results ------------------------------------------------------------------------
@@ -320,8 +271,8 @@ def bench_workload(work: Workload, hf: transformers.LlamaForCausalLM,
 def format_table(rows: Sequence[Row], peaks: dict[str, float]) -> str:
     """Markdown: one line per (config, precision, batch, system)."""
     lines = [
-        "| model | precision | batch | system | tokens/s (median) | ours / HF | "
-        "model GFLOP/s | % of matmul peak | runs (s) |",
+        ("| model | precision | batch | system | tokens/s (median) | ours / HF | "
+         "model GFLOP/s | % of matmul peak | runs (s) |"),
         "|---|---|---:|---|---:|---:|---:|---:|---|",
     ]
     hf_speed = {(r.config_name, r.precision, r.batch): r.tokens_per_s
@@ -340,47 +291,22 @@ def format_table(rows: Sequence[Row], peaks: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def usable_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def machine_description() -> str:
-    """CPU model, cores, library versions: enough to compare runs across machines."""
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                      if line.startswith("Model name")), "unknown")
-    except (OSError, subprocess.CalledProcessError):
-        model = platform.processor() or "unknown"
-    cores = usable_cores()
-    import flax  # noqa: PLC0415 (only for its version)
-    return (f"{model}, {cores} cores usable (os.cpu_count()={os.cpu_count()}); "
-            f"jax {jax.__version__} ({jax.default_backend()}), flax {flax.__version__}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"transformers {transformers.__version__}, python {platform.python_version()}")
-
-
 def report(rows: Sequence[Row], peaks: dict[str, float], args: argparse.Namespace,
            command: str, wall_s: float, loads: tuple[tuple[float, ...], ...]) -> str:
     peak_text = ", ".join(
         f"{p}: {peaks[p] / 1e9:.0f} GFLOP/s"
         + (" (f32 x f32)" if p == "f32" else " (bf16 x bf16 -> f32)") for p in peaks)
     notes = [
-        f"Command: `{command}`",
-        f"Machine: {machine_description()}",
-        f"Load average (1/5/15 min) before the run {loads[0]}, after it {loads[1]}: "
-        "a figure well above 0 before the run means other work shared the machine.",
-        f"Workload: prompts of {args.prompt_min}..{args.prompt_max} random tokens "
-        f"(numpy seed {args.seed}), exactly {args.new_tokens} new tokens per row (no EOS), "
-        f"top-k {TOP_K}, temperature {TEMPERATURE}; median of {args.repeats} interleaved "
-        "runs after one warm-up each; tokens/s counts generated tokens only.",
-        f"Matmul peak measured in this run ({PEAK_SIZE}x{PEAK_SIZE}, jitted): {peak_text}. "
-        "Model FLOPs = 2 * N_matmul * generated + 4 * layers * heads * head_dim * "
-        "sum(context) (prefill not counted).",
-        f"HF attention implementation: {args.hf_attention}; rest_em's sampler is called "
-        "through `rest_em.sampling.sample` (host prompts in, host arrays out, timed whole).",
+        *_common.run_notes(command, loads),
+        (f"Workload: prompts of {args.prompt_min}..{args.prompt_max} random tokens "
+         f"(numpy seed {args.seed}), exactly {args.new_tokens} new tokens per row (no EOS), "
+         f"top-k {TOP_K}, temperature {TEMPERATURE}; median of {args.repeats} interleaved "
+         "runs after one warm-up each; tokens/s counts generated tokens only."),
+        (f"Matmul peak measured in this run ({PEAK_SIZE}x{PEAK_SIZE}, jitted): {peak_text}. "
+         "Model FLOPs = 2 * N_matmul * generated + 4 * layers * heads * head_dim * "
+         "sum(context) (prefill not counted)."),
+        (f"HF attention implementation: {args.hf_attention}; rest_em's sampler is called "
+         "through `rest_em.sampling.sample` (host prompts in, host arrays out, timed whole)."),
         f"Total wall time {wall_s / 60:.1f} min.",
     ]
     if "bf16" in peaks:
@@ -392,23 +318,6 @@ def report(rows: Sequence[Row], peaks: dict[str, float], args: argparse.Namespac
                      f"{args.recompute_max_batch} (--recompute_max_batch): it costs about "
                      "(prompt + new tokens) times the cached sampler's matmul work.")
     return format_table(rows, peaks) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-
-
-def write_results(path: pathlib.Path, heading: str, body: str) -> None:
-    """Replaces the section under `heading` in `path` if present, else appends it."""
-    text = path.read_text(encoding="utf-8") if path.exists() else (
-        "# Benchmark results\n\nWritten by `benchmarks/*.py --write`; newest sections last.\n")
-    section = f"{heading}\n\n{body}"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip("\n") == heading), None)
-    if start is None:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-                   len(lines))
-        text = "".join(lines[:start]) + section + ("\n" if end < len(lines) else "") + "".join(
-            lines[end:])
-    path.write_text(text, encoding="utf-8")
 
 
 # --- driver -----------------------------------------------------------------------------
@@ -484,27 +393,18 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, float]]:
 
 def results_heading(flags: Sequence[str]) -> str:
     """One section per (day, flags): a rerun with the same flags replaces its section."""
-    kept, skip_next = [], False
-    for flag in flags:
-        if skip_next:
-            skip_next = False
-        elif flag == "--results":
-            skip_next = True
-        elif flag != "--write" and not flag.startswith("--results="):
-            kept.append(flag)
-    suffix = f", `{shlex.join(kept)}`" if kept else ""
-    return f"## Sampling throughput, {datetime.date.today().isoformat()}{suffix}"
+    return _common.results_heading("Sampling throughput", flags)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     flags = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(flags)
     command = shlex.join([pathlib.Path(sys.executable).name, "benchmarks/sampling.py", *flags])
-    load_start = tuple(round(x, 2) for x in os.getloadavg())
+    load_start = _common.load_average()
     start = time.perf_counter()
     rows, peaks = run(args)
     body = report(rows, peaks, args, command, time.perf_counter() - start,
-                  (load_start, tuple(round(x, 2) for x in os.getloadavg())))
+                  (load_start, _common.load_average()))
     print(body)
     if args.write:
         heading = results_heading(flags)
