@@ -123,3 +123,14 @@ def test_shipped_gin_configs_parse(config, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_problems_without_gold_are_reported_and_skipped(caplog):
+    from rest_em import em
+    from rest_em.tasks import Problem
+
+    probs = [Problem(0, "q", "1"), Problem(1, "q", None), Problem(2, "q", " ")]
+    with caplog.at_level("WARNING"):
+        kept = em.with_gold(probs, "train")
+    assert [p.problem_id for p in kept] == [0]
+    assert "2 problems have no gold answer" in caplog.text and "[1, 2]" in caplog.text
