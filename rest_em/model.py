@@ -17,6 +17,7 @@ left-padded prompt gets the same rotary phases as the unpadded one.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -92,6 +93,21 @@ def _einsum(spec: str, x: Array, w: Array, out: Any = None) -> Array:
     return y.astype(out or x.dtype)
 
 
+def _dense(x: Array, w: Array, contract: int = 1, out: Any = None) -> Array:
+    """x[..., K...] @ w[K..., N...] as ONE 2-D matmul ([rows, K] x [K, N]).
+
+    Same numbers as the einsum, but XLA's CPU backend then needs no transposes in the
+    backward pass (they cost ~25% of a train step with the einsum forms).
+    """
+    dt = x.dtype if jnp.dtype(x.dtype).itemsize <= jnp.dtype(w.dtype).itemsize else w.dtype
+    k_shape, n_shape = w.shape[:contract], w.shape[contract:]
+    lead = x.shape[: x.ndim - contract]
+    k = math.prod(k_shape)
+    y = jnp.dot(x.reshape(-1, k).astype(dt), w.reshape(k, -1).astype(dt),
+                preferred_element_type=jnp.float32)
+    return y.reshape(*lead, *n_shape).astype(out or x.dtype)
+
+
 def _param(module: nn.Module, name: str, shape, axes, init, dtype):
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
 
@@ -149,7 +165,7 @@ class Attention(nn.Module):
 
         def proj(name, n, axes):
             w = _param(self, f"{name}_kernel", (d, n, hd), ("embed", axes, "head_dim"), init, pdt)
-            y = _einsum("btd,dnh->btnh", x_BxTxD, w)
+            y = _dense(x_BxTxD, w)
             if cfg.qkv_bias:
                 b = _param(self, f"{name}_bias", (n, hd), (axes, "head_dim"),
                            nn.initializers.zeros, pdt)
@@ -189,7 +205,7 @@ class Attention(nn.Module):
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
         out = partitioning.constrain(out, ("batch", "length", "act_heads", "head_dim"))
         wo = _param(self, "o_kernel", (h, hd, d), ("heads", "head_dim", "embed"), init, pdt)
-        return _einsum("btnh,nhd->btd", out, wo), new_cache
+        return _dense(out, wo, contract=2), new_cache
 
 
 class MLP(nn.Module):
@@ -203,10 +219,9 @@ class MLP(nn.Module):
         gate = _param(self, "gate_kernel", (d, f), ("embed", "mlp"), init, pdt)
         up = _param(self, "up_kernel", (d, f), ("embed", "mlp"), init, pdt)
         down = _param(self, "down_kernel", (f, d), ("mlp", "embed"), init, pdt)
-        hidden = jax.nn.silu(_einsum("btd,df->btf", x_BxTxD, gate)) * _einsum(
-            "btd,df->btf", x_BxTxD, up)
+        hidden = jax.nn.silu(_dense(x_BxTxD, gate)) * _dense(x_BxTxD, up)
         hidden = partitioning.constrain(hidden, ("batch", "length", "act_mlp"))
-        return _einsum("btf,fd->btd", hidden, down)
+        return _dense(hidden, down)
 
 
 class DecoderLayer(nn.Module):
@@ -255,7 +270,7 @@ class Transformer(nn.Module):
         else:
             head = _param(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"),
                           nn.initializers.normal(0.02), cfg.params_dtype)
-            logits = _einsum("btd,dv->btv", x, head, out=jnp.float32)
+            logits = _dense(x, head, out=jnp.float32)
         logits = partitioning.constrain(logits, ("batch", "length", "act_vocab"))
         return logits.astype(jnp.float32), None if kv_cache is None else tuple(new_cache)
 
