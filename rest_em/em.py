@@ -303,17 +303,29 @@ def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
                 return r["val/greedy_pass@1"]
 
             by_id = {p.problem_id: p for p in train}
+            prompts = [prompt_ids(task, tokenizer, by_id[s.problem_id]) for s in selected]
+            targets = [tokenizer.encode(s.completion) + eos for s in selected]
+            # A long (few-shot) prompt plus a long re-tokenized sample can exceed the M-step's
+            # max_length (+1: inputs/targets shift), which training.fit refuses mid-run:
+            # such examples are dropped, counted and reported.
+            fits = [len(p) + len(c) <= cfg.fit.max_length + 1 for p, c in zip(prompts, targets)]
+            if not all(fits):
+                log.warning("iteration %d: %d of %d selected samples do not fit max_length=%d "
+                            "(prompt + completion) and are not trained on", it,
+                            fits.count(False), len(fits), cfg.fit.max_length)
+                prompts = [p for p, ok in zip(prompts, fits) if ok]
+                targets = [c for c, ok in zip(targets, fits) if ok]
             fit = training.fit(
-                start, [prompt_ids(task, tokenizer, by_id[s.problem_id]) for s in selected],
-                [tokenizer.encode(s.completion) + eos for s in selected], model_cfg=model_cfg,
+                start, prompts, targets, model_cfg=model_cfg,
                 cfg=cfg.fit, seed=cfg.seed * 1_000_003 + it, eval_fn=val_reward,
                 checkpoint_dir=idir / "mstep", mesh=mesh, pad_id=tokenizer.pad_id,
-                desc=f"iter {it} M-step") if selected else training.FitResult(start, 0, None, [])
+                desc=f"iter {it} M-step") if prompts else training.FitResult(start, 0, None, [])
             params = fit.params
             _save_params_once(idir / "params", params)
             m.update({"val/greedy_pass@1": fit.best_reward, "best_step": fit.best_step,
-                      "num_train_steps": training.total_steps(cfg.fit, len(selected))
-                      if selected else 0})
+                      "num_too_long": fits.count(False),
+                      "num_train_steps": training.total_steps(cfg.fit, len(prompts))
+                      if prompts else 0})
             seconds["improve"] = time.time() - t
 
         # Evaluate: train (greedy, the train-test gap) and test (greedy, pass@k, maj@k).

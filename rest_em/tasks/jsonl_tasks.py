@@ -48,11 +48,18 @@ def load_problems(path: str | pathlib.Path, *, style: str, question_field: str =
 
 
 def _few_shot_prefix(shots: Sequence[Problem], style: str) -> str:
-    return "".join(_format(p, style) + p.solution.strip() + "\n\n" for p in shots)
+    return "".join(_format(p, style) + _target_text(p, style) + "\n\n" for p in shots)
 
 
 def _format(problem: Problem, style: str) -> str:
-    return f"Question: {problem.question.strip()}\nAnswer:" + (" " if style == "gsm8k" else "\n")
+    # GSM8K: no trailing space after "Answer:"; the completion starts with it (" Janet"),
+    # as subword tokenizers encode words with their leading space (a prompt ending in a
+    # lone space token is off-distribution, and prompt + target had a double space).
+    return f"Question: {problem.question.strip()}\nAnswer:" + ("" if style == "gsm8k" else "\n")
+
+
+def _target_text(problem: Problem, style: str) -> str:
+    return " " + problem.solution.strip() if style == "gsm8k" else problem.solution.strip()
 
 
 def _make(name: str, style: str, files: dict[str, str | None], num_shots: int, val_size: int) -> Task:
@@ -85,7 +92,7 @@ def _make(name: str, style: str, files: dict[str, str | None], num_shots: int, v
     def target(p: Problem) -> str:
         if p.solution is None:
             raise ValueError(f"{name}: problem {p.problem_id} has no reference solution")
-        return " " + p.solution.strip() if style == "gsm8k" else p.solution.strip()
+        return _target_text(p, style)
 
     def extract(completion: str) -> str | None:
         return math_reward.extract_answer(_first_answer(completion), style="auto")
