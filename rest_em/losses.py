@@ -1,4 +1,4 @@
-"""Losses of the M-step: weighted negative log-likelihood over completion tokens.
+"""Losses of the M-step: weighted negative log-likelihood over completion tokens, per-step DPO.
 
 ReST^EM maximises  sum_i r_i * log p(y_i | x_i)  over the selected samples (r_i = 1 for
 kept samples); per-token weights extend it to per-step advantages (Setlur et al. 2024).
@@ -56,3 +56,50 @@ def advantage_weights(advantages_BxL: Array, *, beta: float, clip: float) -> Arr
     if beta <= 0 or clip <= 0:
         raise ValueError("beta and clip must be > 0")
     return jnp.clip(jnp.exp(advantages_BxL / beta), 0.0, clip)
+
+
+def sequence_logprobs(logits_BxLxV: Array, targets_BxL: Array, mask_BxL: Array) -> Array:
+    """`logp_B`: sum over positions where `mask_BxL` is 1 of log p(target | prefix).
+
+    The log-likelihood of each row's completion (or of any masked part of it): what DPO
+    compares between the policy and the reference. Log-softmax in float32; masked
+    positions contribute exactly 0, even where their log-prob is -inf.
+    """
+    logp = jax.nn.log_softmax(logits_BxLxV.astype(jnp.float32), axis=-1)
+    tok_BxL = jnp.take_along_axis(logp, targets_BxL[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return jnp.where(mask_BxL > 0, tok_BxL * mask_BxL.astype(jnp.float32), 0.0).sum(axis=-1)
+
+
+def step_dpo_loss(policy_chosen_logp_B: Array, policy_rejected_logp_B: Array,
+                  ref_chosen_logp_B: Array, ref_rejected_logp_B: Array, *, beta: float,
+                  weights_B: Array | None = None) -> tuple[Array, dict[str, Array]]:
+    """`(loss, aux)`: per-step DPO (Setlur et al. 2024, Sec. 6; Hwang et al. 2024).
+
+    loss = mean_b w_b * -log sigmoid(beta * [(pc - rc) - (pr - rr)]) with p/r the policy /
+    reference log-probs of the chosen (c) and rejected (r) responses, normalised by sum(w)
+    (`weights_B`, default 1: 0 drops a padding row). The pairs (`rest_em.step_values.
+    step_dpo_pairs`) share a prompt that ends with the negative's steps before its first
+    pit; chosen = a continuation from there that reaches the right answer, rejected = the
+    first-pit step. That equals DPO on (x, y_<c + continuation, y_<=c): the shared prefix's
+    policy/reference log-ratio appears on both sides and cancels exactly.
+    aux: `loss_sum` (sum of w * loss, for exact accumulation), `num_pairs` (sum of w),
+    `chosen_reward` / `rejected_reward` (mean beta * log-ratio), `reward_accuracy`
+    (fraction of pairs whose chosen implicit reward is higher) and `margin`.
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    chosen = beta * (f32(policy_chosen_logp_B) - f32(ref_chosen_logp_B))
+    rejected = beta * (f32(policy_rejected_logp_B) - f32(ref_rejected_logp_B))
+    margin = chosen - rejected
+    w = jnp.ones_like(margin) if weights_B is None else f32(weights_B)
+    per_pair = -jax.nn.log_sigmoid(margin)
+    loss_sum = (w * per_pair).sum()
+    num = w.sum()
+    denom = jnp.maximum(num, 1e-9)
+    aux = {"loss_sum": loss_sum, "num_pairs": num,
+           "chosen_reward": (w * chosen).sum() / denom,
+           "rejected_reward": (w * rejected).sum() / denom,
+           "reward_accuracy": (w * (margin > 0)).sum() / denom,
+           "margin": (w * margin).sum() / denom}
+    return loss_sum / denom, aux
