@@ -203,7 +203,8 @@ def sampler_rollout_fn(params: Any, *, model_cfg: model_lib.ModelConfig,
     temperature / top-k / top-p / max_new_tokens (num_samples is replaced by K); a prompt
     too long for max_new_tokens gets what is left of the model's length (see `_budget`),
     and one with no room left is not continued (its rollouts are the prefix alone).
-    Prompts go to the sampler in chunks of `chunk_size`.
+    Prompts go to the sampler in chunks of `chunk_size`. Use a `key` other than the
+    E-step's: rollout ids and E-step problem ids are both small integers.
     """
     if sampling_cfg.greedy:
         raise ValueError("rollouts need temperature > 0 (greedy rollouts are K copies of one)")
@@ -459,7 +460,9 @@ def step_negatives_dataset(
     prefix is rolled out `num_rollouts` (K) times from `params` with `sampling_cfg`
     (`sampler_rollout_fn`, keys from `key`; or a given `rollout_fn`) and scored with
     `score_fn`; Q by `estimator`; step i's tokens get weight exp(A_i / beta) clipped to
-    `clip`. `positives` (the selected correct samples, e.g. `filtering.select`'s output) are
+    `clip`. `key` must differ from the E-step's key (e.g. `fold_in(key, 1)`): rollout ids
+    and E-step problem ids share one number space. Negatives whose text the tokenizer does
+    not round-trip are left out (stats["num_untokenizable"]). `positives` (the selected correct samples, e.g. `filtering.select`'s output) are
     appended with weight 1 on every token, as ReST^EM trains them, so the result can go to
     `training.fit` as is. `problems` / `prompt_ids` map problem_id to what `score_fn` takes
     and to the prompt tokens (BOS included), as `em.prompt_ids` makes them.
@@ -477,9 +480,14 @@ def step_negatives_dataset(
                                  step_mode=step_mode, max_steps=max_steps,
                                  max_samples=max_samples)
     prompts, comps, weights = [], [], []
+    untokenizable = 0
     for sv in values:
-        p, c, w = weighted_example(sv, prompt_ids=prompt_ids[sv.sample.problem_id],
-                                   tokenizer=tokenizer, beta=beta, clip=clip)
+        try:
+            p, c, w = weighted_example(sv, prompt_ids=prompt_ids[sv.sample.problem_id],
+                                       tokenizer=tokenizer, beta=beta, clip=clip)
+        except ValueError:  # the tokenizer does not round-trip this text: no token spans
+            untokenizable += 1
+            continue
         prompts.append(p)
         comps.append(c)
         weights.append(w)
@@ -493,6 +501,7 @@ def step_negatives_dataset(
     adv = np.concatenate([sv.advantages_T for sv in values]) if values else np.zeros((0,))
     stats = {
         "num_negatives": float(len(values)),
+        "num_untokenizable": float(untokenizable),
         "num_positives": float(len(positives)),
         "num_prefixes": float(len(prefixes_seen)),
         "num_rollouts": float(len(prefixes_seen) * num_rollouts),

@@ -322,3 +322,18 @@ def test_a_shorter_budget_only_truncates_a_rollout():
     assert step_values._budget(58, 8, 64) == 6
     assert step_values._budget(20, 64, 64) == 32  # rounded down to 16s
     assert step_values._budget(64, 8, 64) == 0
+
+
+def test_negatives_the_tokenizer_cannot_round_trip_are_left_out_and_counted():
+    class Lossy(ByteTokenizer):
+        def decode(self, ids):
+            return super().decode(ids).replace("bad", "b")
+
+    neg = _sample(0, 0, "ok\nbad\n#### 1")
+    ok = _sample(0, 1, "ok\nok\nok\nok\n#### 3")
+    ds = step_values.step_negatives_dataset(
+        None, [neg, ok], problems=PROBLEMS, prompt_ids=PROMPTS, model_cfg=None,
+        tokenizer=Lossy(), sampling_cfg=None, score_fn=toy_score, key=None,
+        rollout_fn=toy_rollouts)
+    assert ds.stats["num_untokenizable"] == 1 and ds.stats["num_negatives"] == 2
+    assert ds.completion_ids == [TOK.encode(ok.completion) + [TOK.eos_id]]
