@@ -5,6 +5,15 @@ per training problem from the previous iteration's model (E-step), keeps the cor
 ones (filtering), fine-tunes the BASE model on them (M-step; `from_base=False` continues
 from the last model, as ReST does) and evaluates the result.
 
+The rows of the paper's Table 1 are configurations of the same loop (gin_configs/):
+  ReST^EM        the defaults
+  ReST           from_base=False (each M-step continues from the last model)
+  RFT            num_iterations=1, dedup=True
+  STaR           estep="greedy" (one greedy solution per problem), rationalize=True
+                 (unsolved problems re-sampled with the answer as a hint)
+  distillation   a `Teacher` (a larger model's params) generates the E-step samples
+  SFT            data="human": the M-step trains on the task's reference solutions
+
 Every unit of work leaves a file in the workdir, written atomically (temp file +
 rename), and is skipped when that file exists; so a run killed at any moment (even
 `kill -9`) continues from the last completed unit when the same command runs again:
@@ -62,6 +71,10 @@ class EMConfig:
     eval_ks: tuple[int, ...] = (1, 4, 8)
     train_eval_size: int = 500       # training problems scored greedily (train-test gap)
     val_size: int | None = None      # validation problems for checkpoint selection
+    eval_splits: tuple[str, ...] = ("test",)  # splits with greedy + sampled evaluation
+    estep: str = "sample"            # "sample" (ReST^EM) or "greedy" (STaR: 1 solution)
+    rationalize: bool = False        # STaR: unsolved problems re-sampled with a hint
+    data: str = "model"              # "model" (E-step samples) or "human" (SFT baseline)
     seed: int = 0
     fit: training.FitConfig = training.FitConfig()
 
@@ -71,8 +84,22 @@ class EMConfig:
         if self.num_samples < 1 or self.eval_num_samples < 1:
             raise ValueError("num_samples and eval_num_samples must be >= 1")
         if self.temperature <= 0:
-            raise ValueError("the E-step samples: temperature must be > 0 "
-                             "(greedy decoding would give one solution per problem)")
+            raise ValueError("temperature must be > 0 (it is the E-step's and pass@k's; "
+                             "estep='greedy' selects greedy E-step decoding)")
+        if self.estep not in ("sample", "greedy"):
+            raise ValueError(f"estep={self.estep!r}; expected 'sample' or 'greedy'")
+        if self.data not in ("model", "human"):
+            raise ValueError(f"data={self.data!r}; expected 'model' or 'human'")
+        if "test" not in self.eval_splits:
+            raise ValueError(f"eval_splits={self.eval_splits!r} must include 'test'")
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """Distillation: the model whose samples train the student (usually a larger one)."""
+
+    model_cfg: model_lib.ModelConfig
+    params: Any
 
 
 # --- small, atomic file helpers ---------------------------------------------------------
@@ -119,8 +146,9 @@ class Scored:
     answers: list[str | None]
 
 
-def prompt_ids(task: Task, tokenizer: Tokenizer, problem: Problem) -> list[int]:
-    ids = tokenizer.encode(task.prompt(problem))
+def prompt_ids(task: Task, tokenizer: Tokenizer, problem: Problem,
+               prompt_fn: Callable[[Problem], str] | None = None) -> list[int]:
+    ids = tokenizer.encode((prompt_fn or task.prompt)(problem))
     return ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + ids
 
 
@@ -128,12 +156,14 @@ def generate_and_score(params: Any, problems: Sequence[Problem], *, task: Task,
                        tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
                        sampling_cfg: sampling.SamplingConfig, key: jax.Array,
                        chunk_size: int, mesh=None, desc: str = "",
-                       shard_dir: pathlib.Path | None = None) -> list[Scored]:
+                       shard_dir: pathlib.Path | None = None,
+                       prompt_fn: Callable[[Problem], str] | None = None) -> list[Scored]:
     """Samples and scores `problems` in chunks of `chunk_size` (one sampler shape).
 
     With `shard_dir`, each chunk's results are a file there and finished chunks are
     read back instead of recomputed (resumable E-step). Keys depend only on (key,
-    problem_id, sample index), so chunking never changes a sample.
+    problem_id, sample index), so chunking never changes a sample. `prompt_fn` replaces
+    `task.prompt` (STaR's hinted prompts).
     """
     out: list[Scored] = []
     starts = range(0, len(problems), chunk_size)
@@ -152,7 +182,7 @@ def generate_and_score(params: Any, problems: Sequence[Problem], *, task: Task,
             continue
         # Pad the last chunk with copies of its first problem: one compiled shape.
         padded = chunk + [chunk[0]] * (chunk_size - len(chunk)) if len(problems) > chunk_size else chunk
-        res = sampling.sample(params, [prompt_ids(task, tokenizer, p) for p in padded],
+        res = sampling.sample(params, [prompt_ids(task, tokenizer, p, prompt_fn) for p in padded],
                               model_cfg=model_cfg, cfg=sampling_cfg, key=key,
                               problem_ids=[p.problem_id for p in padded], mesh=mesh)
         rows = []
@@ -210,12 +240,78 @@ def evaluate(params: Any, problems: Sequence[Problem], *, task: Task, tokenizer:
     return {f"{prefix}/{k}": v for k, v in results.items()}
 
 
+# --- the E-step -------------------------------------------------------------------------
+
+def _estep(params: Any, train: Sequence[Problem], *, idir: pathlib.Path, it: int, task: Task,
+           tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig, cfg: EMConfig,
+           key: jax.Array, mesh=None, teacher: Teacher | None = None
+           ) -> tuple[list[filtering.Sample], dict[str, int]]:
+    """The candidate M-step data (all scored samples, reward 1 if correct) and its counts.
+
+    data="human": the train split's reference solutions (no sampling). Otherwise
+    `num_samples` samples per problem (estep="greedy": one greedy solution) from the
+    current model or the teacher; with `rationalize`, problems without a correct sample
+    are sampled again from the hinted prompt and the correct ones kept with the plain
+    prompt (STaR), sample indices continuing after the first round's.
+    """
+    if cfg.data == "human":
+        records = [filtering.Sample(problem_id=p.problem_id, sample_index=0,
+                                    prompt=task.prompt(p), completion=task.target(p), reward=1.0)
+                   for p in train if p.solution]
+        return records, {"num_problems": len(train), "num_samples": 0,
+                         "num_correct": len(records), "num_no_answer": 0,
+                         "num_checker_errors": 0}
+    gen_params, gen_cfg = (params, model_cfg) if teacher is None else (teacher.params,
+                                                                        teacher.model_cfg)
+    greedy = cfg.estep == "greedy"
+    e_cfg = sampling.SamplingConfig(
+        num_samples=1 if greedy else cfg.num_samples, temperature=0.0 if greedy else cfg.temperature,
+        top_k=cfg.top_k, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+        eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+    common = dict(task=task, tokenizer=tokenizer, model_cfg=gen_cfg,
+                  sampling_cfg=e_cfg, chunk_size=cfg.chunk_size, mesh=mesh)
+    scored = generate_and_score(gen_params, train, key=jax.random.fold_in(key, 0),
+                                desc=f"iter {it} E-step", shard_dir=idir / "samples", **common)
+    _write_json(idir / "samples" / "manifest.json",
+                {"shards": sorted(p.name for p in (idir / "samples").glob("shard_*.jsonl")),
+                 "num_problems": len(train), "num_samples": e_cfg.num_samples})
+
+    def to_records(rows: Sequence[Scored], offset: int) -> list[filtering.Sample]:
+        return [filtering.Sample(problem_id=s.problem.problem_id, sample_index=offset + j,
+                                 prompt=task.prompt(s.problem), completion=c,
+                                 reward=float(st == "correct"))
+                for s in rows for j, (c, st) in enumerate(zip(s.completions, s.statuses))]
+
+    records = to_records(scored, 0)
+    statuses = [st for s in scored for st in s.statuses]
+    counts = {"num_problems": len(train), "num_samples": len(statuses),
+              "num_correct": statuses.count("correct"),
+              "num_no_answer": statuses.count("no_answer"),
+              "num_checker_errors": statuses.count("checker_error") + statuses.count("timeout")}
+    if cfg.rationalize:
+        if task.hint_prompt is None:
+            raise ValueError(f"rationalize=True, but task {task.name!r} has no hint_prompt")
+        unsolved = [s.problem for s in scored if "correct" not in s.statuses]
+        hinted = generate_and_score(gen_params, unsolved, key=jax.random.fold_in(key, 1),
+                                    desc=f"iter {it} rationalize",
+                                    shard_dir=idir / "rationalized", prompt_fn=task.hint_prompt,
+                                    **common) if unsolved else []
+        extra = to_records(hinted, e_cfg.num_samples)
+        records += extra
+        counts["num_rationalized"] = sum(r.reward > 0 for r in extra)
+    return records, counts
+
+
 # --- the loop ---------------------------------------------------------------------------
 
 def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
         make_base_params: Callable[[], Any], workdir: str | pathlib.Path, cfg: EMConfig,
-        mesh=None) -> list[dict]:
-    """Runs (or resumes) the EM loop in `workdir`; returns the metrics of every iteration."""
+        mesh=None, teacher: Teacher | None = None) -> list[dict]:
+    """Runs (or resumes) the EM loop in `workdir`; returns the metrics of every iteration.
+
+    With a `teacher`, the E-step samples come from the teacher (distillation); the
+    student (`make_base_params`, `model_cfg`) is trained and evaluated.
+    """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     writer = metrics_lib.MetricsWriter(workdir)
@@ -235,7 +331,7 @@ def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
     val = with_gold(task.load("val"), "val")
     if cfg.val_size is not None:
         val = val[: cfg.val_size]
-    test = with_gold(task.load("test"), "test")
+    evals = {split: with_gold(task.load(split), split) for split in cfg.eval_splits}
     train_eval = train[: cfg.train_eval_size]
 
     params = base
@@ -256,36 +352,20 @@ def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
         if it == 0:
             seconds["base"] = base_seconds
         else:
-            # E-step: sample from the previous iteration's model, score.
+            # E-step: sample from the previous iteration's model (or the teacher), score.
             t = time.time()
-            e_cfg = sampling.SamplingConfig(
-                num_samples=cfg.num_samples, temperature=cfg.temperature, top_k=cfg.top_k,
-                top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, eos_id=tokenizer.eos_id,
-                pad_id=tokenizer.pad_id)
-            scored = generate_and_score(
-                params, train, task=task, tokenizer=tokenizer, model_cfg=model_cfg,
-                sampling_cfg=e_cfg, key=jax.random.fold_in(key, 0), chunk_size=cfg.chunk_size,
-                mesh=mesh, desc=f"iter {it} E-step", shard_dir=idir / "samples")
-            _write_json(idir / "samples" / "manifest.json",
-                        {"shards": sorted(p.name for p in (idir / "samples").glob("shard_*.jsonl")),
-                         "num_problems": len(train), "num_samples": cfg.num_samples})
+            records, estep_metrics = _estep(params, train, idir=idir, it=it, task=task,
+                                            tokenizer=tokenizer, model_cfg=model_cfg, cfg=cfg,
+                                            key=key, mesh=mesh, teacher=teacher)
             seconds["generate"] = time.time() - t
 
             # Filter: the M-step dataset.
             t = time.time()
-            records = [filtering.Sample(problem_id=s.problem.problem_id, sample_index=j,
-                                        prompt=task.prompt(s.problem), completion=c,
-                                        reward=float(st == "correct"))
-                       for s in scored for j, (c, st) in enumerate(zip(s.completions, s.statuses))]
             selected = filtering.select(records, max_per_problem=cfg.max_per_problem,
                                         seed=cfg.seed * 1_000_003 + it, dedup=cfg.dedup)
             _write_jsonl(idir / "selected.jsonl", [dataclasses.asdict(s) for s in selected])
-            statuses = [st for s in scored for st in s.statuses]
-            m.update(num_problems=len(train), num_samples=len(statuses),
-                     num_correct=statuses.count("correct"),
-                     num_no_answer=statuses.count("no_answer"),
-                     num_checker_errors=statuses.count("checker_error") + statuses.count("timeout"),
-                     num_selected=len(selected),
+            m.update(estep_metrics)
+            m.update(num_selected=len(selected),
                      num_problems_solved=len({s.problem_id for s in selected}))
             seconds["filter"] = time.time() - t
 
@@ -294,7 +374,7 @@ def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
             start = base if cfg.from_base else params
             if not selected:
                 log.warning("iteration %d: no correct samples among %d: the M-step has nothing "
-                            "to train on and keeps its starting model", it, len(statuses))
+                            "to train on and keeps its starting model", it, len(records))
             eos = [tokenizer.eos_id]
 
             def val_reward(p):
@@ -331,7 +411,8 @@ def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
         # Evaluate: train (greedy, the train-test gap) and test (greedy, pass@k, maj@k).
         t = time.time()
         ekey = jax.random.fold_in(root, 10_000 + it)
-        for split, probs, sampled in (("train", train_eval, False), ("test", test, True)):
+        splits = [("train", train_eval, False)] + [(n, ps, True) for n, ps in evals.items()]
+        for split, probs, sampled in splits:
             path = idir / f"eval_{split}.json"
             if not path.exists():
                 _write_json(path, evaluate(params, probs, task=task, tokenizer=tokenizer,
@@ -372,11 +453,24 @@ def final_table(history: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def final_params(workdir: str | pathlib.Path, model_cfg: model_lib.ModelConfig) -> Any:
+    """The params of a run's last completed iteration (its base if none): a teacher."""
+    workdir = pathlib.Path(workdir)
+    done = sorted(p.parent for p in workdir.glob("iter_*/metrics.json")
+                  if (p.parent / "params").exists())
+    path = done[-1] / "params" if done else workdir / "base"
+    if not path.exists():
+        raise FileNotFoundError(f"{workdir}: no completed iteration or base params to load")
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                            model_lib.abstract_params(model_cfg))
+    return checkpoints.restore_params(path, abstract=abstract)
+
+
 def load_history(workdir: str | pathlib.Path) -> list[dict]:
     """Metrics of the completed iterations of a workdir, in order."""
     paths = sorted(pathlib.Path(workdir).glob("iter_*/metrics.json"))
     return [json.loads(p.read_text()) for p in paths]
 
 
-__all__ = ["EMConfig", "Scored", "evaluate", "final_table", "generate_and_score", "load_history",
+__all__ = ["EMConfig", "Scored", "Teacher", "final_params", "evaluate", "final_table", "generate_and_score", "load_history",
            "prompt_ids", "run", "with_gold"]

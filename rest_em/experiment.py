@@ -72,18 +72,27 @@ def hf_model_config(*, checkpoint_dir: str, dtype: str = "float32",
 
 
 def run(*, workdir: str, task: Task, tokenizer: Tokenizer, model: model_lib.ModelConfig,
-        base: Callable[..., Any], em_config: em.EMConfig, mesh_shape: tuple[int, ...] | None = None
+        base: Callable[..., Any], em_config: em.EMConfig, mesh_shape: tuple[int, ...] | None = None,
+        teacher_workdir: str | None = None, teacher_model: model_lib.ModelConfig | None = None
         ) -> list[dict]:
     """Runs (or resumes) the experiment in `workdir`; returns per-iteration metrics.
 
     `base(task, tokenizer, model_cfg, mesh)` builds the base params (called once: the
     result is saved in the workdir). `mesh_shape` (data, fsdp, tensor) shards sampling
-    and training; None runs on the default device.
+    and training; None runs on the default device. Distillation: `teacher_workdir` is a
+    finished run (of model `teacher_model`, default `model`) whose last model generates
+    the E-step samples that train this run's (student) model.
     """
     if model.vocab_size < tokenizer.vocab_size:
         raise ValueError(f"the model's vocab_size={model.vocab_size} is smaller than the "
                          f"tokenizer's {tokenizer.vocab_size}")
     mesh = partitioning.make_mesh(*mesh_shape) if mesh_shape else None
+    teacher = None
+    if teacher_workdir is not None:
+        teacher_cfg = teacher_model or model
+        teacher = em.Teacher(teacher_cfg, em.final_params(teacher_workdir, teacher_cfg))
+    elif teacher_model is not None:
+        raise ValueError("teacher_model is set but teacher_workdir is not")
     return em.run(task=task, tokenizer=tokenizer, model_cfg=model,
                   make_base_params=functools.partial(base, task, tokenizer, model, mesh),
-                  workdir=workdir, cfg=em_config, mesh=mesh)
+                  workdir=workdir, cfg=em_config, mesh=mesh, teacher=teacher)

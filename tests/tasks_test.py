@@ -112,3 +112,35 @@ def test_seqio_task_matches_the_loop_view():
         assert ex["inputs"].tolist() == tok.encode(task.prompt(p))
         assert ex["targets"].tolist() == tok.encode(task.target(p)) + [tok.eos_id]
         assert ex["answer"].decode() == p.answer and int(ex["problem_id"]) == p.problem_id
+
+
+def test_arithmetic_human_solutions_terse_and_checked():
+    task = arithmetic.make_task(num_train=400)
+    train = task.load("train")
+    # Terse: on average fewer lines than operations; every one verified step by step.
+    lines = sum(task.target(p).count("\n") for p in train)
+    assert lines < 0.8 * sum(p.level for p in train)
+    assert task.score([task.target(p) for p in train], train) == ["correct"] * len(train)
+    assert train[0].solution == arithmetic.human_solution(train[0], 0)  # deterministic
+    q = arithmetic.Problem(0, "3+4+1-2", "6")
+    outs = ["3+4+1=8\n8-2=6\n#### 6",    # two operations folded into one line: fine
+            "3+4+1-2=6\n#### 6",          # the whole chain in one line: fine
+            "3+4+1=9\n9-2=6\n#### 6",     # a false line
+            "3+4=7\n7-2=5\n#### 6",       # skips an operation
+            "3+4+1=8\n#### 6"]            # stops early
+    assert arithmetic.score(outs, [q] * 5, verify_steps=True) == [
+        "correct", "correct", "incorrect", "incorrect", "incorrect"]
+
+
+def test_arithmetic_transfer_split_is_shifted_and_held_out():
+    task = arithmetic.make_task(num_train=400, num_transfer=100)
+    transfer = task.load("transfer")
+    assert len(transfer) == 100
+    import re
+    for p in transfer:
+        assert any(int(n) >= 10 for n in re.findall(r"[+-](\d+)", p.question))
+        assert "=-" not in p.solution
+    assert task.score([task.target(p) for p in transfer], transfer) == ["correct"] * 100
+    others = {p.question for s in ("sft", "train", "val", "test") for p in task.load(s)}
+    assert not others & {p.question for p in transfer}
+    assert task.hint_prompt(transfer[0]) == f"Q: {transfer[0].question} (answer {transfer[0].answer})\n"

@@ -15,8 +15,10 @@ on a CPU in minutes, so the whole ReST^EM loop can be watched end to end.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -125,26 +127,78 @@ def extract(completion: str) -> str | None:
     return m.group(1) if m else None
 
 
-_STEP_RE = re.compile(r"^(-?\d+)([+-])(\d+)=(-?\d+)$")
+_LINE_RE = re.compile(r"^(-?\d+)((?:[+-]\d+)+)=(-?\d+)$")
 _OP_RE = re.compile(r"([+-])(\d+)")
 
 
 def steps_are_correct(completion: str, question: str) -> bool:
-    """A chain-style solution applies the question's operations in order, each one
-    with true arithmetic: a verifier of the whole solution, not just its answer."""
+    """Every written line applies the question's next operation(s), in order, to the
+    running value with true arithmetic ("7+8=15" or, tersely, "7+8-3=12"), and the
+    lines use up the question: a verifier of the whole solution, not just its answer."""
     ops = _OP_RE.findall(question[len(question.split("+")[0].split("-")[0]):])
     value = int(re.match(r"\d+", question).group())
     lines = completion.strip().split("\n")[:-1]
-    if len(lines) != len(ops):
+    if not lines:
         return False
-    for line, (op, n) in zip(lines, ops):
-        m = _STEP_RE.match(line.strip())
-        if m is None or (int(m[1]), m[2], m[3]) != (value, op, n):
+    i = 0
+    for line in lines:
+        m = _LINE_RE.match(line.strip())
+        if m is None or int(m[1]) != value:
             return False
-        value = value + int(n) if op == "+" else value - int(n)
-        if int(m[4]) != value:
+        line_ops = _OP_RE.findall(m[2])
+        if [(o, n) for o, n in line_ops] != ops[i: i + len(line_ops)]:
             return False
-    return True
+        for o, n in line_ops:
+            value = value + int(n) if o == "+" else value - int(n)
+        i += len(line_ops)
+        if int(m[3]) != value:
+            return False
+    return i == len(ops)
+
+
+def human_solution(problem: Problem, seed: int = 0) -> str:
+    """A terse, "human-written" solution: people fold 1-3 operations into one line
+    ("7+8-3=12") where the worked solutions spell out one operation per line.
+
+    Deterministic in (seed, question). This is the data of the SFT-on-human-solutions
+    baseline (the paper's Table 1 "SFT"): correct, but in a style the model did not
+    produce itself.
+    """
+    rng = np.random.default_rng([seed, 7, zlib.crc32(problem.question.encode())])
+    ops = _OP_RE.findall(problem.question[len(re.match(r"\d+", problem.question).group()):])
+    value, lines, i = int(re.match(r"\d+", problem.question).group()), [], 0
+    while i < len(ops):
+        size = int(rng.choice([1, 2, 3], p=[0.25, 0.5, 0.25]))
+        chunk = ops[i: i + size]
+        start = value
+        for o, n in chunk:
+            value = value + int(n) if o == "+" else value - int(n)
+        lines.append(f"{start}" + "".join(o + n for o, n in chunk) + f"={value}")
+        i += size
+    return "\n".join(lines) + f"\n#### {value}"
+
+
+def hint_prompt(problem: Problem) -> str:
+    """The prompt with the gold answer as a hint (STaR's rationalization)."""
+    return f"Q: {problem.question} (answer {problem.answer})\n"
+
+
+@functools.lru_cache(maxsize=8)
+def generate_transfer(*, num_problems: int, seed: int = 0, max_operand: int = 12,
+                      levels: tuple[int, ...] = (2, 3, 4)) -> tuple[Problem, ...]:
+    """A held-out transfer split: every problem uses at least one two-digit operand
+    (10..max_operand), which no other split has, running values within [0, 19]; same
+    checker, shifted distribution (the paper's held-out transfer evaluation)."""
+    rng = np.random.default_rng([seed, 5])
+    out: list[Problem] = []
+    i = 0
+    while len(out) < num_problems:
+        p = make_problem(rng, levels[i % len(levels)], len(out), max_operand)
+        i += 1
+        if any(int(n) >= 10 for _, n in _OP_RE.findall(p.question)) and "=-" not in p.solution \
+                and p.question not in {q.question for q in out}:
+            out.append(p)
+    return tuple(out)
 
 
 def score(completions: Sequence[str], problems: Sequence[Problem], *,
@@ -170,12 +224,14 @@ def make_task(*, num_train: int = 2000, sft_levels: tuple[int, ...] = (2, 3),
               num_sft: int = 300, levels: tuple[int, ...] = ALL_LEVELS, seed: int = 0,
               max_operand: int = 9, num_val: int | None = None,
               num_test: int | None = None, style: str = "chain",
-              verify_steps: bool = True) -> Task:
+              verify_steps: bool = True, num_transfer: int = 300) -> Task:
+    """The task with splits: sft (worked solutions of easy problems: the base model's
+    data), train (all levels, with terse "human-written" solutions: the E-step's
+    problems and the human-data SFT baseline), val (checkpoint selection), test, and
+    transfer (two-digit operands, held out). num_val / num_test take a prefix of the
+    fixed held-out splits (small test runs)."""
     if verify_steps and style != "chain":
         raise ValueError("verify_steps checks chain-style solutions; use style='chain'")
-    """The task with splits: sft (worked solutions of easy problems: the base model's
-    data), train (all levels: the E-step's problems), val (checkpoint selection), test.
-    num_val / num_test take a prefix of the fixed held-out splits (small test runs)."""
     sizes = {"val": num_val, "test": num_test}
     if not set(levels) <= set(ALL_LEVELS) or not set(sft_levels) <= set(ALL_LEVELS):
         raise ValueError(f"levels must be within {ALL_LEVELS}")
@@ -185,13 +241,18 @@ def make_task(*, num_train: int = 2000, sft_levels: tuple[int, ...] = (2, 3),
             return list(generate("sft", num_problems=num_sft, levels=sft_levels, seed=seed,
                                  max_operand=max_operand, style=style))
         if split == "train":
-            return list(generate("train", num_problems=num_train, levels=levels, seed=seed,
-                                 max_operand=max_operand, style=style))
+            probs = generate("train", num_problems=num_train, levels=levels, seed=seed,
+                             max_operand=max_operand, style=style)
+            if style != "chain":
+                return list(probs)
+            return [dataclasses.replace(p, solution=human_solution(p, seed)) for p in probs]
         if split in HELD_OUT:
             held = generate(split, num_problems=HELD_OUT[split], levels=ALL_LEVELS, seed=seed,
                             max_operand=max_operand, style=style)
             return [p for p in held if p.level in levels][: sizes[split]]
-        raise ValueError(f"unknown split {split!r}; expected sft, train, val or test")
+        if split == "transfer":
+            return list(generate_transfer(num_problems=num_transfer, seed=seed))
+        raise ValueError(f"unknown split {split!r}; expected sft, train, val, test or transfer")
 
     return Task("arithmetic", load, prompt, target, extract,
-                functools.partial(score, verify_steps=verify_steps))
+                functools.partial(score, verify_steps=verify_steps), hint_prompt=hint_prompt)

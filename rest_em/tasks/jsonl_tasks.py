@@ -9,6 +9,7 @@ skipped by the loop, never scored 0.
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import re
 from collections.abc import Sequence
@@ -102,7 +103,13 @@ def _make(name: str, style: str, files: dict[str, str | None], num_shots: int, v
         golds = [p.answer for p in problems]
         return [v.status.value for v in math_reward.check_batch(cut, golds, style="auto")]
 
-    return Task(name, load, prompt, target, extract, score)
+    def hint_prompt(p: Problem) -> str:
+        """STaR's rationalization: the question with its gold answer as a hint."""
+        hinted = dataclasses.replace(p, question=f"{p.question.strip()} "
+                                                 f"(Hint: the answer is {p.answer}.)")
+        return prefix + _format(hinted, style)
+
+    return Task(name, load, prompt, target, extract, score, hint_prompt=hint_prompt)
 
 
 def _first_answer(completion: str) -> str:

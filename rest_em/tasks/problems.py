@@ -33,6 +33,8 @@ class Task:
     target(problem) -> reference completion text (SFT); extract(completion) -> answer or
     None (for maj@k); score(completions, problems) -> one status per item: "correct",
     "incorrect", "no_answer", "checker_error" or "timeout" (only "correct" earns reward 1).
+    hint_prompt(problem) (optional) -> the prompt with the gold answer given as a hint,
+    for STaR's rationalization of problems the model could not solve.
     """
 
     name: str
@@ -41,6 +43,7 @@ class Task:
     target: Callable[[Problem], str]
     extract: Callable[[str], str | None]
     score: Callable[[Sequence[str], Sequence["Problem"]], list[str]]
+    hint_prompt: Callable[[Problem], str] | None = None  # the prompt + gold answer (STaR)
 
 
 class DataError(ValueError):

@@ -1,0 +1,141 @@
+"""The rows of the paper's Table 1 as gin variants, each end to end on the tiny config:
+SFT on human solutions, ReST, RFT, STaR (greedy E-step + rationalization), distillation."""
+
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+
+from em_test import TINY, _run
+
+FAST = ["--gin.EMConfig.num_iterations=1"]
+
+
+def _rows(path):
+    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines()]
+
+
+def _with_base(src, dst):
+    """A variant reuses the ReST^EM run's base model (same seed, model and SFT data)."""
+    dst.mkdir(parents=True)
+    shutil.copytree(src / "base", dst / "base")
+    return dst
+
+
+def _tiny_task():
+    from rest_em.tasks import arithmetic
+    return arithmetic.make_task(num_train=48, num_sft=64, num_val=16, num_test=32,
+                                verify_steps=False)
+
+
+@pytest.fixture(scope="module")
+def restem(tmp_path_factory):
+    """The reference: 2 ReST^EM iterations (also the distillation teacher)."""
+    workdir = tmp_path_factory.mktemp("restem")
+    _run(workdir)
+    return workdir
+
+
+def test_sft_on_human_solutions(restem, tmp_path):
+    w = _with_base(restem, tmp_path / "sft")
+    _run(w, "--gin_file=variants/sft_human.gin")
+    task = _tiny_task()
+    train = task.load("train")
+    selected = _rows(w / "iter_001" / "selected.jsonl")
+    assert [r["completion"] for r in selected] == [task.target(p) for p in train]
+    assert not (w / "iter_001" / "samples").exists()  # no sampling at all
+    m = json.loads((w / "iter_001" / "metrics.json").read_text())
+    assert m["num_samples"] == 0 and m["num_selected"] == len(train)
+    assert m["num_train_steps"] > 0 and 0.0 <= m["test/greedy_pass@1"] <= 1.0
+    # The human solutions are terse (several operations per line) yet correct.
+    assert any(t.count("\n") < p.level for t, p in zip(selected, train) for t in [t["completion"]])
+
+
+def test_rest_continues_from_the_last_model(restem, tmp_path):
+    from rest_em import checkpoints
+
+    w = _with_base(restem, tmp_path / "rest")
+    _run(w, "--gin_file=variants/rest.gin", "--gin.EMConfig.eval_splits=('test', 'transfer')",
+         "--gin.arithmetic_task.num_transfer=16")
+    ref = [json.loads((restem / f"iter_00{i}" / "metrics.json").read_text()) for i in (1, 2)]
+    got = [json.loads((w / f"iter_00{i}" / "metrics.json").read_text()) for i in (1, 2)]
+    # Iteration 1 starts from the base either way; iteration 2 starts elsewhere.
+    for k in ("num_selected", "val/greedy_pass@1", "test/greedy_pass@1"):
+        assert got[0][k] == ref[0][k], k
+    a = checkpoints.restore_params(restem / "iter_002" / "params")
+    b = checkpoints.restore_params(w / "iter_002" / "params")
+    import jax
+    diffs = jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(np.asarray(x) - np.asarray(y)).max()), a, b))
+    assert max(diffs) > 0
+    assert "transfer/greedy_pass@1" in got[1] and "transfer/pass@4" in got[1]
+
+
+def test_rft_one_iteration_distinct_solutions(restem, tmp_path):
+    w = _with_base(restem, tmp_path / "rft")
+    _run(w, "--gin_file=variants/rft.gin")
+    assert not (w / "iter_002").exists()
+    selected = _rows(w / "iter_001" / "selected.jsonl")
+    assert selected, "the tiny base model finds some correct samples"
+    pairs = [(r["problem_id"], r["completion"]) for r in selected]
+    assert len(pairs) == len(set(pairs))
+    samples = [r for f in sorted((w / "iter_001" / "samples").glob("shard_*.jsonl")) for r in _rows(f)]
+    assert len(selected) <= len({(r["problem_id"], r["completion"]) for r in samples
+                                 if r["status"] == "correct"})
+
+
+def test_star_greedy_estep_and_rationalization(restem, tmp_path):
+    w = _with_base(restem, tmp_path / "star")
+    _run(w, "--gin_file=variants/star.gin", *FAST)
+    samples = [r for f in sorted((w / "iter_001" / "samples").glob("shard_*.jsonl")) for r in _rows(f)]
+    task = _tiny_task()
+    assert sorted(r["problem_id"] for r in samples) == [p.problem_id for p in task.load("train")]
+    assert {r["sample_index"] for r in samples} == {0}  # one greedy solution per problem
+    solved = {r["problem_id"] for r in samples if r["status"] == "correct"}
+    hinted = [r for f in sorted((w / "iter_001" / "rationalized").glob("shard_*.jsonl"))
+              for r in _rows(f)]
+    assert {r["problem_id"] for r in hinted} == {p.problem_id for p in task.load("train")} - solved
+    m = json.loads((w / "iter_001" / "metrics.json").read_text())
+    assert m["num_rationalized"] == sum(r["status"] == "correct" for r in hinted)
+    by_id = {p.problem_id: p for p in task.load("train")}
+    for r in _rows(w / "iter_001" / "selected.jsonl"):
+        assert r["prompt"] == task.prompt(by_id[r["problem_id"]])  # trained without the hint
+    # Greedy decoding: the E-step equals the base model's greedy evaluation on train.
+    base_eval = json.loads((restem / "iter_000" / "eval_train.json").read_text())
+    first16 = [r for r in samples if r["problem_id"] < 16]
+    assert np.isclose(sum(r["status"] == "correct" for r in first16) / 16,
+                      base_eval["train/greedy_pass@1"])
+
+
+def test_distillation_samples_come_from_the_teacher(restem, tmp_path):
+    import jax
+
+    from rest_em import em, sampling
+    from rest_em.model import ModelConfig
+    from rest_em.tokenizers import ByteTokenizer
+
+    w = tmp_path / "student"
+    _run(w, "--gin_file=variants/distill.gin", f"--gin.TEACHER_WORKDIR='{restem}'",
+         "--gin.rest_em.run.teacher_model=@teacher/rest_em.ModelConfig()",
+         "--gin.teacher/rest_em.ModelConfig.hidden_size=32",
+         "--gin.teacher/rest_em.ModelConfig.intermediate_size=64",
+         "--gin.rest_em.ModelConfig.hidden_size=16", "--gin.rest_em.ModelConfig.intermediate_size=32")
+    # The E-step samples equal the teacher's last model sampled with the run's keys.
+    teacher_cfg = ModelConfig(vocab_size=259, hidden_size=32, intermediate_size=64, num_layers=2,
+                              num_heads=4, num_kv_heads=2, max_seq_len=128)
+    params = em.final_params(restem, teacher_cfg)
+    task, tok = _tiny_task(), ByteTokenizer()
+    train = task.load("train")[:16]
+    cfg = sampling.SamplingConfig(num_samples=4, temperature=1.0, top_k=0, max_new_tokens=32,
+                                  eos_id=tok.eos_id, pad_id=tok.pad_id)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 1), 0)
+    want = em.generate_and_score(params, train, task=task, tokenizer=tok, model_cfg=teacher_cfg,
+                                 sampling_cfg=cfg, key=key, chunk_size=16)
+    got = _rows(w / "iter_001" / "samples" / "shard_00000.jsonl")
+    assert [r["completion"] for r in got] == [c for s in want for c in s.completions]
+    student = json.loads((w / "iter_001" / "metrics.json").read_text())
+    assert "test/greedy_pass@1" in student
+    from rest_em import checkpoints
+    shapes = {x.shape for x in jax.tree.leaves(checkpoints.restore_params(w / "iter_001" / "params"))}
+    assert (259, 16) in shapes or (16, 259) in shapes  # the student is the small model
