@@ -7,6 +7,7 @@ Pieces, each usable alone:
   make_train_step           `jax.jit` with shardings and state donation
   fit                       the M-step loop: batches from the seed, validation every K
                             steps, best-params selection, resumable orbax checkpoints
+  PairBatch, dpo_train_step per-step DPO pairs with reference log-probs, a pure step
 """
 
 from __future__ import annotations
@@ -199,6 +200,100 @@ def make_train_step(model_cfg: model_lib.ModelConfig, optimizer: optax.GradientT
 
     return jax.jit(traced, in_shardings=(state_sh, batch_sh),
                    out_shardings=(state_sh, partitioning.replicated(mesh)), donate_argnums=0)
+
+
+# --- per-step DPO -----------------------------------------------------------------------
+
+@flax.struct.dataclass
+class PairBatch:
+    """DPO pairs: chosen and rejected rows of the same prompts (two TrainBatches of one
+    length), the reference model's log-probs of each, and per-pair weights in
+    `chosen.weights_B` (0 = a padding pair). Stacked micro-batches: leading axis A."""
+
+    chosen: TrainBatch
+    rejected: TrainBatch
+    ref_chosen_logp_B: Array
+    ref_rejected_logp_B: Array
+
+
+def make_pair_batch(prompts: Sequence[Sequence[int]], chosen: Sequence[Sequence[int]],
+                    rejected: Sequence[Sequence[int]], *, length: int, pad_id: int = 0,
+                    weights: Sequence[float] | None = None,
+                    ref_chosen_logp: Sequence[float] | None = None,
+                    ref_rejected_logp: Sequence[float] | None = None) -> PairBatch:
+    """Host numpy PairBatch (e.g. from `step_values.step_dpo_pairs`: prompt = x + y_<c).
+
+    Reference log-probs default to 0; fill them with `reference_logprobs` before training.
+    """
+    c = make_batch(prompts, chosen, length=length, pad_id=pad_id, weights=weights)
+    r = make_batch(prompts, rejected, length=length, pad_id=pad_id, weights=weights)
+    zeros = [0.0] * len(prompts)
+    rc = np.asarray(zeros if ref_chosen_logp is None else ref_chosen_logp, np.float32)
+    rr = np.asarray(zeros if ref_rejected_logp is None else ref_rejected_logp, np.float32)
+    return PairBatch(c, r, rc, rr)
+
+
+def _pair_logprobs(params: Any, batch: PairBatch, model_cfg: model_lib.ModelConfig
+                   ) -> tuple[Array, Array]:
+    """Log-probs of the chosen and the rejected completions: ONE forward over 2B rows."""
+    both = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), batch.chosen, batch.rejected)
+    logits = model_lib.forward(params, model_cfg, both.inputs_BxL, both.valid_BxL)
+    logp = losses.sequence_logprobs(logits, both.targets_BxL, both.loss_mask_BxL)
+    b = batch.chosen.inputs_BxL.shape[0]
+    return logp[:b], logp[b:]
+
+
+def reference_logprobs(params: Any, batch: PairBatch, *, model_cfg: model_lib.ModelConfig
+                       ) -> PairBatch:
+    """`batch` with its reference log-probs computed under `params` (the frozen reference,
+    e.g. the model that sampled the data). Pure; jit it or call it once per dataset."""
+    rc, rr = _pair_logprobs(params, batch, model_cfg)
+    return batch.replace(ref_chosen_logp_B=rc, ref_rejected_logp_B=rr)
+
+
+def dpo_train_step(state: TrainState, batch_AxB: PairBatch, *, model_cfg: model_lib.ModelConfig,
+                   optimizer: optax.GradientTransformation, beta: float
+                   ) -> tuple[TrainState, dict[str, Array]]:
+    """One optimizer update of per-step DPO (`losses.step_dpo_loss`) from A stacked
+    micro-batches of pairs, with precomputed reference log-probs.
+
+    The loss is sum(w * pair loss) / sum(w) over ALL micro-batches, accumulated exactly like
+    `train_step`, so A micro-batches of B equal one batch of A*B.
+    """
+
+    def sums(params, mb: PairBatch):
+        pc, pr = _pair_logprobs(params, mb, model_cfg)
+        _, aux = losses.step_dpo_loss(pc, pr, mb.ref_chosen_logp_B, mb.ref_rejected_logp_B,
+                                      beta=beta, weights_B=mb.chosen.weights_B)
+        return aux["loss_sum"], aux
+
+    keys = ("chosen_reward", "rejected_reward", "reward_accuracy", "margin")
+
+    def accumulate(carry, mb):
+        grads, loss_sum, num, totals = carry
+        (ls, aux), g = jax.value_and_grad(sums, has_aux=True)(state.params, mb)
+        grads = jax.tree.map(jnp.add, grads, g)
+        totals = {k: totals[k] + aux[k] * aux["num_pairs"] for k in keys}
+        return (grads, loss_sum + ls, num + aux["num_pairs"], totals), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+    init = (zeros, jnp.float32(0), jnp.float32(0), {k: jnp.float32(0) for k in keys})
+    (grads, loss_sum, num, totals), _ = jax.lax.scan(accumulate, init, batch_AxB)
+    denom = jnp.maximum(num, 1e-9)
+    grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss_sum / denom, "num_pairs": num, "grad_norm": optax.tree.norm(grads),
+               **{k: v / denom for k, v in totals.items()}}
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+
+def make_dpo_train_step(model_cfg: model_lib.ModelConfig, optimizer: optax.GradientTransformation,
+                        *, beta: float) -> Callable:
+    """`dpo_train_step` jitted with the state donated (single device; with a mesh, jit it
+    with shardings as `make_train_step` does)."""
+    fn = jax.tree_util.Partial(dpo_train_step, model_cfg=model_cfg, optimizer=optimizer, beta=beta)
+    return jax.jit(fn, donate_argnums=0)
 
 
 # --- the M-step loop --------------------------------------------------------------------

@@ -1,14 +1,16 @@
 """The M-step: batching masks, exact gradient accumulation, a golden step, fit()'s
 validation-based selection, resume after an interruption, and NaN handling."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from rest_em import losses, training
 from rest_em import model as model_lib
-from rest_em import training
 
 CFG = model_lib.ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=2,
                             num_heads=4, num_kv_heads=2, max_seq_len=64)
@@ -176,3 +178,92 @@ def test_batch_indices_cover_each_epoch_once():
     idx = np.concatenate([training.batch_indices(10, s, 5, seed=1) for s in range(4)])
     assert sorted(idx[:10]) == list(range(10)) and sorted(idx[10:]) == list(range(10))
     assert not np.array_equal(idx[:10], idx[10:])  # a new permutation each epoch
+
+
+# --- per-step DPO -------------------------------------------------------------------------
+
+def _pairs(n=4, seed=5):
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(3, 32, size=rng.integers(2, 5)).tolist() for _ in range(n)]
+    chosen = [rng.integers(3, 32, size=rng.integers(1, 6)).tolist() + [2] for _ in range(n)]
+    rejected = [rng.integers(3, 32, size=rng.integers(1, 4)).tolist() for _ in range(n)]
+    return prompts, chosen, rejected
+
+
+def _dpo_step(a, batch, beta=0.5):
+    """One DPO step with SGD(lr=1) through the jitted, donating `make_dpo_train_step`."""
+    params = model_lib.init_params(CFG, jax.random.key(0))
+    opt = optax.sgd(1.0)
+    state = training.init_train_state(params, opt)
+    state, metrics = training.make_dpo_train_step(CFG, opt, beta=beta)(state, _stack(batch, a))
+    return state, metrics, params
+
+
+def _batch_logp(params, tb):
+    """log p(completion | prompt) per row from a plain forward of one TrainBatch (the step
+    runs chosen and rejected rows through one concatenated forward)."""
+    logits = model_lib.forward(params, CFG, tb.inputs_BxL, tb.valid_BxL)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    tok = jnp.take_along_axis(logp, tb.targets_BxL[..., None], -1)[..., 0]
+    return (tok * tb.loss_mask_BxL).sum(-1)
+
+
+def _pair_batch(ref):
+    prompts, chosen, rejected = _pairs()
+    batch = training.make_pair_batch(prompts, chosen, rejected, length=12,
+                                     weights=[1.0, 1.0, 0.0, 1.0])
+    ref_fn = jax.jit(functools.partial(training.reference_logprobs, model_cfg=CFG))
+    return ref_fn(ref, jax.tree.map(jnp.asarray, batch))
+
+
+def test_dpo_step_at_the_reference_is_log2_and_the_log_ratio_gradient():
+    """Policy == reference: every pair costs log 2 and the gradient is
+    -(beta / 2) * mean over weighted pairs of grad(log p(chosen) - log p(rejected))."""
+    beta = 0.5
+    batch = _pair_batch(model_lib.init_params(CFG, jax.random.key(0)))
+    state, metrics, params = _dpo_step(1, batch, beta)
+    np.testing.assert_allclose(metrics["loss"], np.log(2.0), rtol=1e-6)
+    np.testing.assert_allclose(metrics["num_pairs"], 3.0)
+    np.testing.assert_allclose(metrics["margin"], 0.0, atol=1e-6)
+    w = batch.chosen.weights_B
+
+    def ratio(p):
+        d = _batch_logp(p, batch.chosen) - _batch_logp(p, batch.rejected)
+        return (w * d).sum() / w.sum()  # the zero-weight pair does not count
+
+    g = jax.jit(jax.grad(ratio))(params)
+    for new, old, gi in zip(jax.tree.leaves(state.params), jax.tree.leaves(params),
+                            jax.tree.leaves(g)):
+        # SGD(lr=1): new = old - grad(loss) = old + (beta / 2) * grad(ratio).
+        np.testing.assert_allclose(new - old, beta / 2 * gi, rtol=1e-3, atol=1e-6)
+
+
+def test_dpo_step_golden_and_exact_accumulation():
+    ref = model_lib.init_params(CFG, jax.random.key(1))  # a reference other than the policy
+    beta = 0.5
+    batch = _pair_batch(ref)
+    s1, m1, params = _dpo_step(1, batch, beta)
+    s2, m2, _ = _dpo_step(2, batch, beta)
+    # Reference log-probs are the completion log-likelihoods weighted_nll sums (its masks
+    # target exactly the completion: test_make_batch_targets_only_the_completion).
+    for tb, got in ((batch.chosen, batch.ref_chosen_logp_B),
+                    (batch.rejected, batch.ref_rejected_logp_B)):
+        logits = jax.jit(model_lib.forward, static_argnums=1)(ref, CFG, tb.inputs_BxL,
+                                                              tb.valid_BxL)
+        nll = [losses.weighted_nll(logits[i:i + 1], tb.targets_BxL[i:i + 1],
+                                   tb.loss_mask_BxL[i:i + 1])[1]["loss_sum"] for i in range(4)]
+        np.testing.assert_allclose(got, -np.asarray(nll), rtol=1e-5)
+    w = batch.chosen.weights_B
+
+    def loss_fn(p):
+        pc, pr = _batch_logp(p, batch.chosen), _batch_logp(p, batch.rejected)
+        margin = beta * ((pc - batch.ref_chosen_logp_B) - (pr - batch.ref_rejected_logp_B))
+        return (w * jnp.log1p(jnp.exp(-margin))).sum() / w.sum()
+
+    loss, g = jax.jit(jax.value_and_grad(loss_fn))(params)
+    np.testing.assert_allclose(m1["loss"], loss, rtol=1e-5)
+    np.testing.assert_allclose(m2["loss"], loss, rtol=1e-5)
+    for x, y, old, gi in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params),
+                             jax.tree.leaves(params), jax.tree.leaves(g)):
+        np.testing.assert_allclose(x, old - gi, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
