@@ -462,12 +462,24 @@ def step_negatives_dataset(
     `score_fn`; Q by `estimator`; step i's tokens get weight exp(A_i / beta) clipped to
     `clip`. `key` must differ from the E-step's key (e.g. `fold_in(key, 1)`): rollout ids
     and E-step problem ids share one number space. Negatives whose text the tokenizer does
-    not round-trip are left out (stats["num_untokenizable"]). `positives` (the selected correct samples, e.g. `filtering.select`'s output) are
-    appended with weight 1 on every token, as ReST^EM trains them, so the result can go to
-    `training.fit` as is. `problems` / `prompt_ids` map problem_id to what `score_fn` takes
-    and to the prompt tokens (BOS included), as `em.prompt_ids` makes them.
+    not round-trip are left out (stats["num_untokenizable"]). `positives` (the selected
+    correct samples, e.g. `filtering.select`'s output) are appended with weight 1 on every
+    token, as ReST^EM trains them, so the result can go to `training.fit` as is.
+    `problems` / `prompt_ids` map problem_id to what `score_fn` takes and to the prompt
+    tokens (BOS included), as `em.prompt_ids` makes them.
     Cost: K rollouts per distinct prefix, at most K * (problems + sum of (T - 1)) rollouts
-    of up to max_new_tokens each; stats["num_rollouts"] reports it.
+    of up to max_new_tokens each; stats["num_rollouts"] reports it. Rows longer than the
+    M-step's max_length are not dropped here (em.py drops them before fit).
+
+    In the EM loop, after the E-step's `records` and `selected = filtering.select(...)`:
+
+        ds = step_values.step_negatives_dataset(
+            params, records, problems=by_id,
+            prompt_ids={i: prompt_ids(task, tokenizer, p) for i, p in by_id.items()},
+            model_cfg=model_cfg, tokenizer=tokenizer, sampling_cfg=e_cfg,
+            score_fn=task.score, key=jax.random.fold_in(key, 1), positives=selected)
+        training.fit(start, ds.prompt_ids, ds.completion_ids,
+                     token_weights=ds.token_weights, ...)
     """
     negatives = select_negatives(samples, max_per_problem=max_per_problem, seed=seed)
     if rollout_fn is None:

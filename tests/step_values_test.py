@@ -232,7 +232,8 @@ def test_step_dpo_pairs():
 
 def test_step_negatives_dataset_with_an_injected_rollout_fn():
     samples = [_sample(0, n, "ok\nbad\n#### 1") for n in range(3)]          # duplicates
-    samples += [_sample(0, 3, "ok\nok\nbad\nok\n#### 1"), _sample(0, 4, "ok\nok\nok\nok\n#### 1", 1.0)]
+    samples += [_sample(0, 3, "ok\nok\nbad\nok\n#### 1"),
+                _sample(0, 4, "ok\nok\nok\nok\n#### 1", 1.0)]
     samples += [_sample(1, n, f"bad\n#### {n}") for n in range(5)]
     positives = filtering.select(samples, max_per_problem=10, seed=0)
     counting = Counting()
@@ -278,7 +279,8 @@ def parity_score(completions, problems):
 
 def test_sampler_rollouts_shapes_determinism_and_chunking():
     params = model_lib.init_params(CFG, jax.random.key(0))
-    prompts = {0: TOK.encode("Q: 1+2+4\n"), 1: TOK.encode("Q: a long question, padded out to 40 by\n")}
+    prompts = {0: TOK.encode("Q: 1+2+4\n"),
+               1: TOK.encode("Q: a long question, padded out to 40 by\n")}
     samples = [_sample(0, 0, "1+2=3\n3+4=7\n#### 7"), _sample(0, 1, "1+2=3\n3+4=8\n#### 8"),
                _sample(1, 2, "12345678901234567\n#### 8")]
 
@@ -301,6 +303,13 @@ def test_sampler_rollouts_shapes_determinism_and_chunking():
     assert max(len(c) for c in a[2].continuations[1]) <= 6
     assert all(x.continuations == y.continuations for x, y in zip(a, run()))
     assert all(x.continuations == y.continuations for x, y in zip(a, run(chunk_size=1)))
+    # The one-call front door takes the same rollouts (same key, same ids).
+    ds = step_values.step_negatives_dataset(
+        params, samples, problems={0: "p0", 1: "p1"}, prompt_ids=prompts, model_cfg=CFG,
+        tokenizer=TOK, sampling_cfg=SAMPLING, score_fn=parity_score, key=jax.random.key(0),
+        num_rollouts=3, max_per_problem=None, chunk_size=64)
+    assert [v.continuations for v in ds.values] == [v.continuations for v in a]
+    assert ds.stats["num_rollouts"] == 3 * 6  # "", "1+2=3\n", two 2-step prefixes; p1: "", 1
     other = run(key=1)
     assert any(x.continuations != y.continuations for x, y in zip(a, other))
     # Rollouts of different prefixes/ids and different rollout indices differ.
