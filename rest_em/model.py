@@ -28,6 +28,12 @@ from rest_em import partitioning
 
 Array = jax.Array
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# ModelConfig.remat -> the jax.checkpoint policy of each decoder layer (None: no remat).
+REMAT_POLICIES = {
+    "none": None,
+    "block": jax.checkpoint_policies.nothing_saveable,
+    "block_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +58,14 @@ class ModelConfig:
     sliding_window: int | None = None
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
+    # Activation rematerialisation in full (uncached) forward passes, i.e. training:
+    #   "none"        keep every activation for the backward pass (fastest)
+    #   "block"       keep only each decoder layer's input; recompute the layer in the
+    #                 backward pass (least memory, about one extra forward)
+    #   "block_dots"  like "block" but also keep the layer's weight-matmul outputs
+    #                 (attention scores and everything elementwise are recomputed)
+    # Sampling (cached decoding) never rematerialises. Parameters are the same either way.
+    remat: str = "none"
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -62,6 +76,8 @@ class ModelConfig:
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in _DTYPES:
                 raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {list(_DTYPES)}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={self.remat!r}; expected one of {list(REMAT_POLICIES)}")
 
     @property
     def resolved_head_dim(self) -> int:
@@ -259,8 +275,13 @@ class Transformer(nn.Module):
         x = jnp.take(embedding, tokens_BxT, axis=0).astype(cfg.compute_dtype)
         x = partitioning.constrain(x, ("batch", "length", "act_embed"))
         new_cache = []
+        layer_cls = DecoderLayer
+        if cfg.remat != "none" and kv_cache is None:
+            # write_index (argument 5, counting self) is a Python int here: static.
+            layer_cls = nn.remat(DecoderLayer, policy=REMAT_POLICIES[cfg.remat],
+                                 static_argnums=(5,))
         for i in range(cfg.num_layers):
-            x, layer_cache = DecoderLayer(cfg, name=f"layer_{i}")(
+            x, layer_cache = layer_cls(cfg, name=f"layer_{i}")(
                 x, positions_BxT, attn_mask_BxTxS, None if kv_cache is None else kv_cache[i],
                 write_index)
             new_cache.append(layer_cache)
