@@ -13,6 +13,8 @@ The rows of the paper's Table 1 are configurations of the same loop (gin_configs
                  (unsolved problems re-sampled with the answer as a hint)
   distillation   a `Teacher` (a larger model's params) generates the E-step samples
   SFT            data="human": the M-step trains on the task's reference solutions
+and per-step negatives (Setlur et al. 2024) add the incorrect samples, weighted per step
+by Monte-Carlo advantages: `step_negatives=StepNegativesConfig()` (rest_em.step_values).
 
 Every unit of work leaves a file in the workdir, written atomically (temp file +
 rename), and is skipped when that file exists; so a run killed at any moment (even
@@ -54,6 +56,21 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
+class StepNegativesConfig:
+    """Per-step negatives (Setlur et al. 2024): the M-step also trains on incorrect
+    samples, each step's tokens weighted exp(A_i / beta) (clipped) where A_i = Q_i - Q_{i-1}
+    and Q comes from `num_rollouts` rollouts per prefix of the sampling model."""
+
+    num_rollouts: int = 5             # K; the paper: 5
+    estimator: str = "best_of_k"      # or "mean"
+    beta: float = 1.0
+    clip: float = 10.0
+    max_per_problem: int = 8          # negatives per problem; the paper: up to 8
+    step_mode: str = "newline"        # or "sentence"
+    max_steps: int = 32
+
+
+@dataclasses.dataclass(frozen=True)
 class EMConfig:
     """Knobs of Algorithm 1. Defaults follow the paper where it gives them."""
 
@@ -75,6 +92,7 @@ class EMConfig:
     estep: str = "sample"            # "sample" (ReST^EM) or "greedy" (STaR: 1 solution)
     rationalize: bool = False        # STaR: unsolved problems re-sampled with a hint
     data: str = "model"              # "model" (E-step samples) or "human" (SFT baseline)
+    step_negatives: StepNegativesConfig | None = None  # + per-step negatives (Setlur 2024)
     seed: int = 0
     fit: training.FitConfig = training.FitConfig()
 
@@ -90,6 +108,8 @@ class EMConfig:
             raise ValueError(f"estep={self.estep!r}; expected 'sample' or 'greedy'")
         if self.data not in ("model", "human"):
             raise ValueError(f"data={self.data!r}; expected 'model' or 'human'")
+        if self.step_negatives is not None and self.data != "model":
+            raise ValueError("step_negatives needs model samples (data='model')")
         if "test" not in self.eval_splits:
             raise ValueError(f"eval_splits={self.eval_splits!r} must include 'test'")
 
@@ -302,6 +322,42 @@ def _estep(params: Any, train: Sequence[Problem], *, idir: pathlib.Path, it: int
     return records, counts
 
 
+def _step_negatives_data(params: Any, records: Sequence[filtering.Sample],
+                         selected: Sequence[filtering.Sample], by_id: dict[int, Problem], *,
+                         idir: pathlib.Path, task: Task, tokenizer: Tokenizer,
+                         model_cfg: model_lib.ModelConfig, cfg: EMConfig, key: jax.Array,
+                         mesh=None) -> tuple[list, list, list, dict]:
+    """M-step rows (prompt ids, completion ids, per-token weights) of the positives and
+    the per-step weighted negatives; the rollouts' result is a file (resume skips them)."""
+    from rest_em import step_values
+
+    path = idir / "step_dataset.jsonl"
+    if not path.exists():
+        neg = cfg.step_negatives
+        rollout_cfg = sampling.SamplingConfig(
+            num_samples=neg.num_rollouts, temperature=cfg.temperature, top_k=cfg.top_k,
+            top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, eos_id=tokenizer.eos_id,
+            pad_id=tokenizer.pad_id)
+        ds = step_values.step_negatives_dataset(
+            params, records, problems=by_id,
+            prompt_ids={i: prompt_ids(task, tokenizer, p) for i, p in by_id.items()},
+            model_cfg=model_cfg, tokenizer=tokenizer, sampling_cfg=rollout_cfg,
+            score_fn=task.score, key=key, positives=selected, num_rollouts=neg.num_rollouts,
+            estimator=neg.estimator, beta=neg.beta, clip=neg.clip,
+            max_per_problem=neg.max_per_problem, step_mode=neg.step_mode,
+            max_steps=neg.max_steps, max_samples=max(cfg.num_samples, 1) * 2,
+            seed=cfg.seed * 1_000_003 + int(idir.name.split("_")[-1]),
+            chunk_size=cfg.chunk_size, mesh=mesh)
+        rows = [{"prompt_ids": p, "completion_ids": c, "token_weights": w}
+                for p, c, w in zip(ds.prompt_ids, ds.completion_ids, ds.token_weights)]
+        rows.append({"stats": ds.stats})
+        _write_jsonl(path, rows)
+    rows = _read_jsonl(path)
+    stats = rows.pop()["stats"]
+    return ([r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows],
+            [r["token_weights"] for r in rows], stats)
+
+
 # --- the loop ---------------------------------------------------------------------------
 
 def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
@@ -383,8 +439,19 @@ def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
                 return r["val/greedy_pass@1"]
 
             by_id = {p.problem_id: p for p in train}
-            prompts = [prompt_ids(task, tokenizer, by_id[s.problem_id]) for s in selected]
-            targets = [tokenizer.encode(s.completion) + eos for s in selected]
+            if cfg.step_negatives is None:
+                prompts = [prompt_ids(task, tokenizer, by_id[s.problem_id]) for s in selected]
+                targets = [tokenizer.encode(s.completion) + eos for s in selected]
+                token_w = None
+            else:  # positives (weight 1) + per-step weighted negatives
+                t_neg = time.time()
+                prompts, targets, token_w, neg_stats = _step_negatives_data(
+                    params if teacher is None else teacher.params, records, selected, by_id,
+                    idir=idir, task=task, tokenizer=tokenizer,
+                    model_cfg=model_cfg if teacher is None else teacher.model_cfg, cfg=cfg,
+                    key=jax.random.fold_in(key, 2), mesh=mesh)
+                m.update({f"negatives/{k}": v for k, v in neg_stats.items()})
+                seconds["step_values"] = time.time() - t_neg
             # A long (few-shot) prompt plus a long re-tokenized sample can exceed the M-step's
             # max_length (+1: inputs/targets shift), which training.fit refuses mid-run:
             # such examples are dropped, counted and reported.
@@ -395,8 +462,10 @@ def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
                             fits.count(False), len(fits), cfg.fit.max_length)
                 prompts = [p for p, ok in zip(prompts, fits) if ok]
                 targets = [c for c, ok in zip(targets, fits) if ok]
+                if token_w is not None:
+                    token_w = [w for w, ok in zip(token_w, fits) if ok]
             fit = training.fit(
-                start, prompts, targets, model_cfg=model_cfg,
+                start, prompts, targets, model_cfg=model_cfg, token_weights=token_w,
                 cfg=cfg.fit, seed=cfg.seed * 1_000_003 + it, eval_fn=val_reward,
                 checkpoint_dir=idir / "mstep", mesh=mesh, pad_id=tokenizer.pad_id,
                 desc=f"iter {it} M-step") if prompts else training.FitResult(start, 0, None, [])
@@ -406,7 +475,7 @@ def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
                       "num_too_long": fits.count(False),
                       "num_train_steps": training.total_steps(cfg.fit, len(prompts))
                       if prompts else 0})
-            seconds["improve"] = time.time() - t
+            seconds["improve"] = time.time() - t - seconds.get("step_values", 0.0)
 
         # Evaluate: train (greedy, the train-test gap) and test (greedy, pass@k, maj@k).
         t = time.time()
@@ -472,5 +541,5 @@ def load_history(workdir: str | pathlib.Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in paths]
 
 
-__all__ = ["EMConfig", "Scored", "Teacher", "final_params", "evaluate", "final_table", "generate_and_score", "load_history",
+__all__ = ["EMConfig", "Scored", "StepNegativesConfig", "Teacher", "final_params", "evaluate", "final_table", "generate_and_score", "load_history",
            "prompt_ids", "run", "with_gold"]

@@ -6,6 +6,11 @@ r"""Launches a gin-configured ReST^EM experiment (t5x style).
 `--gin.NAME=VALUE` is shorthand for `--gin_bindings='NAME = VALUE'`. All bindings are
 parsed (and unknown names rejected) before any work starts; the operative config is
 written to WORKDIR/config.gin. Running the same command again resumes the run.
+
+Preemption: on SIGTERM the run stops cleanly (an M-step first saves its state at the
+current step, on every host at the same step) and the process exits with code 75
+(`PREEMPTED_EXIT_CODE`, sysexits' EX_TEMPFAIL) after logging "preempted at step N; run
+the same command to resume". Any other failure exits with 1; success with 0.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ flags.DEFINE_multi_string("gin_bindings", [], "individual gin bindings, 'NAME = 
 flags.DEFINE_string("workdir", None, "where every artifact of the run lands (resumable)")
 
 REPO_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "gin_configs"
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "temporary failure, retry": rerun to resume
 
 
 def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
@@ -54,7 +60,8 @@ def register_configurables() -> None:
                experiment.byte_tokenizer, experiment.hf_tokenizer, experiment.hf_model_config,
                *jsonl_tasks.GIN_CONFIGURABLES):
         _CONFIGURED[fn.__name__] = gin.external_configurable(fn, module="rest_em")
-    for cls in (ModelConfig, em.EMConfig, training.FitConfig, training.OptimizerConfig):
+    for cls in (ModelConfig, em.EMConfig, em.StepNegativesConfig, training.FitConfig,
+                training.OptimizerConfig):
         _CONFIGURED[cls.__name__] = gin.external_configurable(cls, module="rest_em")
     _CONFIGURED["arithmetic_task"] = gin.external_configurable(
         arithmetic.make_task, name="arithmetic_task", module="rest_em")
@@ -98,8 +105,15 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError("--workdir is required")
     if not FLAGS["verbosity"].present:  # library INFO logs (orbax, jax) drown the progress bars
         logging.set_verbosity(logging.WARNING)
+    from rest_em import training
+
     parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
-    run_experiment(FLAGS.workdir)
+    training.install_preemption_handler()
+    try:
+        run_experiment(FLAGS.workdir)
+    except training.Preempted as e:
+        logging.warning("%s", e)
+        sys.exit(PREEMPTED_EXIT_CODE)
 
 
 def cli() -> None:

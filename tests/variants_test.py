@@ -139,3 +139,25 @@ def test_distillation_samples_come_from_the_teacher(restem, tmp_path):
     from rest_em import checkpoints
     shapes = {x.shape for x in jax.tree.leaves(checkpoints.restore_params(w / "iter_001" / "params"))}
     assert (259, 16) in shapes or (16, 259) in shapes  # the student is the small model
+
+
+def test_step_negatives_mode(restem, tmp_path):
+    """Positives + per-step weighted negatives: the rollouts' dataset is a file, the
+    positives keep weight 1, the negatives' weights vary by step, and all of it trains."""
+    w = _with_base(restem, tmp_path / "neg")
+    _run(w, "--gin_file=variants/step_negatives.gin", "--gin.StepNegativesConfig.num_rollouts=2",
+         "--gin.StepNegativesConfig.max_per_problem=2", *FAST)
+    rows = _rows(w / "iter_001" / "step_dataset.jsonl")
+    stats = rows.pop()["stats"]
+    selected = _rows(w / "iter_001" / "selected.jsonl")
+    assert stats["num_positives"] == len(selected) and stats["num_negatives"] > 0
+    assert len(rows) == len(selected) + stats["num_negatives"]
+    uniform = [r for r in rows if set(r["token_weights"]) == {1.0}]
+    assert len(uniform) >= len(selected)
+    assert any(len(set(r["token_weights"])) > 1 for r in rows)  # per-step weights
+    for r in rows:
+        assert len(r["token_weights"]) == len(r["completion_ids"])
+        assert all(0.0 <= x <= 10.0 for x in r["token_weights"])
+    m = json.loads((w / "iter_001" / "metrics.json").read_text())
+    assert m["negatives/num_rollouts"] == stats["num_rollouts"] > 0
+    assert "step_values" in m["seconds"] and m["num_train_steps"] > 0
