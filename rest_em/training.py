@@ -4,9 +4,13 @@ Pieces, each usable alone:
   TrainBatch / make_batch   right-padded prompt+completion rows with a target mask
   make_optimizer            optax AdamW (+ clipping) with a warmup/cosine schedule
   TrainState, train_step    a pure step over `[A, B, L]` micro-batches (exact accumulation)
+  train_state_shardings     where the state lives on a mesh: params by the rules table,
+                            the optimizer state like its params (FSDP / tensor parallel)
   make_train_step           `jax.jit` with shardings and state donation
   fit                       the M-step loop: batches from the seed, validation every K
-                            steps, best-params selection, resumable orbax checkpoints
+                            steps, best-params selection, resumable orbax checkpoints,
+                            a clean save and `Preempted` on SIGTERM
+  install_preemption_handler  SIGTERM -> preemption request (the launcher installs it)
   PairBatch, dpo_train_step per-step DPO pairs with reference log-probs, a pure step
 """
 
@@ -15,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
+import signal
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,6 +41,20 @@ Array = jax.Array
 
 class TrainingDiverged(FloatingPointError):
     """The loss became NaN/inf; the last good checkpoint is left in place."""
+
+
+class Preempted(Exception):
+    """The run was asked to stop (SIGTERM: a preemption). Inside `fit`, the state was saved
+    at `step` in `checkpoint_dir` first (None: no checkpoint dir, or stopped outside `fit`),
+    on every host at the same step; running the same command again resumes."""
+
+    def __init__(self, step: int | None, checkpoint_dir: str | pathlib.Path | None = None,
+                 desc: str | None = None):
+        self.step, self.checkpoint_dir, self.desc = step, checkpoint_dir, desc
+        where = "outside the M-step" if step is None else f"at step {step}"
+        saved = (f" ({desc}; state saved in {checkpoint_dir})" if checkpoint_dir is not None
+                 else f" ({desc}; no checkpoint dir: it restarts)" if desc else "")
+        super().__init__(f"preempted {where}; run the same command to resume{saved}")
 
 
 @flax.struct.dataclass
@@ -130,11 +150,44 @@ class TrainState:
     opt_state: Any
 
 
+def opt_state_shardings(optimizer: optax.GradientTransformation, param_shardings: Any,
+                        abstract_params: Any) -> Any:
+    """NamedShardings of `optimizer.init(params)`: every params-shaped tree in it (Adam's
+    mu and nu, ...) sharded exactly like the params, everything else (step counts)
+    replicated. `param_shardings`: NamedShardings on one mesh, a tree like the params."""
+    mesh = jax.tree.leaves(param_shardings)[0].mesh
+    abstract = jax.eval_shape(optimizer.init, abstract_params)
+    return optax.tree_map_params(optimizer, lambda _, sh: sh, abstract, param_shardings,
+                                 transform_non_params=lambda _: partitioning.replicated(mesh))
+
+
+def train_state_shardings(model_cfg: model_lib.ModelConfig, optimizer: optax.GradientTransformation,
+                          mesh: jax.sharding.Mesh,
+                          rules: partitioning.Rules = partitioning.LOGICAL_AXIS_RULES) -> TrainState:
+    """A TrainState of NamedShardings: params from the rules table (FSDP shards their
+    "embed" dimension, tensor parallelism heads / mlp / vocab), the optimizer state like
+    its params, the step replicated."""
+    param_sh = model_lib.param_shardings(model_cfg, mesh, rules)
+    return TrainState(partitioning.replicated(mesh), param_sh,
+                      opt_state_shardings(optimizer, param_sh, model_lib.abstract_params(model_cfg)))
+
+
 def init_train_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
     """A state that owns a copy of `params` (train steps donate it; the caller's params,
-    e.g. the base model every ReST^EM iteration restarts from, stay valid). The optimizer
-    state is created by a jitted init, so it inherits the params' shardings."""
+    e.g. the base model every ReST^EM iteration restarts from, stay valid).
+
+    Params placed on a mesh keep their shardings, and the optimizer state is created
+    directly in the same ones (see `opt_state_shardings`): with FSDP, Adam's moments are
+    split like the weights instead of landing whole on one device.
+    """
     params = _copy(params)
+    shardings = jax.tree.map(lambda x: x.sharding, params)
+    leaves = jax.tree.leaves(shardings)
+    if leaves and all(isinstance(sh, jax.sharding.NamedSharding) for sh in leaves) and len(
+            {sh.mesh for sh in leaves}) == 1:
+        opt_sh = opt_state_shardings(optimizer, shardings, params)
+        step = jax.device_put(jnp.zeros((), jnp.int32), partitioning.replicated(leaves[0].mesh))
+        return TrainState(step, params, jax.jit(optimizer.init, out_shardings=opt_sh)(params))
     return TrainState(jnp.zeros((), jnp.int32), params, jax.jit(optimizer.init)(params))
 
 
@@ -296,6 +349,64 @@ def make_dpo_train_step(model_cfg: model_lib.ModelConfig, optimizer: optax.Gradi
     return jax.jit(fn, donate_argnums=0)
 
 
+# --- preemption ------------------------------------------------------------------------
+# A SIGTERM (what cluster schedulers send before taking a machine) only sets a flag; `fit`
+# polls it before every step. With several processes the flag is OR-ed over all of them
+# at each poll (one tiny all-gather), so a SIGTERM on ANY host makes EVERY host save the
+# same step and raise `Preempted`. Outside `fit` the launcher's handler raises at once:
+# everything else in the EM loop is an atomic file, as resumable as after `kill -9`.
+
+_PREEMPTION = threading.Event()
+_ACTIVE_FITS = [0]  # fits running in this process (a list: mutated by fit)
+
+
+def request_preemption() -> None:
+    """Asks a running `fit` to save at its next step and raise `Preempted` (what the
+    SIGTERM handler does; also callable from any thread)."""
+    _PREEMPTION.set()
+
+
+def clear_preemption() -> None:
+    _PREEMPTION.clear()
+
+
+def preemption_requested(*, sync: bool = True) -> bool:
+    """Whether a preemption was requested here or, with `sync` and several processes, on
+    any process. With `sync` this is a collective: every process must call it at the same
+    point (fit does, once per step); on one process it costs nothing."""
+    local = _PREEMPTION.is_set()
+    if not sync or jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.asarray([int(local)], np.int32))
+    agreed = bool(np.asarray(flags).any())
+    if agreed:
+        _PREEMPTION.set()
+    return agreed
+
+
+def install_preemption_handler(signals: Sequence[int] = (signal.SIGTERM,), *,
+                               raise_outside_fit: bool = True) -> None:
+    """Handles `signals` (default SIGTERM) as a preemption request. Inside `fit` the loop
+    saves a checkpoint at its current step and raises `Preempted`; elsewhere (sampling,
+    evaluation) the handler raises `Preempted(None)` at once, unless `raise_outside_fit`
+    is False. Call from the main thread (e.g. the launcher, `rest_em.main`).
+
+    Multi-host: install it after `jax.distributed.initialize` (whose preemption notifier
+    also listens to SIGTERM: the handler installed last wins).
+    """
+
+    def handler(signum, frame):
+        del frame
+        request_preemption()
+        if raise_outside_fit and not _ACTIVE_FITS[0]:
+            raise Preempted(None, desc=f"signal {signal.Signals(signum).name}")
+
+    for sig in signals:
+        signal.signal(sig, handler)
+
+
 # --- the M-step loop --------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -360,6 +471,10 @@ def fit(base_params: Any, prompts: Sequence[Sequence[int]], completions: Sequenc
     reward; the params with the highest reward are kept (ties: the earlier step).
     With `checkpoint_dir`, the state is saved at each validation and a restarted `fit`
     with the same arguments continues from there; the result equals an uninterrupted run.
+
+    Preemption: once `request_preemption()` was called (the SIGTERM handler of
+    `install_preemption_handler`) on this or, with several processes, on any process,
+    `fit` saves the state at the current step on every process and raises `Preempted`.
     """
     n = len(prompts)
     if n == 0:
@@ -385,46 +500,66 @@ def fit(base_params: Any, prompts: Sequence[Sequence[int]], completions: Sequenc
             meta = restored["meta"]
             best_step, best_reward, history = meta["best_step"], meta["best_reward"], meta["history"]
 
+    def save(done: int) -> None:
+        meta = {"best_step": best_step, "best_reward": best_reward, "history": history}
+        manager.save(done, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best_params),
+            meta=ocp.args.JsonSave(meta)))
+        manager.wait_until_finished()
+
+    def stop_if_preempted(done: int) -> None:
+        # A collective with several processes: every process reaches it at the same step.
+        if not preemption_requested():
+            return
+        if manager is not None and done > 0 and manager.latest_step() != done:
+            save(done)
+        raise Preempted(done, checkpoint_dir if manager is not None else None, desc)
+
     step_fn = make_train_step(model_cfg, optimizer, state, mesh)
     lengths = [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
     a = cfg.micro_batches
     mb = cfg.batch_size // a
     start = int(state.step)
-    bar = tqdm.tqdm(range(start, steps), desc=desc, initial=start, total=steps, leave=False,
-                    dynamic_ncols=True)
-    for step in bar:
-        idx = batch_indices(n, step, cfg.batch_size, seed)
-        length = _bucket_length(max(lengths[i] for i in idx) - 1, cfg.max_length)
-        batch = make_batch([prompts[i] for i in idx], [completions[i] for i in idx],
-                           length=length, pad_id=pad_id,
-                           weights=None if weights is None else [weights[i] for i in idx],
-                           token_weights=None if token_weights is None
-                           else [token_weights[i] for i in idx])
-        batch = jax.tree.map(lambda x: x.reshape((a, mb) + x.shape[1:]), batch)
-        state, metrics = step_fn(state, batch)
-        loss = float(metrics["loss"])
-        if not math.isfinite(loss):
-            raise TrainingDiverged(
-                f"{desc}: loss is {loss} at step {step + 1}; the last good checkpoint "
-                f"(step {manager.latest_step() if manager else None}) is kept in {checkpoint_dir}")
-        bar.set_postfix(loss=f"{loss:.4f}")
-        done = step + 1
-        if done % cfg.eval_every == 0 or done == steps:
-            entry = {"step": done, "loss": loss}
-            if eval_fn is not None:
-                reward = float(eval_fn(state.params))
-                entry["reward"] = reward
-                if best_reward is None or reward > best_reward:
-                    best_params, best_step, best_reward = _copy(state.params), done, reward
-            else:
-                best_params, best_step = _copy(state.params), done
-            history.append(entry)
-            if manager is not None:
-                meta = {"best_step": best_step, "best_reward": best_reward, "history": history}
-                manager.save(done, args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best_params),
-                    meta=ocp.args.JsonSave(meta)))
-                manager.wait_until_finished()
-    if manager is not None:
-        manager.close()
+    _ACTIVE_FITS[0] += 1
+    try:
+        bar = tqdm.tqdm(range(start, steps), desc=desc, initial=start, total=steps, leave=False,
+                        dynamic_ncols=True)
+        for step in bar:
+            stop_if_preempted(step)
+            idx = batch_indices(n, step, cfg.batch_size, seed)
+            length = _bucket_length(max(lengths[i] for i in idx) - 1, cfg.max_length)
+            batch = make_batch([prompts[i] for i in idx], [completions[i] for i in idx],
+                               length=length, pad_id=pad_id,
+                               weights=None if weights is None else [weights[i] for i in idx],
+                               token_weights=None if token_weights is None
+                               else [token_weights[i] for i in idx])
+            batch = jax.tree.map(lambda x: x.reshape((a, mb) + x.shape[1:]), batch)
+            state, metrics = step_fn(state, batch)
+            loss = float(metrics["loss"])
+            if not math.isfinite(loss):
+                raise TrainingDiverged(
+                    f"{desc}: loss is {loss} at step {step + 1}; the last good checkpoint "
+                    f"(step {manager.latest_step() if manager else None}) is kept in "
+                    f"{checkpoint_dir}")
+            bar.set_postfix(loss=f"{loss:.4f}")
+            done = step + 1
+            if done % cfg.eval_every == 0 or done == steps:
+                entry = {"step": done, "loss": loss}
+                if eval_fn is not None:
+                    reward = float(eval_fn(state.params))
+                    entry["reward"] = reward
+                    if best_reward is None or reward > best_reward:
+                        best_params, best_step, best_reward = _copy(state.params), done, reward
+                else:
+                    best_params, best_step = _copy(state.params), done
+                history.append(entry)
+                if manager is not None:
+                    save(done)
+        # A request that came during the last step: its checkpoint is already written,
+        # and the caller must still stop (the handler left that to this loop).
+        stop_if_preempted(steps)
+    finally:
+        _ACTIVE_FITS[0] -= 1
+        if manager is not None:
+            manager.close()
     return FitResult(best_params, best_step, best_reward, history)
