@@ -29,6 +29,16 @@ rename), and is skipped when that file exists; so a run killed at any moment (ev
   workdir/iter_00i/eval_<split>.json evaluation results
   workdir/iter_00i/metrics.json      the iteration's metrics: its completion marker
   workdir/metrics.jsonl, tensorboard/, accuracy.png   rebuilt from the markers
+
+Multi-host (`jax.distributed`, a `mesh` over every process's devices): every process
+runs this same loop on the same data (SPMD). The sampler and the M-step's train steps
+are global computations over the mesh; every process gets all completions back, scores
+its own share of the problems (the reward checker runs on each host's CPUs) and the
+statuses are all-gathered in problem order, so every process holds identical records
+and the results do not depend on the number of processes. Process 0 alone writes the
+workdir's files (which must be on a filesystem every host sees, as orbax needs for its
+checkpoints); whether a unit of work exists is process 0's answer, broadcast, so that
+every process skips or redoes the same units on resume.
 """
 
 from __future__ import annotations
@@ -46,7 +56,7 @@ from typing import Any
 import jax
 import tqdm
 
-from rest_em import checkpoints, evaluation, filtering, sampling, training
+from rest_em import checkpoints, evaluation, filtering, partitioning, sampling, training
 from rest_em import metrics as metrics_lib
 from rest_em import model as model_lib
 from rest_em.tasks.problems import Problem, Task
@@ -125,6 +135,9 @@ class Teacher:
 # --- small, atomic file helpers ---------------------------------------------------------
 
 def _write_atomic(path: pathlib.Path, text: str) -> None:
+    """Writes `path` atomically; with several processes only process 0 writes."""
+    if not partitioning.is_main_process():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with tmp.open("w", encoding="utf-8") as f:
@@ -147,11 +160,29 @@ def _write_json(path: pathlib.Path, obj: Any) -> None:
     _write_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
+def _exists(path: pathlib.Path) -> bool:
+    """Whether a unit of work is done: process 0's answer on every process."""
+    return partitioning.agree(path.exists())
+
+
 def _save_params_once(path: pathlib.Path, params: Any) -> None:
-    """Orbax writes to a temp dir and renames on commit; a stale temp dir is removed."""
-    if path.exists():
+    """Orbax writes to a temp dir and renames on commit; a stale temp dir is removed.
+    Every process calls it (each writes its shards of the params)."""
+    if partitioning.is_main_process() and path.exists():
         shutil.rmtree(path)
+    partitioning.sync(f"rest_em: remove {path}")
     checkpoints.save_params(path, params)
+
+
+def _score_problems(task: Task, problems: Sequence[Problem],
+                    completions: Sequence[list[str]]) -> list[list[str]]:
+    """`task.score` of each problem's completions (one call per problem). With several
+    processes each scores its contiguous share of the problems; all get every status."""
+
+    def score(probs, comps):
+        return [[str(s) for s in task.score(c, [p] * len(c))] for p, c in zip(probs, comps)]
+
+    return partitioning.split_over_processes(score)(problems, completions)
 
 
 # --- generation + scoring ---------------------------------------------------------------
@@ -190,7 +221,7 @@ def generate_and_score(params: Any, problems: Sequence[Problem], *, task: Task,
     for shard, start in enumerate(tqdm.tqdm(starts, desc=desc, leave=False, dynamic_ncols=True)):
         chunk = list(problems[start: start + chunk_size])
         path = shard_dir / f"shard_{shard:05d}.jsonl" if shard_dir is not None else None
-        if path is not None and path.exists():
+        if path is not None and _exists(path):
             rows = _read_jsonl(path)
             by_id: dict[int, list[dict]] = {}
             for r in rows:
@@ -206,10 +237,10 @@ def generate_and_score(params: Any, problems: Sequence[Problem], *, task: Task,
                               model_cfg=model_cfg, cfg=sampling_cfg, key=key,
                               problem_ids=[p.problem_id for p in padded], mesh=mesh)
         rows = []
-        for b, p in enumerate(chunk):
-            comps = [tokenizer.decode(res.tokens_BxNxT[b, j, : res.lengths_BxN[b, j]])
-                     for j in range(sampling_cfg.num_samples)]
-            statuses = [str(s) for s in task.score(comps, [p] * len(comps))]
+        all_comps = [[tokenizer.decode(res.tokens_BxNxT[b, j, : res.lengths_BxN[b, j]])
+                      for j in range(sampling_cfg.num_samples)] for b in range(len(chunk))]
+        all_statuses = _score_problems(task, chunk, all_comps)
+        for p, comps, statuses in zip(chunk, all_comps, all_statuses):
             answers = [task.extract(c) for c in comps]
             out.append(Scored(p, comps, statuses, answers))
             rows += [{"problem_id": p.problem_id, "sample_index": j, "completion": c, "status": s,
@@ -332,7 +363,7 @@ def _step_negatives_data(params: Any, records: Sequence[filtering.Sample],
     from rest_em import step_values
 
     path = idir / "step_dataset.jsonl"
-    if not path.exists():
+    if not _exists(path):
         neg = cfg.step_negatives
         rollout_cfg = sampling.SamplingConfig(
             num_samples=neg.num_rollouts, temperature=cfg.temperature, top_k=cfg.top_k,
@@ -342,7 +373,8 @@ def _step_negatives_data(params: Any, records: Sequence[filtering.Sample],
             params, records, problems=by_id,
             prompt_ids={i: prompt_ids(task, tokenizer, p) for i, p in by_id.items()},
             model_cfg=model_cfg, tokenizer=tokenizer, sampling_cfg=rollout_cfg,
-            score_fn=task.score, key=key, positives=selected, num_rollouts=neg.num_rollouts,
+            score_fn=partitioning.split_over_processes(task.score), key=key, positives=selected,
+            num_rollouts=neg.num_rollouts,
             estimator=neg.estimator, beta=neg.beta, clip=neg.clip,
             max_per_problem=neg.max_per_problem, step_mode=neg.step_mode,
             max_steps=neg.max_steps, max_samples=max(cfg.num_samples, 1) * 2,
@@ -352,6 +384,7 @@ def _step_negatives_data(params: Any, records: Sequence[filtering.Sample],
                 for p, c, w in zip(ds.prompt_ids, ds.completion_ids, ds.token_weights)]
         rows.append({"stats": ds.stats})
         _write_jsonl(path, rows)
+        partitioning.sync(f"rest_em: wrote {path}")
     rows = _read_jsonl(path)
     stats = rows.pop()["stats"]
     return ([r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows],
@@ -367,7 +400,13 @@ def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
 
     With a `teacher`, the E-step samples come from the teacher (distillation); the
     student (`make_base_params`, `model_cfg`) is trained and evaluated.
+
+    With several processes (`jax.distributed`), every process calls `run` with the same
+    arguments and a `mesh` over all processes' devices (see the module docstring).
     """
+    if partitioning.is_multiprocess() and mesh is None:
+        raise ValueError(f"{jax.process_count()} processes: run() needs a mesh over every "
+                         "process's devices (e.g. partitioning.make_mesh(-1, 1, 1))")
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     writer = metrics_lib.MetricsWriter(workdir)
@@ -375,12 +414,11 @@ def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
 
     t0 = time.time()
     base_dir = workdir / "base"
-    if not base_dir.exists():  # orbax renames its temp dir into place only when complete
+    if not _exists(base_dir):  # orbax renames its temp dir into place only when complete
         base = make_base_params()
         _save_params_once(base_dir, base)
     base_seconds = time.time() - t0
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                            model_lib.abstract_params(model_cfg))
+    abstract = _abstract_params(model_cfg, mesh)
     base = checkpoints.restore_params(base_dir, abstract=abstract)
 
     train = with_gold(task.load("train"), "train")
@@ -395,7 +433,7 @@ def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
     for it in range(cfg.num_iterations + 1):
         idir = workdir / f"iter_{it:03d}"
         marker = idir / "metrics.json"
-        if marker.exists():
+        if _exists(marker):
             history.append(json.loads(marker.read_text()))
             params = None if it > 0 else params  # restored below if a later iteration needs it
             continue
@@ -483,17 +521,19 @@ def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
         splits = [("train", train_eval, False)] + [(n, ps, True) for n, ps in evals.items()]
         for split, probs, sampled in splits:
             path = idir / f"eval_{split}.json"
-            if not path.exists():
+            if not _exists(path):
                 _write_json(path, evaluate(params, probs, task=task, tokenizer=tokenizer,
                                            model_cfg=model_cfg, cfg=cfg, key=ekey, prefix=split,
                                            sampled=sampled, mesh=mesh))
+                partitioning.sync(f"rest_em: wrote {path}")
             m.update(json.loads(path.read_text()))
         seconds["evaluate"] = time.time() - t
         m["seconds"] = seconds
         _write_json(marker, m)
         history.append(m)
         writer.write_all(history)
-        tqdm.tqdm.write(_one_line(m))
+        if partitioning.is_main_process():
+            tqdm.tqdm.write(_one_line(m))
     writer.write_all(history)
     return history
 
@@ -522,17 +562,26 @@ def final_table(history: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def final_params(workdir: str | pathlib.Path, model_cfg: model_lib.ModelConfig) -> Any:
-    """The params of a run's last completed iteration (its base if none): a teacher."""
+def _abstract_params(model_cfg: model_lib.ModelConfig, mesh=None) -> Any:
+    """Restore targets: the params' shapes, in their mesh shardings when a mesh is given."""
+    abstract = model_lib.abstract_params(model_cfg)
+    if mesh is None:
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
+    return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                        abstract, model_lib.param_shardings(model_cfg, mesh))
+
+
+def final_params(workdir: str | pathlib.Path, model_cfg: model_lib.ModelConfig,
+                 mesh=None) -> Any:
+    """The params of a run's last completed iteration (its base if none): a teacher.
+    With `mesh`, restored into the model's shardings on it."""
     workdir = pathlib.Path(workdir)
     done = sorted(p.parent for p in workdir.glob("iter_*/metrics.json")
                   if (p.parent / "params").exists())
     path = done[-1] / "params" if done else workdir / "base"
     if not path.exists():
         raise FileNotFoundError(f"{workdir}: no completed iteration or base params to load")
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                            model_lib.abstract_params(model_cfg))
-    return checkpoints.restore_params(path, abstract=abstract)
+    return checkpoints.restore_params(path, abstract=_abstract_params(model_cfg, mesh))
 
 
 def load_history(workdir: str | pathlib.Path) -> list[dict]:

@@ -79,18 +79,22 @@ def run(*, workdir: str, task: Task, tokenizer: Tokenizer, model: model_lib.Mode
 
     `base(task, tokenizer, model_cfg, mesh)` builds the base params (called once: the
     result is saved in the workdir). `mesh_shape` (data, fsdp, tensor) shards sampling
-    and training; None runs on the default device. Distillation: `teacher_workdir` is a
-    finished run (of model `teacher_model`, default `model`) whose last model generates
-    the E-step samples that train this run's (student) model.
+    and training over all devices (every process's, multi-host; -1 = the rest); None
+    runs on the default device, or with several processes data-parallel, (-1, 1, 1).
+    Distillation: `teacher_workdir` is a finished run (of model `teacher_model`, default
+    `model`) whose last model generates the E-step samples that train this run's
+    (student) model.
     """
     if model.vocab_size < tokenizer.vocab_size:
         raise ValueError(f"the model's vocab_size={model.vocab_size} is smaller than the "
                          f"tokenizer's {tokenizer.vocab_size}")
+    if not mesh_shape and partitioning.is_multiprocess():
+        mesh_shape = (-1, 1, 1)
     mesh = partitioning.make_mesh(*mesh_shape) if mesh_shape else None
     teacher = None
     if teacher_workdir is not None:
         teacher_cfg = teacher_model or model
-        teacher = em.Teacher(teacher_cfg, em.final_params(teacher_workdir, teacher_cfg))
+        teacher = em.Teacher(teacher_cfg, em.final_params(teacher_workdir, teacher_cfg, mesh))
     elif teacher_model is not None:
         raise ValueError("teacher_model is set but teacher_workdir is not")
     return em.run(task=task, tokenizer=tokenizer, model_cfg=model,

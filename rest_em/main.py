@@ -11,6 +11,13 @@ Preemption: on SIGTERM the run stops cleanly (an M-step first saves its state at
 current step, on every host at the same step) and the process exits with code 75
 (`PREEMPTED_EXIT_CODE`, sysexits' EX_TEMPFAIL) after logging "preempted at step N; run
 the same command to resume". Any other failure exits with 1; success with 0.
+
+Multi-host: start the same command on every host (one process per host, or per GPU),
+with `--distributed` where JAX detects the cluster itself (Cloud TPU pod slices, SLURM,
+Open MPI), or with `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`
+anywhere else. `jax.distributed.initialize` then runs before any other JAX use, the mesh
+(`rest_em.run.mesh_shape`) spans every process's devices, and process 0 writes the
+workdir, which every host must see (a shared filesystem). See README "Multi-host runs".
 """
 
 from __future__ import annotations
@@ -26,6 +33,12 @@ FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [], "gin config files (searched also under gin_configs/)")
 flags.DEFINE_multi_string("gin_bindings", [], "individual gin bindings, 'NAME = VALUE'")
 flags.DEFINE_string("workdir", None, "where every artifact of the run lands (resumable)")
+flags.DEFINE_bool("distributed", False, "multi-host: call jax.distributed.initialize(), which "
+                  "detects Cloud TPU pod slices, SLURM and Open MPI by itself")
+flags.DEFINE_string("coordinator_address", None, "multi-host: process 0's HOST:PORT (implies "
+                    "--distributed); with --num_processes and --process_id")
+flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
+flags.DEFINE_integer("process_id", None, "multi-host: this process's id, 0..num_processes-1")
 
 REPO_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "gin_configs"
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "temporary failure, retry": rerun to resume
@@ -90,11 +103,16 @@ def run_experiment(workdir: str) -> list[dict]:
 
     from rest_em import em
 
+    from rest_em import partitioning
+
+    main_process = partitioning.is_main_process()  # multi-host: process 0 writes
     pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
-    (pathlib.Path(workdir) / "config.gin").write_text(gin.config_str())
+    if main_process:
+        (pathlib.Path(workdir) / "config.gin").write_text(gin.config_str())
     history = _CONFIGURED["run"](workdir=workdir)
-    (pathlib.Path(workdir) / "operative_config.gin").write_text(gin.operative_config_str())
-    print(em.final_table(history))
+    if main_process:
+        (pathlib.Path(workdir) / "operative_config.gin").write_text(gin.operative_config_str())
+        print(em.final_table(history))
     return history
 
 
@@ -105,9 +123,12 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError("--workdir is required")
     if not FLAGS["verbosity"].present:  # library INFO logs (orbax, jax) drown the progress bars
         logging.set_verbosity(logging.WARNING)
-    from rest_em import training
+    from rest_em import partitioning, training
 
     parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
+    if FLAGS.distributed or FLAGS.coordinator_address:  # before any other JAX use
+        partitioning.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                            FLAGS.process_id)
     training.install_preemption_handler()
     try:
         run_experiment(FLAGS.workdir)

@@ -13,12 +13,18 @@ Mesh axes:
 A logical axis whose size does not divide evenly over its mesh axes is left
 unsharded (replicated) instead of failing deep inside XLA; a 2-kv-head model on a
 4-way tensor axis still runs, with the kv projections replicated.
+
+Multi-host (one process per host, `initialize_distributed` first): `make_mesh` spans
+every process's devices (`jax.devices()` is global); `to_global` / `to_host` move
+identical host data in and out of arrays on such a mesh, `agree` / `sync` keep the
+processes' control flow and files consistent, `split_over_processes` shares host work.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -61,7 +67,9 @@ def make_mesh(
     *,
     devices: Sequence[jax.Device] | None = None,
 ) -> Mesh:
-    """Builds a (data, fsdp, tensor) mesh; `data=-1` takes all remaining devices."""
+    """Builds a (data, fsdp, tensor) mesh; `data=-1` takes all remaining devices.
+
+    The devices default to `jax.devices()`: with several processes, all of them."""
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
     if data == -1:
@@ -188,3 +196,123 @@ def batch_multiple(mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULES) -> int:
         return 1
     axes = (target,) if isinstance(target, str) else tuple(target)
     return math.prod(mesh.shape.get(a, 1) for a in axes)
+
+
+# --- multi-host ---------------------------------------------------------------
+# JAX's multi-controller model: every process runs the same program on the same host
+# data (SPMD); jitted computations over a mesh of ALL processes' devices exchange data
+# through collectives. These helpers move host data in and out of such global arrays
+# and let processes agree on decisions (does a file exist?) and share host work (the
+# reward checker). On one process every one of them is the identity / a no-op.
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None,
+                           *, local_device_ids: Sequence[int] | None = None,
+                           initialization_timeout: int = 300) -> None:
+    """Starts JAX's distributed runtime; call once per process, before any other JAX use.
+
+    Without arguments `jax.distributed.initialize` detects the cluster itself (Cloud
+    TPU pod slices, SLURM, Open MPI; `JAX_COORDINATOR_ADDRESS` / `JAX_COORDINATOR_PORT` /
+    `JAX_LOCAL_DEVICE_IDS` override parts of it); elsewhere give the coordinator
+    (process 0's `host:port`), the number of processes and this process's id. CPU
+    collectives across processes go through gloo, which must be chosen first.
+    """
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               local_device_ids=local_device_ids,
+                               initialization_timeout=initialization_timeout)
+
+
+def is_multiprocess() -> bool:
+    return jax.process_count() > 1
+
+
+def is_main_process() -> bool:
+    """Process 0: the one that writes the run's files (metrics, samples, markers)."""
+    return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+    """A barrier across processes (e.g. after process 0 wrote a file the others read)."""
+    if is_multiprocess():
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def agree(value: bool) -> bool:
+    """Process 0's `value` on every process: one decision for control flow that must be
+    identical everywhere (`agree(path.exists())` on a shared workdir)."""
+    if not is_multiprocess():
+        return bool(value)
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(int(bool(value)), np.int32)))
+
+
+def process_slice(n: int) -> slice:
+    """This process's contiguous share of `n` items (process-major: shares in order)."""
+    per = -(-n // jax.process_count())
+    start = min(jax.process_index() * per, n)
+    return slice(start, min(start + per, n))
+
+
+def allgather_strings(items: Sequence[str]) -> list[str]:
+    """Every process's `items` (any lengths), concatenated in process order."""
+    if not is_multiprocess():
+        return list(items)
+    from jax.experimental import multihost_utils
+
+    blob = np.frombuffer(json.dumps(list(items)).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([blob.size], np.int64)))
+    padded = np.zeros((int(sizes.max()),), np.uint8)
+    padded[: blob.size] = blob
+    blobs = np.asarray(multihost_utils.process_allgather(padded))
+    out: list[str] = []
+    for size, row in zip(sizes.reshape(-1), blobs):
+        out.extend(json.loads(row[: int(size)].tobytes().decode()))
+    return out
+
+
+def split_over_processes(fn):
+    """`fn(items...) -> list` (per-item results, e.g. a reward checker) evaluated with
+    each process doing its `process_slice` of the items; every process gets all the
+    results in order, identical to `fn` on one process. Results must be JSON values."""
+
+    def wrapped(*columns: Sequence[Any]) -> list:
+        if not is_multiprocess():
+            return list(fn(*columns))
+        n = len(columns[0])
+        part = process_slice(n)
+        mine = list(fn(*(list(c)[part] for c in columns))) if part.stop > part.start else []
+        out = [json.loads(s) for s in allgather_strings([json.dumps(r) for r in mine])]
+        if len(out) != n:
+            raise RuntimeError(f"split_over_processes: gathered {len(out)} results for {n} items")
+        return out
+
+    return wrapped
+
+
+def to_global(tree: Any, shardings: Any) -> Any:
+    """Host arrays that are IDENTICAL on every process -> global arrays in `shardings`
+    (a tree like `tree`, or one sharding). Needed when a mesh spans processes: jit does
+    not accept numpy inputs for shardings that other processes' devices hold."""
+    if not is_multiprocess():
+        return tree
+    return jax.device_put(tree, shardings)
+
+
+def to_host(tree: Any) -> Any:
+    """Arrays -> numpy; arrays spread over several processes are all-gathered first, so
+    every process gets the full value."""
+    if not is_multiprocess():
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(one, tree)

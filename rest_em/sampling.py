@@ -246,6 +246,15 @@ def generate(
     )
 
 
+def input_shardings(mesh: Mesh, rules: partitioning.Rules = partitioning.LOGICAL_AXIS_RULES
+                    ) -> tuple[jax.sharding.NamedSharding, ...]:
+    """The shardings of the sampler's (prompt_BxP, prompt_lengths_B, problem_ids_B)."""
+    batch = partitioning.logical_to_sharding(("batch",), (partitioning.batch_multiple(mesh, rules),),
+                                             mesh, rules)
+    batch2 = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(batch.spec[0], None))
+    return batch2, batch, batch
+
+
 @functools.lru_cache(maxsize=64)
 def make_sampler(
     model_cfg: model_lib.ModelConfig,
@@ -257,9 +266,7 @@ def make_sampler(
     fn = functools.partial(generate, model_cfg=model_cfg, cfg=cfg)
     if mesh is None:
         return jax.jit(fn)
-    batch = partitioning.logical_to_sharding(("batch",), (partitioning.batch_multiple(mesh, rules),),
-                                             mesh, rules)
-    batch2 = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(batch.spec[0], None))
+    batch2, batch, _ = input_shardings(mesh, rules)
     batch3 = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(batch.spec[0], None, None))
     params_sh = model_lib.param_shardings(model_cfg, mesh, rules)
     out_sh = SampleOutput(batch3, batch2, batch3, partitioning.replicated(mesh))
@@ -344,7 +351,9 @@ def sample(
 
     `problem_ids` (default 0..B-1) make each row's randomness independent of batching:
     pass dataset indices so a problem's samples never depend on its neighbours.
-    Returns host numpy arrays with leading dimension len(prompts).
+    Returns host numpy arrays with leading dimension len(prompts). On a mesh that spans
+    several processes, every process calls it with the same arguments (SPMD) and gets
+    every row back.
     """
     if problem_ids is None:
         problem_ids = range(len(prompts))
@@ -359,8 +368,14 @@ def sample(
     ids_B = np.zeros((prompt_BxP.shape[0],), np.int32)
     ids_B[: len(prompts)] = problem_ids
     fn = make_sampler(model_cfg, cfg, mesh, tuple(rules))
-    out = fn(params, prompt_BxP, lengths_B, ids_B, key)
-    out = jax.device_get(out)
+    args = (prompt_BxP, lengths_B, ids_B)
+    if mesh is not None and partitioning.is_multiprocess():
+        # A mesh over several processes: every process passes the same prompts, placed
+        # as global arrays; the outputs are gathered so every process gets all rows.
+        args = partitioning.to_global(args, input_shardings(mesh, rules))
+        out = partitioning.to_host(fn(params, *args, key))
+    else:
+        out = jax.device_get(fn(params, *args, key))
     n = len(prompts)
     return SampleOutput(out.tokens_BxNxT[:n], out.lengths_BxN[:n], out.logprobs_BxNxT[:n],
                         out.num_steps)

@@ -235,7 +235,8 @@ def make_train_step(model_cfg: model_lib.ModelConfig, optimizer: optax.GradientT
                     rules: partitioning.Rules = partitioning.LOGICAL_AXIS_RULES) -> Callable:
     """`train_step` jitted with the state's own shardings and the state donated.
 
-    With a mesh the batch is split over the mesh's data axes (`batch` logical axis).
+    With a mesh the batch is split over the mesh's data axes (`batch` logical axis); on a
+    mesh over several processes every process passes the same host batch.
     """
     fn = jax.tree_util.Partial(train_step, model_cfg=model_cfg, optimizer=optimizer)
     if mesh is None:
@@ -251,8 +252,17 @@ def make_train_step(model_cfg: model_lib.ModelConfig, optimizer: optax.GradientT
         with partitioning.activation_sharding(mesh, rules):
             return fn(state, batch)
 
-    return jax.jit(traced, in_shardings=(state_sh, batch_sh),
+    step = jax.jit(traced, in_shardings=(state_sh, batch_sh),
                    out_shardings=(state_sh, partitioning.replicated(mesh)), donate_argnums=0)
+    if not partitioning.is_multiprocess():
+        return step
+
+    def global_step(state, batch):
+        # A mesh over several processes: every process builds the same host batch (the
+        # same seeded indices), placed here as one global batch split over all devices.
+        return step(state, partitioning.to_global(batch, batch_sh))
+
+    return global_step
 
 
 # --- per-step DPO -----------------------------------------------------------------------
