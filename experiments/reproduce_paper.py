@@ -75,9 +75,11 @@ def runs_of(quick: bool) -> list[Run]:
     # Runs whose pass@k / maj@k no study reads draw 1 evaluation sample per problem (cost).
     lean = ["--gin.EMConfig.eval_num_samples=1", "--gin.EMConfig.eval_ks=(1,)"]
     train = (12, 24) if quick else (188, 375, 750)
-    full = 48 if quick else 1500
-    negatives = ("--gin_file=variants/step_negatives.gin",) + (
-        ("--gin.StepNegativesConfig.num_rollouts=2",) if quick else ())
+    # Rollouts cost K per prefix: on 2 CPU cores the study uses K=3 and 4 negatives per
+    # problem (the paper: K=5, up to 8), for 188-750 problems.
+    negatives = ("--gin_file=variants/step_negatives.gin",
+                 "--gin.StepNegativesConfig.max_per_problem=4",
+                 "--gin.StepNegativesConfig.num_rollouts=" + ("2" if quick else "3"))
     samples = "12" if quick else "48"
     return [
         Run("restem", (*three, *passk, *transfer)),
@@ -101,7 +103,7 @@ def runs_of(quick: bool) -> list[Run]:
                                  f"--gin.arithmetic_task.num_train={n}", *lean), ("restem",), "restem")
           for n in train],
         *[Run(f"negatives_{n}", (*ONE, *negatives, f"--gin.arithmetic_task.num_train={n}", *lean),
-              ("restem",), "restem") for n in (*train, full)],
+              ("restem",), "restem") for n in train],
     ]
 
 
@@ -126,12 +128,33 @@ def execute(run: Run, seed: int, root: pathlib.Path, base_config: str, log) -> N
            *args]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t = time.time()
+    workdir.mkdir(parents=True, exist_ok=True)
+    pid_file = workdir / "PID"
+    if pid_file.exists():  # a run left by an earlier (killed) study process: let it finish
+        pid = int(pid_file.read_text())
+        while _alive(pid):
+            time.sleep(5)
     log(f"seed {seed} {run.name}: start")
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+    # The run's output goes to a file, not a pipe: it outlives a killed study process.
+    with (workdir / "run.log").open("a") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        pid_file.write_text(str(proc.pid))
+        proc.wait()
     if proc.returncode != 0:
-        raise RuntimeError(f"seed {seed} {run.name} failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
+        tail = (workdir / "run.log").read_text()[-3000:]
+        raise RuntimeError(f"seed {seed} {run.name} failed ({' '.join(cmd)}):\n{tail}")
     (workdir / "DONE").write_text(f"{time.time() - t:.1f}\n")
     log(f"seed {seed} {run.name}: done in {time.time() - t:.0f}s")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return pathlib.Path(f"/proc/{pid}/stat").exists() and \
+        pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
 def execute_all(seeds: list[int], runs: list[Run], root: pathlib.Path, base_config: str,
@@ -229,238 +252,274 @@ def report(res: Results, fig_dir: pathlib.Path, rel: str, command: str, wall_s: 
         sds = [statistics.stdev(v) if len(v) > 1 else 0 for v in vals]
         ax.errorbar(its, means, yerr=sds, fmt=style, capsize=3, label=label)
 
-    base = res.get("restem", T, 0)
-    restem = res.get("restem", T)
-    restem1 = res.get("restem", T, 1)
-    sft = res.get("sft_human", T)
+    def opt(run, key, it=-1):
+        try:
+            return res.get(run, key, it)
+        except KeyError:
+            return None
+
+    base, restem, restem1 = (res.get("restem", T, i) for i in (0, -1, 1))
+    sft = opt("sft_human", T)
 
     # Table 1: every variant.
-    L += ["## Table 1: the variants", "",
-          "Test greedy pass@1 (%) of the final model, mean ± std over seeds; iteration 0 is the "
-          "base model (SFT on worked solutions of easy problems).", "",
-          "| variant | configuration | iterations | test pass@1 | gain over base (points) |",
-          "|---|---|---:|---:|---:|"]
-    rows = [("base model", "arithmetic.gin, iteration 0", "restem", 0),
-            ("SFT on human solutions", "variants/sft_human.gin", "sft_human", -1),
-            ("RFT", "variants/rft.gin", "rft", -1),
-            ("STaR (greedy + rationalization)", "variants/star.gin", "star", -1),
-            ("ReST", "variants/rest.gin", "rest", -1),
-            ("ReST^EM", "arithmetic.gin", "restem", -1)]
-    for label, conf, run, it in rows:
-        vals = res.get(run, T, it)
-        n_it = res.iters(run)[it]
-        gain = pct([v - b for v, b in zip(vals, base)]) if it != 0 else "—"
-        L.append(f"| {label} | `{conf}` | {n_it} | {pct(vals)} | {gain} |")
-    L += [""]
+    try:
+        L += ["## Table 1: the variants", "",
+              "Test greedy pass@1 (%) of the final model, mean ± std over seeds; iteration 0 is the "
+              "base model (SFT on worked solutions of easy problems).", "",
+              "| variant | configuration | iterations | test pass@1 | gain over base (points) |",
+              "|---|---|---:|---:|---:|"]
+        rows = [("base model", "arithmetic.gin, iteration 0", "restem", 0),
+                ("SFT on human solutions", "variants/sft_human.gin", "sft_human", -1),
+                ("RFT", "variants/rft.gin", "rft", -1),
+                ("STaR (greedy + rationalization)", "variants/star.gin", "star", -1),
+                ("ReST", "variants/rest.gin", "rest", -1),
+                ("ReST^EM", "arithmetic.gin", "restem", -1)]
+        for label, conf, run, it in rows:
+            vals = res.get(run, T, it)
+            n_it = res.iters(run)[it]
+            gain = pct([v - b for v, b in zip(vals, base)]) if it != 0 else "—"
+            L.append(f"| {label} | `{conf}` | {n_it} | {pct(vals)} | {gain} |")
+        L += [""]
+
+    except (KeyError, TypeError) as e:  # a run of this study has not finished
+        L += [f"## Table 1 (not run yet: {e})", ""]
 
     # 1. Iterations, ReST^EM vs SFT on human data.
-    fig1, ax = plt.subplots(figsize=(5.5, 3.6))
-    curve(ax, "restem", T, "ReST^EM")
-    curve(ax, "rest", T, "ReST", "-s")
-    curve(ax, "star", T, "STaR", "-^")
-    ax.axhline(statistics.mean(sft) * 100, color="gray", ls="--", label="SFT on human solutions")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("test greedy pass@1 (%)")
-    ax.legend(fontsize=8)
-    img = fig("fig1_iterations")
-    d = [a - b for a, b in zip(restem, sft)]
-    claims.append(("1. ReST^EM vs human-data SFT (Fig. 2/3)",
-                   "ReST^EM on model samples beats SFT on human-written solutions",
-                   f"ReST^EM {pct(restem)} vs SFT {pct(sft)} (difference {pct(d)} points)",
-                   verdict(d)))
-    L += ["## 1. Test accuracy vs iteration (paper Fig. 2/3)", "", img, "",
-          "| iteration | ReST^EM | ReST | STaR |", "|---:|---:|---:|---:|"]
-    for i in res.iters("restem"):
-        L.append(f"| {i} | {pct(res.get('restem', T, i))} | {pct(res.get('rest', T, i))} | "
-                 f"{pct(res.get('star', T, i))} |")
-    L += ["", f"SFT on the human-written solutions of the same training problems: {pct(sft)}.", ""]
+    try:
+        fig1, ax = plt.subplots(figsize=(5.5, 3.6))
+        curve(ax, "restem", T, "ReST^EM")
+        curve(ax, "rest", T, "ReST", "-s")
+        curve(ax, "star", T, "STaR", "-^")
+        ax.axhline(statistics.mean(sft) * 100, color="gray", ls="--", label="SFT on human solutions")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("test greedy pass@1 (%)")
+        ax.legend(fontsize=8)
+        img = fig("fig1_iterations")
+        d = [a - b for a, b in zip(restem, sft)]
+        claims.append(("1. ReST^EM vs human-data SFT (Fig. 2/3)",
+                       "ReST^EM on model samples beats SFT on human-written solutions",
+                       f"ReST^EM {pct(restem)} vs SFT {pct(sft)} (difference {pct(d)} points)",
+                       verdict(d)))
+        L += ["## 1. Test accuracy vs iteration (paper Fig. 2/3)", "", img, "",
+              "| iteration | ReST^EM | ReST | STaR |", "|---:|---:|---:|---:|"]
+        for i in res.iters("restem"):
+            L.append(f"| {i} | {pct(res.get('restem', T, i))} | {pct(res.get('rest', T, i))} | "
+                     f"{pct(res.get('star', T, i))} |")
+        L += ["", f"SFT on the human-written solutions of the same training problems: {pct(sft)}.", ""]
+
+    except (KeyError, TypeError) as e:  # a run of this study has not finished
+        L += [f"## 1. (not run yet: {e})", ""]
 
     # 2. Train vs test.
-    fig2, ax = plt.subplots(figsize=(5.5, 3.6))
-    curve(ax, "restem", "train/greedy_pass@1", "train")
-    curve(ax, "restem", T, "test", "-s")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("greedy pass@1 (%)")
-    ax.legend(fontsize=8)
-    img = fig("fig2_train_test")
-    L += ["## 2. Train vs test accuracy per iteration (paper Fig. 4)", "", img, "",
-          "| iteration | train | test | gap (train − test) |", "|---:|---:|---:|---:|"]
-    gaps = {}
-    for i in res.iters("restem"):
-        tr, te = res.get("restem", "train/greedy_pass@1", i), res.get("restem", T, i)
-        gaps[i] = [a - b for a, b in zip(tr, te)]
-        L.append(f"| {i} | {pct(tr)} | {pct(te)} | {pct(gaps[i])} |")
-    last = res.iters("restem")[-1]
-    d = [b - a for a, b in zip(gaps[1], gaps[last])]
-    claims.append(("2. Over-fitting gap (Fig. 4)",
-                   "train accuracy rises faster than test over iterations (the gap grows)",
-                   f"gap {pct(gaps[1])} after iteration 1, {pct(gaps[last])} after {last}",
-                   verdict(d)))
-    L += [""]
+    try:
+        fig2, ax = plt.subplots(figsize=(5.5, 3.6))
+        curve(ax, "restem", "train/greedy_pass@1", "train")
+        curve(ax, "restem", T, "test", "-s")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("greedy pass@1 (%)")
+        ax.legend(fontsize=8)
+        img = fig("fig2_train_test")
+        L += ["## 2. Train vs test accuracy per iteration (paper Fig. 4)", "", img, "",
+              "| iteration | train | test | gap (train − test) |", "|---:|---:|---:|---:|"]
+        gaps = {}
+        for i in res.iters("restem"):
+            tr, te = res.get("restem", "train/greedy_pass@1", i), res.get("restem", T, i)
+            gaps[i] = [a - b for a, b in zip(tr, te)]
+            L.append(f"| {i} | {pct(tr)} | {pct(te)} | {pct(gaps[i])} |")
+        last = res.iters("restem")[-1]
+        d = [b - a for a, b in zip(gaps[1], gaps[last])]
+        claims.append(("2. Over-fitting gap (Fig. 4)",
+                       "train accuracy rises faster than test over iterations (the gap grows)",
+                       f"gap {pct(gaps[1])} after iteration 1, {pct(gaps[last])} after {last}",
+                       verdict(d)))
+        L += [""]
+
+    except (KeyError, TypeError) as e:  # a run of this study has not finished
+        L += [f"## 2. (not run yet: {e})", ""]
 
     # 3. pass@k and maj@k.
-    ks = sorted(int(k.split("@")[1]) for k in res.h[(seeds[0], "restem")][0] if k.startswith("test/pass@"))
-    fig3, ax = plt.subplots(figsize=(5.5, 3.6))
-    for it, label in ((0, "base"), (-1, "ReST^EM")):
-        for kind, style in (("pass", "-o"), ("maj", "--s")):
-            ys = [statistics.mean(res.get("restem", f"test/{kind}@{k}", it)) * 100 for k in ks]
-            ax.plot(ks, ys, style, label=f"{label} {kind}@k")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("k (samples, temperature 1.0)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=8)
-    img = fig("fig3_pass_at_k")
-    L += ["## 3. pass@k and maj@k, base vs ReST^EM (paper Fig. 5)", "", img, "",
-          "| k | base pass@k | ReST^EM pass@k | base maj@k | ReST^EM maj@k |",
-          "|---:|---:|---:|---:|---:|"]
-    for k in ks:
-        L.append(f"| {k} | {pct(res.get('restem', f'test/pass@{k}', 0))} | "
-                 f"{pct(res.get('restem', f'test/pass@{k}'))} | "
-                 f"{pct(res.get('restem', f'test/maj@{k}', 0))} | "
-                 f"{pct(res.get('restem', f'test/maj@{k}'))} |")
-    kmax = ks[-1]
-    dp = [a - b for a, b in zip(res.get("restem", f"test/pass@{kmax}"),
-                                res.get("restem", f"test/pass@{kmax}", 0))]
-    dm = [a - b for a, b in zip(res.get("restem", f"test/maj@{kmax}"),
-                                res.get("restem", f"test/maj@{kmax}", 0))]
-    claims.append(("3. pass@k (Fig. 5)", "ReST^EM improves pass@k at every k, incl. large k",
-                   f"pass@{kmax} {pct(res.get('restem', f'test/pass@{kmax}', 0))} → "
-                   f"{pct(res.get('restem', f'test/pass@{kmax}'))}", verdict(dp)))
-    claims.append(("3. maj@k (Fig. 5)", "ReST^EM improves majority voting",
-                   f"maj@{kmax} {pct(res.get('restem', f'test/maj@{kmax}', 0))} → "
-                   f"{pct(res.get('restem', f'test/maj@{kmax}'))}", verdict(dm)))
-    L += [""]
+    try:
+        ks = sorted(int(k.split("@")[1]) for k in res.h[(seeds[0], "restem")][0] if k.startswith("test/pass@"))
+        fig3, ax = plt.subplots(figsize=(5.5, 3.6))
+        for it, label in ((0, "base"), (-1, "ReST^EM")):
+            for kind, style in (("pass", "-o"), ("maj", "--s")):
+                ys = [statistics.mean(res.get("restem", f"test/{kind}@{k}", it)) * 100 for k in ks]
+                ax.plot(ks, ys, style, label=f"{label} {kind}@k")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("k (samples, temperature 1.0)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(fontsize=8)
+        img = fig("fig3_pass_at_k")
+        L += ["## 3. pass@k and maj@k, base vs ReST^EM (paper Fig. 5)", "", img, "",
+              "| k | base pass@k | ReST^EM pass@k | base maj@k | ReST^EM maj@k |",
+              "|---:|---:|---:|---:|---:|"]
+        for k in ks:
+            L.append(f"| {k} | {pct(res.get('restem', f'test/pass@{k}', 0))} | "
+                     f"{pct(res.get('restem', f'test/pass@{k}'))} | "
+                     f"{pct(res.get('restem', f'test/maj@{k}', 0))} | "
+                     f"{pct(res.get('restem', f'test/maj@{k}'))} |")
+        kmax = ks[-1]
+        dp = [a - b for a, b in zip(res.get("restem", f"test/pass@{kmax}"),
+                                    res.get("restem", f"test/pass@{kmax}", 0))]
+        dm = [a - b for a, b in zip(res.get("restem", f"test/maj@{kmax}"),
+                                    res.get("restem", f"test/maj@{kmax}", 0))]
+        claims.append(("3. pass@k (Fig. 5)", "ReST^EM improves pass@k at every k, incl. large k",
+                       f"pass@{kmax} {pct(res.get('restem', f'test/pass@{kmax}', 0))} → "
+                       f"{pct(res.get('restem', f'test/pass@{kmax}'))}", verdict(dp)))
+        claims.append(("3. maj@k (Fig. 5)", "ReST^EM improves majority voting",
+                       f"maj@{kmax} {pct(res.get('restem', f'test/maj@{kmax}', 0))} → "
+                       f"{pct(res.get('restem', f'test/maj@{kmax}'))}", verdict(dm)))
+        L += [""]
+
+    except (KeyError, TypeError) as e:  # a run of this study has not finished
+        L += [f"## 3. (not run yet: {e})", ""]
 
     # 4. Apples to apples, and distillation.
-    one = res.get("one_per_problem", T)
-    small = {r: res.get(r, T) for r in ("small_sft_human", "small_restem", "small_distill")}
-    fig4, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.4))
-    bars = [("human SFT", sft), ("1 model sol./problem", one), ("ReST^EM it. 1", restem1),
-            ("ReST^EM it. 3", restem)]
-    ax1.bar([b[0] for b in bars], [statistics.mean(b[1]) * 100 for b in bars],
-            yerr=[statistics.stdev(b[1]) * 100 if len(b[1]) > 1 else 0 for b in bars], capsize=3)
-    ax1.set_ylabel("test greedy pass@1 (%)")
-    ax1.set_title("same problems, default model", fontsize=9)
-    ax1.tick_params(axis="x", labelsize=7, rotation=20)
-    sb = [("human SFT", small["small_sft_human"]), ("ReST^EM", small["small_restem"]),
-          ("distilled", small["small_distill"])]
-    ax2.bar([b[0] for b in sb], [statistics.mean(b[1]) * 100 for b in sb],
-            yerr=[statistics.stdev(b[1]) * 100 if len(b[1]) > 1 else 0 for b in sb], capsize=3)
-    ax2.set_title("small student (64 wide, 2 layers)", fontsize=9)
-    ax2.tick_params(axis="x", labelsize=7)
-    img = fig("fig4_apples_to_apples")
-    L += ["## 4. Human vs model-generated data on the same problems; distillation (paper Fig. 6)",
-          "", img, "",
-          "| M-step data (default model, from its base) | test pass@1 |", "|---|---:|",
-          f"| human-written solutions, 1 per problem | {pct(sft)} |",
-          f"| model solutions, 1 per problem (1 iteration) | {pct(one)} |",
-          f"| model solutions, up to 10 per problem (1 iteration) | {pct(restem1)} |",
-          f"| ReST^EM, {last} iterations | {pct(restem)} |", "",
-          "| small student (64 wide, 2 layers) | test pass@1 |", "|---|---:|",
-          f"| its base model | {pct(res.get('small_restem', T, 0))} |",
-          f"| SFT on human solutions | {pct(small['small_sft_human'])} |",
-          f"| its own ReST^EM ({res.iters('small_restem')[-1]} iterations) | {pct(small['small_restem'])} |",
-          f"| distilled: trained on the default model's ReST^EM samples (1 iteration) | "
-          f"{pct(small['small_distill'])} |", ""]
-    d = [a - b for a, b in zip(one, sft)]
-    claims.append(("4. Model vs human data (Fig. 6)",
-                   "one model-generated solution per problem beats one human solution per problem",
-                   f"{pct(one)} vs {pct(sft)}", verdict(d)))
-    d = [a - b for a, b in zip(small["small_distill"], small["small_sft_human"])]
-    claims.append(("4. Distillation (Fig. 6)",
-                   "a smaller model trained on a larger model's filtered samples beats it trained "
-                   "on human data", f"{pct(small['small_distill'])} vs {pct(small['small_sft_human'])}",
-                   verdict(d)))
+    try:
+        one = res.get("one_per_problem", T)
+        small = {r: res.get(r, T) for r in ("small_sft_human", "small_restem", "small_distill")}
+        fig4, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.4))
+        bars = [("human SFT", sft), ("1 model sol./problem", one), ("ReST^EM it. 1", restem1),
+                ("ReST^EM it. 3", restem)]
+        ax1.bar([b[0] for b in bars], [statistics.mean(b[1]) * 100 for b in bars],
+                yerr=[statistics.stdev(b[1]) * 100 if len(b[1]) > 1 else 0 for b in bars], capsize=3)
+        ax1.set_ylabel("test greedy pass@1 (%)")
+        ax1.set_title("same problems, default model", fontsize=9)
+        ax1.tick_params(axis="x", labelsize=7, rotation=20)
+        sb = [("human SFT", small["small_sft_human"]), ("ReST^EM", small["small_restem"]),
+              ("distilled", small["small_distill"])]
+        ax2.bar([b[0] for b in sb], [statistics.mean(b[1]) * 100 for b in sb],
+                yerr=[statistics.stdev(b[1]) * 100 if len(b[1]) > 1 else 0 for b in sb], capsize=3)
+        ax2.set_title("small student (64 wide, 2 layers)", fontsize=9)
+        ax2.tick_params(axis="x", labelsize=7)
+        img = fig("fig4_apples_to_apples")
+        L += ["## 4. Human vs model-generated data on the same problems; distillation (paper Fig. 6)",
+              "", img, "",
+              "| M-step data (default model, from its base) | test pass@1 |", "|---|---:|",
+              f"| human-written solutions, 1 per problem | {pct(sft)} |",
+              f"| model solutions, 1 per problem (1 iteration) | {pct(one)} |",
+              f"| model solutions, up to 10 per problem (1 iteration) | {pct(restem1)} |",
+              f"| ReST^EM, {last} iterations | {pct(restem)} |", "",
+              "| small student (64 wide, 2 layers) | test pass@1 |", "|---|---:|",
+              f"| its base model | {pct(res.get('small_restem', T, 0))} |",
+              f"| SFT on human solutions | {pct(small['small_sft_human'])} |",
+              f"| its own ReST^EM ({res.iters('small_restem')[-1]} iterations) | {pct(small['small_restem'])} |",
+              f"| distilled: trained on the default model's ReST^EM samples (1 iteration) | "
+              f"{pct(small['small_distill'])} |", ""]
+        d = [a - b for a, b in zip(one, sft)]
+        claims.append(("4. Model vs human data (Fig. 6)",
+                       "one model-generated solution per problem beats one human solution per problem",
+                       f"{pct(one)} vs {pct(sft)}", verdict(d)))
+        d = [a - b for a, b in zip(small["small_distill"], small["small_sft_human"])]
+        claims.append(("4. Distillation (Fig. 6)",
+                       "a smaller model trained on a larger model's filtered samples beats it trained "
+                       "on human data", f"{pct(small['small_distill'])} vs {pct(small['small_sft_human'])}",
+                       verdict(d)))
+
+    except (KeyError, TypeError) as e:  # a run of this study has not finished
+        L += [f"## 4. (not run yet: {e})", ""]
 
     # 5. ReST vs ReST^EM, in-task and transfer.
-    X = "transfer/greedy_pass@1"
-    fig5, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.4))
-    for ax, key, title in ((ax1, T, "in-task (test)"), (ax2, X, "transfer (two-digit operands)")):
-        curve(ax, "restem", key, "ReST^EM")
-        curve(ax, "rest", key, "ReST", "-s")
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("iteration")
-    ax1.set_ylabel("greedy pass@1 (%)")
-    ax1.legend(fontsize=8)
-    img = fig("fig5_rest_vs_restem")
-    L += ["## 5. ReST vs ReST^EM, in-task and on the held-out transfer split (paper Fig. 7)", "", img,
-          "", "| iteration | ReST^EM test | ReST test | ReST^EM transfer | ReST transfer |",
-          "|---:|---:|---:|---:|---:|"]
-    for i in res.iters("restem"):
-        L.append(f"| {i} | {pct(res.get('restem', T, i))} | {pct(res.get('rest', T, i))} | "
-                 f"{pct(res.get('restem', X, i))} | {pct(res.get('rest', X, i))} |")
-    d = [a - b for a, b in zip(res.get("restem", X), res.get("rest", X))]
-    claims.append(("5. ReST vs ReST^EM (Fig. 7)",
-                   "restarting each M-step from the base (ReST^EM) transfers better than "
-                   "continued fine-tuning (ReST), which over-fits",
-                   f"transfer {pct(res.get('restem', X))} (ReST^EM) vs {pct(res.get('rest', X))} (ReST); "
-                   f"in-task {pct(restem)} vs {pct(res.get('rest', T))}", verdict(d)))
-    L += [""]
+    try:
+        X = "transfer/greedy_pass@1"
+        fig5, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.4))
+        for ax, key, title in ((ax1, T, "in-task (test)"), (ax2, X, "transfer (two-digit operands)")):
+            curve(ax, "restem", key, "ReST^EM")
+            curve(ax, "rest", key, "ReST", "-s")
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("iteration")
+        ax1.set_ylabel("greedy pass@1 (%)")
+        ax1.legend(fontsize=8)
+        img = fig("fig5_rest_vs_restem")
+        L += ["## 5. ReST vs ReST^EM, in-task and on the held-out transfer split (paper Fig. 7)", "", img,
+              "", "| iteration | ReST^EM test | ReST test | ReST^EM transfer | ReST transfer |",
+              "|---:|---:|---:|---:|---:|"]
+        for i in res.iters("restem"):
+            L.append(f"| {i} | {pct(res.get('restem', T, i))} | {pct(res.get('rest', T, i))} | "
+                     f"{pct(res.get('restem', X, i))} | {pct(res.get('rest', X, i))} |")
+        d = [a - b for a, b in zip(res.get("restem", X), res.get("rest", X))]
+        claims.append(("5. ReST vs ReST^EM (Fig. 7)",
+                       "restarting each M-step from the base (ReST^EM) transfers better than "
+                       "continued fine-tuning (ReST), which over-fits",
+                       f"transfer {pct(res.get('restem', X))} (ReST^EM) vs {pct(res.get('rest', X))} (ReST); "
+                       f"in-task {pct(restem)} vs {pct(res.get('rest', T))}", verdict(d)))
+        L += [""]
+
+    except (KeyError, TypeError) as e:  # a run of this study has not finished
+        L += [f"## 5. (not run yet: {e})", ""]
 
     # 6. Number of training problems; per-level gains.
-    sizes = sorted(int(n.split("_")[1]) for n in {r for (_, r) in res.h} if n.startswith("train_"))
-    full = res.h[(seeds[0], "restem")][1]["num_problems"]
-    by_n = {n: res.get(f"train_{n}", T) for n in sizes}
-    by_n[full] = restem1
-    fig6, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.4))
-    ns = sorted(by_n)
-    ax1.errorbar(ns, [statistics.mean(by_n[n]) * 100 for n in ns],
-                 yerr=[statistics.stdev(by_n[n]) * 100 if len(seeds) > 1 else 0 for n in ns],
-                 fmt="-o", capsize=3, label="1 ReST^EM iteration")
-    ax1.axhline(statistics.mean(base) * 100, color="gray", ls="--", label="base")
-    ax1.set_xscale("log")
-    ax1.set_xlabel("training problems")
-    ax1.set_ylabel("test greedy pass@1 (%)")
-    ax1.legend(fontsize=8)
-    levels = sorted(int(k.split("_")[1].split("/")[0]) for k in res.h[(seeds[0], "restem")][0]
-                    if k.startswith("test/level_") and k.endswith("greedy_pass@1"))
-    lv = {lvl: (res.get("restem", f"test/level_{lvl}/greedy_pass@1", 0),
-                res.get("restem", f"test/level_{lvl}/greedy_pass@1")) for lvl in levels}
-    w = 0.38
-    ax2.bar([x - w / 2 for x in levels], [statistics.mean(a) * 100 for a, _ in lv.values()], w,
-            label="base")
-    ax2.bar([x + w / 2 for x in levels], [statistics.mean(b) * 100 for _, b in lv.values()], w,
-            label="ReST^EM")
-    ax2.set_xlabel("difficulty level (operations)")
-    ax2.legend(fontsize=8)
-    img = fig("fig6_problems_and_levels")
-    L += ["## 6. Number of training problems; gains per difficulty level (paper Fig. 8)", "", img,
-          "", "| training problems | test pass@1 after 1 iteration |", "|---:|---:|"]
-    L += [f"| {n} | {pct(by_n[n])} |" for n in ns]
-    L += ["", f"| level | base | ReST^EM ({last} iterations) | gain (points) |", "|---:|---:|---:|---:|"]
-    for lvl, (a, b) in lv.items():
-        L.append(f"| {lvl} | {pct(a)} | {pct(b)} | {pct([y - x for x, y in zip(a, b)])} |")
-    d = [a - b for a, b in zip(by_n[full], by_n[ns[0]])]
-    claims.append(("6. Number of problems (Fig. 8)", "more training problems give a better model",
-                   f"{ns[0]} problems: {pct(by_n[ns[0]])}; {full}: {pct(by_n[full])}", verdict(d)))
-    worst = min(levels, key=lambda lvl: statistics.mean(b for b in lv[lvl][1]) -
-                statistics.mean(a for a in lv[lvl][0]))
-    d = [y - x for x, y in zip(*lv[worst])]
-    claims.append(("6. Per-level gains (Fig. 8)", "ReST^EM improves every difficulty level",
-                   "gains per level " + ", ".join(
-                       f"L{lvl} {pct([y - x for x, y in zip(*lv[lvl])])}" for lvl in levels),
-                   verdict(d) + f" (weakest: level {worst})"))
-    L += [""]
+    try:
+        sizes = sorted(int(n.split("_")[1]) for n in {r for (_, r) in res.h} if n.startswith("train_"))
+        full = res.h[(seeds[0], "restem")][1]["num_problems"]
+        by_n = {n: res.get(f"train_{n}", T) for n in sizes}
+        by_n[full] = restem1
+        fig6, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.4))
+        ns = sorted(by_n)
+        ax1.errorbar(ns, [statistics.mean(by_n[n]) * 100 for n in ns],
+                     yerr=[statistics.stdev(by_n[n]) * 100 if len(seeds) > 1 else 0 for n in ns],
+                     fmt="-o", capsize=3, label="1 ReST^EM iteration")
+        ax1.axhline(statistics.mean(base) * 100, color="gray", ls="--", label="base")
+        ax1.set_xscale("log")
+        ax1.set_xlabel("training problems")
+        ax1.set_ylabel("test greedy pass@1 (%)")
+        ax1.legend(fontsize=8)
+        levels = sorted(int(k.split("_")[1].split("/")[0]) for k in res.h[(seeds[0], "restem")][0]
+                        if k.startswith("test/level_") and k.endswith("greedy_pass@1"))
+        lv = {lvl: (res.get("restem", f"test/level_{lvl}/greedy_pass@1", 0),
+                    res.get("restem", f"test/level_{lvl}/greedy_pass@1")) for lvl in levels}
+        w = 0.38
+        ax2.bar([x - w / 2 for x in levels], [statistics.mean(a) * 100 for a, _ in lv.values()], w,
+                label="base")
+        ax2.bar([x + w / 2 for x in levels], [statistics.mean(b) * 100 for _, b in lv.values()], w,
+                label="ReST^EM")
+        ax2.set_xlabel("difficulty level (operations)")
+        ax2.legend(fontsize=8)
+        img = fig("fig6_problems_and_levels")
+        L += ["## 6. Number of training problems; gains per difficulty level (paper Fig. 8)", "", img,
+              "", "| training problems | test pass@1 after 1 iteration |", "|---:|---:|"]
+        L += [f"| {n} | {pct(by_n[n])} |" for n in ns]
+        L += ["", f"| level | base | ReST^EM ({last} iterations) | gain (points) |", "|---:|---:|---:|---:|"]
+        for lvl, (a, b) in lv.items():
+            L.append(f"| {lvl} | {pct(a)} | {pct(b)} | {pct([y - x for x, y in zip(a, b)])} |")
+        d = [a - b for a, b in zip(by_n[full], by_n[ns[0]])]
+        claims.append(("6. Number of problems (Fig. 8)", "more training problems give a better model",
+                       f"{ns[0]} problems: {pct(by_n[ns[0]])}; {full}: {pct(by_n[full])}", verdict(d)))
+        worst = min(levels, key=lambda lvl: statistics.mean(b for b in lv[lvl][1]) -
+                    statistics.mean(a for a in lv[lvl][0]))
+        d = [y - x for x, y in zip(*lv[worst])]
+        claims.append(("6. Per-level gains (Fig. 8)", "ReST^EM improves every difficulty level",
+                       "gains per level " + ", ".join(
+                           f"L{lvl} {pct([y - x for x, y in zip(*lv[lvl])])}" for lvl in levels),
+                       verdict(d) + f" (weakest: level {worst})"))
+        L += [""]
+
+    except (KeyError, TypeError) as e:  # a run of this study has not finished
+        L += [f"## 6. (not run yet: {e})", ""]
 
     # 7. Iterations vs samples.
-    x3 = res.get("one_iter_3x", T)
-    samples3 = res.h[(seeds[0], "one_iter_3x")][1]["num_samples"]
-    samples1 = res.h[(seeds[0], "restem")][1]["num_samples"]
-    fig7, ax = plt.subplots(figsize=(4.5, 3.2))
-    bb = [("1 it.", restem1), ("1 it., 3x samples", x3), (f"{last} it.", restem)]
-    ax.bar([b[0] for b in bb], [statistics.mean(b[1]) * 100 for b in bb],
-           yerr=[statistics.stdev(b[1]) * 100 if len(b[1]) > 1 else 0 for b in bb], capsize=3)
-    ax.set_ylabel("test greedy pass@1 (%)")
-    img = fig("fig7_iterations_vs_samples")
-    L += ["## 7. Three iterations vs one iteration with 3× the samples", "", img, "",
-          "| setting | E-step samples | test pass@1 |", "|---|---:|---:|",
-          f"| 1 iteration | {samples1} | {pct(restem1)} |",
-          f"| 1 iteration, 3× samples | {samples3} | {pct(x3)} |",
-          f"| {last} iterations | {last} × {samples1} | {pct(restem)} |", ""]
-    d = [a - b for a, b in zip(restem, x3)]
-    claims.append(("7. Iterations vs samples", "iterating helps beyond drawing more samples once: "
-                   f"{last} iterations beat 1 iteration with {last}× the samples",
-                   f"{pct(restem)} vs {pct(x3)}", verdict(d)))
+    try:
+        x3 = res.get("one_iter_3x", T)
+        samples3 = res.h[(seeds[0], "one_iter_3x")][1]["num_samples"]
+        samples1 = res.h[(seeds[0], "restem")][1]["num_samples"]
+        fig7, ax = plt.subplots(figsize=(4.5, 3.2))
+        bb = [("1 it.", restem1), ("1 it., 3x samples", x3), (f"{last} it.", restem)]
+        ax.bar([b[0] for b in bb], [statistics.mean(b[1]) * 100 for b in bb],
+               yerr=[statistics.stdev(b[1]) * 100 if len(b[1]) > 1 else 0 for b in bb], capsize=3)
+        ax.set_ylabel("test greedy pass@1 (%)")
+        img = fig("fig7_iterations_vs_samples")
+        L += ["## 7. Three iterations vs one iteration with 3× the samples", "", img, "",
+              "| setting | E-step samples | test pass@1 |", "|---|---:|---:|",
+              f"| 1 iteration | {samples1} | {pct(restem1)} |",
+              f"| 1 iteration, 3× samples | {samples3} | {pct(x3)} |",
+              f"| {last} iterations | {last} × {samples1} | {pct(restem)} |", ""]
+        d = [a - b for a, b in zip(restem, x3)]
+        claims.append(("7. Iterations vs samples", "iterating helps beyond drawing more samples once: "
+                       f"{last} iterations beat 1 iteration with {last}× the samples",
+                       f"{pct(restem)} vs {pct(x3)}", verdict(d)))
+
+    except (KeyError, TypeError) as e:  # a run of this study has not finished
+        L += [f"## 7. (not run yet: {e})", ""]
 
     # 8. Per-step negatives: data efficiency.
     full = res.h[(seeds[0], "restem")][1]["num_problems"]
@@ -522,19 +581,27 @@ def equivalent_problems(acc: float, curve: list[tuple[int, float]]) -> tuple[flo
 def negatives_section(res: Results, fig, plt, full: int, restem1: list[float],
                       sft_full: list[float]):
     """Study 8: SFT vs positives only vs positives + per-step negatives, by problems."""
+    cfg = (res.root / f"seed_{res.seeds[0]}" / next(
+        r for (_, r) in res.h if r.startswith("negatives_")) / "operative_config.gin").read_text()
+    k = next(line.split("=")[1].strip() for line in cfg.splitlines()
+             if line.startswith("StepNegativesConfig.num_rollouts") or
+             line.startswith("rest_em.StepNegativesConfig.num_rollouts"))
+    m = next(line.split("=")[1].strip() for line in cfg.splitlines()
+             if "StepNegativesConfig.max_per_problem" in line)
+    neg_note = f"up to {m} negatives per problem and K={k} best-of-K rollouts per prefix"
     sizes = sorted(int(r.split("_")[1]) for r in {r for (_, r) in res.h} if r.startswith("negatives_"))
-    small = [n for n in sizes if n != full]
     curves = {
-        "SFT on human solutions": {**{n: res.get(f"sft_human_{n}", T) for n in small}, full: sft_full},
-        "positives only (RFT / ReST^EM it. 1)": {**{n: res.get(f"train_{n}", T) for n in small},
+        "SFT on human solutions": {**{n: res.get(f"sft_human_{n}", T) for n in sizes}, full: sft_full},
+        "positives only (RFT / ReST^EM it. 1)": {**{n: res.get(f"train_{n}", T) for n in sizes},
                                                  full: restem1},
         "positives + per-step negatives": {n: res.get(f"negatives_{n}", T) for n in sizes},
     }
-    mean = {k: [(n, statistics.mean(v[n])) for n in sizes] for k, v in curves.items()}
+    mean = {k: [(n, statistics.mean(v[n])) for n in sorted(v)] for k, v in curves.items()}
     fig8, ax = plt.subplots(figsize=(5.5, 3.6))
     for (label, c), style in zip(curves.items(), ("--s", "-o", "-^")):
-        ax.errorbar(sizes, [statistics.mean(c[n]) * 100 for n in sizes],
-                    yerr=[statistics.stdev(c[n]) * 100 if len(c[n]) > 1 else 0 for n in sizes],
+        ns = sorted(c)
+        ax.errorbar(ns, [statistics.mean(c[n]) * 100 for n in ns],
+                    yerr=[statistics.stdev(c[n]) * 100 if len(c[n]) > 1 else 0 for n in ns],
                     fmt=style, capsize=3, label=label)
     ax.set_xscale("log")
     ax.set_xlabel("training problems")
@@ -543,13 +610,17 @@ def negatives_section(res: Results, fig, plt, full: int, restem1: list[float],
     img = fig("fig8_step_negatives")
     labels = list(curves)
     L = ["## 8. Per-step negatives: data efficiency (Setlur et al. 2024)", "", img, "",
-         "One iteration from the same base model for every point; per-step negatives: up to 8 "
-         "incorrect samples per problem, K=5 best-of-K rollouts per prefix, weights "
-         "exp(A/β), β=1, clipped at 10 (`gin_configs/variants/step_negatives.gin`).", "",
+         "One iteration from the same base model for every point; per-step negatives "
+         "(`gin_configs/variants/step_negatives.gin`): weights exp(A/β), β=1, clipped at 10, "
+         f"with {neg_note} (the paper: up to 8 negatives, K=5; reduced here to fit the CPU "
+         "budget of the study). The full-size points (1500 problems) of SFT and positives "
+         "only are the `sft_human` and `restem` iteration-1 runs.", "",
          "| training problems | " + " | ".join(labels) + " |", "|---:|---:|---:|---:|"]
-    for n in sizes:
-        L.append(f"| {n} | " + " | ".join(pct(curves[k][n]) for k in labels) + " |")
+    for n in sorted(curves[labels[0]]):
+        L.append(f"| {n} | " + " | ".join(pct(curves[k][n]) if n in curves[k] else "—"
+                                          for k in labels) + " |")
     ref = mean[labels[0]]
+    del full
     L += ["", "Data-efficiency multiplier: the number of problems SFT on human solutions needs "
           "to reach each method's accuracy (read off the mean SFT curve, interpolated in log n), "
           "divided by the method's number of problems:", "",
