@@ -9,7 +9,9 @@ One command runs every study over 3 seeds and regenerates docs/RESULTS.md and it
 Each run is `python -m rest_em.main` with gin_configs/arithmetic.gin plus a variant file
 (gin_configs/variants/) and bindings, in its own workdir under --workdir, so an
 interrupted study resumes where it stopped. Runs of one seed with the same model share
-the base model (its SFT is done once and copied). `--quick` swaps in the seconds-scale
+the base model (its SFT and its iteration-0 evaluation are done once and copied; so the
+iteration-0 metrics of every variant are its reference run's, sampled metrics included).
+`--quick` swaps in the seconds-scale
 tests/testdata/tiny_arithmetic.gin (the test suite runs it end to end).
 
 Studies (paper figures in brackets): 1. ReST^EM vs SFT on human solutions per iteration
@@ -118,8 +120,13 @@ def execute(run: Run, seed: int, root: pathlib.Path, base_config: str, log) -> N
     if _done(workdir):
         return
     if run.base_from and not (workdir / "base").exists():
+        # The same base model (same seed and model) and its iteration-0 evaluation (same
+        # params and keys, so the same greedy results) are copied, not recomputed.
+        src = root / f"seed_{seed}" / run.base_from
         workdir.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(root / f"seed_{seed}" / run.base_from / "base", workdir / "base")
+        if (src / "iter_000" / "metrics.json").exists():
+            shutil.copytree(src / "iter_000", workdir / "iter_000")
+        shutil.copytree(src / "base", workdir / "base")
     args = list(run.args)
     if any(a.startswith("--gin_file=variants/distill.gin") for a in args):
         args.append(f"--gin.TEACHER_WORKDIR='{root / f'seed_{seed}' / 'restem'}'")
