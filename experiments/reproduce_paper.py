@@ -83,23 +83,25 @@ def runs_of(quick: bool) -> list[Run]:
                  "--gin.StepNegativesConfig.max_per_problem=4",
                  "--gin.StepNegativesConfig.num_rollouts=" + ("2" if quick else "3"))
     samples = "12" if quick else "48"
+    # In priority order (the study runs them run-major over seeds): the paper's studies
+    # 1-7 first, then the Table-1-only rows, then study 8.
     return [
         Run("restem", (*three, *passk, *transfer)),
         Run("sft_human", ("--gin_file=variants/sft_human.gin", *transfer, *lean), ("restem",),
             "restem"),
-        Run("rest", ("--gin_file=variants/rest.gin", *three, *transfer, *lean), ("restem",), "restem"),
-        Run("rft", ("--gin_file=variants/rft.gin", *lean), ("restem",), "restem"),
-        Run("star", ("--gin_file=variants/star.gin", *three, *lean), ("restem",), "restem"),
         Run("one_per_problem", (*ONE, "--gin.EMConfig.max_per_problem=1", *lean), ("restem",),
-            "restem"),
-        Run("one_iter_3x", (*ONE, f"--gin.EMConfig.num_samples={samples}", *lean), ("restem",),
             "restem"),
         *[Run(f"train_{n}", (*ONE, f"--gin.arithmetic_task.num_train={n}", *lean), ("restem",),
               "restem") for n in train],
+        Run("one_iter_3x", (*ONE, f"--gin.EMConfig.num_samples={samples}", *lean), ("restem",),
+            "restem"),
         Run("small_restem", (*small, *three)),
         Run("small_sft_human", (*small, "--gin_file=variants/sft_human.gin"),
             ("small_restem",), "small_restem"),
         Run("small_distill", (*small, *teacher), ("restem", "small_restem"), "small_restem"),
+        Run("rest", ("--gin_file=variants/rest.gin", *three, *transfer, *lean), ("restem",), "restem"),
+        Run("rft", ("--gin_file=variants/rft.gin", *lean), ("restem",), "restem"),
+        Run("star", ("--gin_file=variants/star.gin", *three, *lean), ("restem",), "restem"),
         # 8. Per-step negatives (Setlur et al. 2024): data efficiency, 1 iteration each.
         *[Run(f"sft_human_{n}", ("--gin_file=variants/sft_human.gin",
                                  f"--gin.arithmetic_task.num_train={n}", *lean), ("restem",), "restem")
@@ -282,7 +284,10 @@ def report(res: Results, fig_dir: pathlib.Path, rel: str, command: str, wall_s: 
                 ("ReST", "variants/rest.gin", "rest", -1),
                 ("ReST^EM", "arithmetic.gin", "restem", -1)]
         for label, conf, run, it in rows:
-            vals = res.get(run, T, it)
+            vals = opt(run, T, it)
+            if vals is None:
+                L.append(f"| {label} | `{conf}` | — | not run yet | — |")
+                continue
             n_it = res.iters(run)[it]
             gain = pct([v - b for v, b in zip(vals, base)]) if it != 0 else "—"
             L.append(f"| {label} | `{conf}` | {n_it} | {pct(vals)} | {gain} |")
@@ -295,8 +300,9 @@ def report(res: Results, fig_dir: pathlib.Path, rel: str, command: str, wall_s: 
     try:
         fig1, ax = plt.subplots(figsize=(5.5, 3.6))
         curve(ax, "restem", T, "ReST^EM")
-        curve(ax, "rest", T, "ReST", "-s")
-        curve(ax, "star", T, "STaR", "-^")
+        for run, label, style in (("rest", "ReST", "-s"), ("star", "STaR", "-^")):
+            if opt(run, T) is not None:
+                curve(ax, run, T, label, style)
         ax.axhline(statistics.mean(sft) * 100, color="gray", ls="--", label="SFT on human solutions")
         ax.set_xlabel("iteration")
         ax.set_ylabel("test greedy pass@1 (%)")
@@ -310,8 +316,8 @@ def report(res: Results, fig_dir: pathlib.Path, rel: str, command: str, wall_s: 
         L += ["## 1. Test accuracy vs iteration (paper Fig. 2/3)", "", img, "",
               "| iteration | ReST^EM | ReST | STaR |", "|---:|---:|---:|---:|"]
         for i in res.iters("restem"):
-            L.append(f"| {i} | {pct(res.get('restem', T, i))} | {pct(res.get('rest', T, i))} | "
-                     f"{pct(res.get('star', T, i))} |")
+            cells = [opt(r, T, i) for r in ("restem", "rest", "star")]
+            L.append(f"| {i} | " + " | ".join(pct(c) if c else "—" for c in cells) + " |")
         L += ["", f"SFT on the human-written solutions of the same training problems: {pct(sft)}.", ""]
 
     except (KeyError, TypeError) as e:  # a run of this study has not finished
