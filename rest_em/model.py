@@ -65,6 +65,9 @@ class ModelConfig:
     #   "block_dots"  like "block" but also keep the layer's weight-matmul outputs
     #                 (attention scores and everything elementwise are recomputed)
     # Sampling (cached decoding) never rematerialises. Parameters are the same either way.
+    # On XLA:CPU remat saves memory only with XLA_FLAGS=
+    # --xla_cpu_enable_concurrency_optimized_scheduler=false: the default CPU schedule
+    # recomputes every layer right after the forward pass (benchmarks/fsdp_memory.py).
     remat: str = "none"
 
     def __post_init__(self):

@@ -403,9 +403,12 @@ def install_preemption_handler(signals: Sequence[int] = (signal.SIGTERM,), *,
     evaluation) the handler raises `Preempted(None)` at once, unless `raise_outside_fit`
     is False. Call from the main thread (e.g. the launcher, `rest_em.main`).
 
-    Multi-host: install it after `jax.distributed.initialize` (whose preemption notifier
-    also listens to SIGTERM: the handler installed last wins).
+    Multi-host: `jax.distributed.initialize` would start JAX's own preemption service,
+    whose notifier also takes SIGTERM (the handler installed last wins). Installed before
+    it, this turns that service off (`jax_enable_preemption_service`), so SIGTERM stays
+    ours; installed after it, this handler simply replaces the notifier's.
     """
+    jax.config.update("jax_enable_preemption_service", False)
 
     def handler(signum, frame):
         del frame

@@ -119,16 +119,20 @@ def test_sigterm_outside_fit_raises_at_once_inside_fit_only_requests():
 # --- several processes agree ---------------------------------------------------------------
 
 _AGREE = textwrap.dedent("""
-    import os, sys
+    import os, signal, sys, time
     import jax
+    from rest_em import training
+    # As the launcher does: the handler first, then the distributed runtime (whose own
+    # preemption notifier would otherwise take SIGTERM away from it).
+    training.install_preemption_handler(raise_outside_fit=False)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     pid, port = int(sys.argv[1]), sys.argv[2]
     jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid,
                                initialization_timeout=120)
-    from rest_em import training
     for step in range(50):
-        if pid == 1 and step == 7:  # a SIGTERM on host 1 only, at ITS step 7
-            training.request_preemption()
+        if pid == 1 and step == 7:  # a real SIGTERM on host 1 only, at ITS step 7
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)  # interrupted: the Python handler runs here
         if training.preemption_requested():
             print("STOPPED", step, flush=True)
             break
