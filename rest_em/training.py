@@ -161,15 +161,16 @@ def opt_state_shardings(optimizer: optax.GradientTransformation, param_shardings
                                  transform_non_params=lambda _: partitioning.replicated(mesh))
 
 
-def train_state_shardings(model_cfg: model_lib.ModelConfig, optimizer: optax.GradientTransformation,
-                          mesh: jax.sharding.Mesh,
-                          rules: partitioning.Rules = partitioning.LOGICAL_AXIS_RULES) -> TrainState:
+def train_state_shardings(model_cfg: model_lib.ModelConfig,
+                          optimizer: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+                          rules: partitioning.Rules = partitioning.LOGICAL_AXIS_RULES
+                          ) -> TrainState:
     """A TrainState of NamedShardings: params from the rules table (FSDP shards their
     "embed" dimension, tensor parallelism heads / mlp / vocab), the optimizer state like
     its params, the step replicated."""
     param_sh = model_lib.param_shardings(model_cfg, mesh, rules)
-    return TrainState(partitioning.replicated(mesh), param_sh,
-                      opt_state_shardings(optimizer, param_sh, model_lib.abstract_params(model_cfg)))
+    opt_sh = opt_state_shardings(optimizer, param_sh, model_lib.abstract_params(model_cfg))
+    return TrainState(partitioning.replicated(mesh), param_sh, opt_sh)
 
 
 def init_train_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
