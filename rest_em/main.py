@@ -10,7 +10,9 @@ written to WORKDIR/config.gin. Running the same command again resumes the run.
 Preemption: on SIGTERM the run stops cleanly (an M-step first saves its state at the
 current step, on every host at the same step) and the process exits with code 75
 (`PREEMPTED_EXIT_CODE`, sysexits' EX_TEMPFAIL) after logging "preempted at step N; run
-the same command to resume". Any other failure exits with 1; success with 0.
+the same command to resume". Any other failure exits with 1; success with 0. Outside an
+M-step a single process stops at once (every finished unit is on disk); with several
+processes the request waits for the next M-step, where all processes stop together.
 
 Multi-host: start the same command on every host (one process per host, or per GPU),
 with `--distributed` where JAX detects the cluster itself (Cloud TPU pod slices, SLURM,

@@ -402,7 +402,10 @@ def install_preemption_handler(signals: Sequence[int] = (signal.SIGTERM,), *,
     """Handles `signals` (default SIGTERM) as a preemption request. Inside `fit` the loop
     saves a checkpoint at its current step and raises `Preempted`; elsewhere (sampling,
     evaluation) the handler raises `Preempted(None)` at once, unless `raise_outside_fit`
-    is False. Call from the main thread (e.g. the launcher, `rest_em.main`).
+    is False or there are several processes: one process leaving alone would leave the
+    others waiting in their next collective, so outside `fit` the request waits for the
+    next `fit` (or any caller of `preemption_requested()`, which all processes call at
+    the same point). Call from the main thread (e.g. the launcher, `rest_em.main`).
 
     Multi-host: `jax.distributed.initialize` would start JAX's own preemption service,
     whose notifier also takes SIGTERM (the handler installed last wins). Installed before
@@ -414,7 +417,7 @@ def install_preemption_handler(signals: Sequence[int] = (signal.SIGTERM,), *,
     def handler(signum, frame):
         del frame
         request_preemption()
-        if raise_outside_fit and not _ACTIVE_FITS[0]:
+        if raise_outside_fit and not _ACTIVE_FITS[0] and jax.process_count() == 1:
             raise Preempted(None, desc=f"signal {signal.Signals(signum).name}")
 
     for sig in signals:

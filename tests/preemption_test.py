@@ -122,9 +122,10 @@ _AGREE = textwrap.dedent("""
     import os, signal, sys, time
     import jax
     from rest_em import training
-    # As the launcher does: the handler first, then the distributed runtime (whose own
-    # preemption notifier would otherwise take SIGTERM away from it).
-    training.install_preemption_handler(raise_outside_fit=False)
+    # The handler first, then the distributed runtime (whose own preemption notifier
+    # would otherwise take SIGTERM away from it). With several processes the handler
+    # never raises on its own (that host alone would leave): it only sets the flag.
+    training.install_preemption_handler()
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     pid, port = int(sys.argv[1]), sys.argv[2]
     jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid,
