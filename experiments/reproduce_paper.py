@@ -464,6 +464,8 @@ def report(res: Results, fig_dir: pathlib.Path, rel: str, command: str, wall_s: 
     # 6. Number of training problems; per-level gains.
     try:
         sizes = sorted(int(n.split("_")[1]) for n in {r for (_, r) in res.h} if n.startswith("train_"))
+        if not sizes or any((sd, f"train_{n}") not in res.h for sd in seeds for n in sizes):
+            raise KeyError("train_*")
         full = res.h[(seeds[0], "restem")][1]["num_problems"]
         by_n = {n: res.get(f"train_{n}", T) for n in sizes}
         by_n[full] = restem1
