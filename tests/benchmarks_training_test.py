@@ -48,7 +48,7 @@ def quick_run(tmp_path_factory):
     results.write_text("# Benchmark results\n\n## Other section\n\nkept as is\n")
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--write", "--results", str(results)],
-        check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+        check=False, cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout, results
 
