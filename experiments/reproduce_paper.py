@@ -563,6 +563,13 @@ def report(res: Results, fig_dir: pathlib.Path, rel: str, command: str, wall_s: 
             "## The paper's claims and ours", "",
             "| study | paper's finding | our measurement | reproduced? |", "|---|---|---|---|"]
     head += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in claims]
+    missing = [line[3:].split(" (not run yet")[0] for line in L if "(not run yet" in line]
+    if any(line.startswith("Not run yet: this report") for line in L):
+        missing.append("8.")
+    if missing:
+        head += ["", f"**Incomplete:** the runs of {', '.join(missing)} had not finished when this "
+                 "report was built; `python experiments/reproduce_paper.py` runs them (resuming) "
+                 "and rebuilds it."]
     head += ["", f"- Regenerate: `{command}` (wall time of this run: {wall_s / 60:.0f} min; "
              "the runs resume, so a re-run only rebuilds this file).",
              f"- Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
