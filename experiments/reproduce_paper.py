@@ -205,6 +205,12 @@ def pct(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs):.1f}"
 
 
+def bar(ax, items: list[tuple[str, list[float]]]) -> None:
+    """Bars of mean accuracy (%) over seeds with their std as error bars."""
+    ax.bar([label for label, _ in items], [statistics.mean(v) * 100 for _, v in items],
+           yerr=[statistics.stdev(v) * 100 if len(v) > 1 else 0 for _, v in items], capsize=3)
+
+
 def verdict(diffs: list[float]) -> str:
     """Did a claimed effect (a positive paired difference per seed) reproduce?"""
     pos = sum(d > 0 for d in diffs)
@@ -394,15 +400,13 @@ def report(res: Results, fig_dir: pathlib.Path, rel: str, command: str, wall_s: 
         fig4, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.4))
         bars = [("human SFT", sft), ("1 model sol./problem", one), ("ReST^EM it. 1", restem1),
                 ("ReST^EM it. 3", restem)]
-        ax1.bar([b[0] for b in bars], [statistics.mean(b[1]) * 100 for b in bars],
-                yerr=[statistics.stdev(b[1]) * 100 if len(b[1]) > 1 else 0 for b in bars], capsize=3)
+        bar(ax1, bars)
         ax1.set_ylabel("test greedy pass@1 (%)")
         ax1.set_title("same problems, default model", fontsize=9)
         ax1.tick_params(axis="x", labelsize=7, rotation=20)
         sb = [("human SFT", small["small_sft_human"]), ("ReST^EM", small["small_restem"]),
               ("distilled", small["small_distill"])]
-        ax2.bar([b[0] for b in sb], [statistics.mean(b[1]) * 100 for b in sb],
-                yerr=[statistics.stdev(b[1]) * 100 if len(b[1]) > 1 else 0 for b in sb], capsize=3)
+        bar(ax2, sb)
         ax2.set_title("small student (64 wide, 2 layers)", fontsize=9)
         ax2.tick_params(axis="x", labelsize=7)
         img = fig("fig4_apples_to_apples")
@@ -519,8 +523,7 @@ def report(res: Results, fig_dir: pathlib.Path, rel: str, command: str, wall_s: 
         samples1 = res.h[(seeds[0], "restem")][1]["num_samples"]
         fig7, ax = plt.subplots(figsize=(4.5, 3.2))
         bb = [("1 it.", restem1), ("1 it., 3x samples", x3), (f"{last} it.", restem)]
-        ax.bar([b[0] for b in bb], [statistics.mean(b[1]) * 100 for b in bb],
-               yerr=[statistics.stdev(b[1]) * 100 if len(b[1]) > 1 else 0 for b in bb], capsize=3)
+        bar(ax, bb)
         ax.set_ylabel("test greedy pass@1 (%)")
         img = fig("fig7_iterations_vs_samples")
         L += ["## 7. Three iterations vs one iteration with 3× the samples", "", img, "",

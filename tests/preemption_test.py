@@ -2,9 +2,7 @@
 launcher exits with its own code and the same command resumes to the uninterrupted result;
 with several processes, a request on any one stops every one at the same step."""
 
-import json
 import os
-import pathlib
 import shutil
 import signal
 import socket
@@ -21,8 +19,7 @@ from rest_em import main as main_lib
 from rest_em import model as model_lib
 from rest_em import training
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY = REPO / "tests" / "testdata" / "tiny_arithmetic.gin"
+from em_test import REPO, TINY, _env, _metrics  # the launcher helpers of the EM tests
 CFG = model_lib.ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=2,
                             num_heads=4, num_kv_heads=2, max_seq_len=64)
 FIT = training.FitConfig(batch_size=4, num_steps=8, eval_every=4, max_length=16,
@@ -168,20 +165,6 @@ EXTRA = ("--gin.rest_em.EMConfig.num_iterations=1", "--gin.mstep/rest_em.FitConf
 def _cmd(workdir):
     return [sys.executable, "-m", "rest_em.main", f"--gin_file={TINY}", f"--workdir={workdir}",
             *EXTRA]
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-    return env
-
-
-def _metrics(workdir):
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    for r in rows:
-        r.pop("seconds")
-    return rows
 
 
 def _mstep_steps(workdir):
