@@ -467,7 +467,7 @@ def report(res: Results, fig_dir: pathlib.Path, rel: str, command: str, wall_s: 
 
     # 6. Number of training problems; per-level gains.
     try:
-        sizes = sorted(int(n.split("_")[1]) for n in {r for (_, r) in res.h} if n.startswith("train_"))
+        sizes = sorted(int(n.rsplit("_", 1)[1]) for n in planned if n.startswith("train_"))
         if not sizes or any((sd, f"train_{n}") not in res.h for sd in seeds for n in sizes):
             raise KeyError("train_*")
         full = res.h[(seeds[0], "restem")][1]["num_problems"]
@@ -543,7 +543,8 @@ def report(res: Results, fig_dir: pathlib.Path, rel: str, command: str, wall_s: 
     full = res.h[(seeds[0], "restem")][1]["num_problems"]
     study8 = [n for n in planned if n.startswith(("negatives_", "sft_human_", "train_"))]
     if all((s, n) in res.h for s in seeds for n in study8):
-        L8, c8 = negatives_section(res, fig, plt, full, restem1, sft)
+        sizes = sorted({int(n.rsplit("_", 1)[1]) for n in study8 if n.startswith("negatives_")})
+        L8, c8 = negatives_section(res, fig, plt, full, sizes, restem1, sft)
         L += L8
         claims += c8
     else:
@@ -603,18 +604,18 @@ def equivalent_problems(acc: float, curve: list[tuple[int, float]]) -> tuple[flo
     return ns[-1], ">"
 
 
-def negatives_section(res: Results, fig, plt, full: int, restem1: list[float],
+def negatives_section(res: Results, fig, plt, full: int, sizes: list[int], restem1: list[float],
                       sft_full: list[float]):
-    """Study 8: SFT vs positives only vs positives + per-step negatives, by problems."""
-    cfg = (res.root / f"seed_{res.seeds[0]}" / next(
-        r for (_, r) in res.h if r.startswith("negatives_")) / "operative_config.gin").read_text()
+    """Study 8: SFT vs positives only vs positives + per-step negatives, by number of
+    problems (`sizes`: the planned runs' sizes, so stale runs on disk are ignored)."""
+    cfg = (res.root / f"seed_{res.seeds[0]}" / f"negatives_{sizes[0]}" /
+           "operative_config.gin").read_text()
     k = next(line.split("=")[1].strip() for line in cfg.splitlines()
              if line.startswith("StepNegativesConfig.num_rollouts") or
              line.startswith("rest_em.StepNegativesConfig.num_rollouts"))
     m = next(line.split("=")[1].strip() for line in cfg.splitlines()
              if "StepNegativesConfig.max_per_problem" in line)
     neg_note = f"up to {m} negatives per problem and K={k} best-of-K rollouts per prefix"
-    sizes = sorted(int(r.split("_")[1]) for r in {r for (_, r) in res.h} if r.startswith("negatives_"))
     curves = {
         "SFT on human solutions": {**{n: res.get(f"sft_human_{n}", T) for n in sizes}, full: sft_full},
         "positives only (RFT / ReST^EM it. 1)": {**{n: res.get(f"train_{n}", T) for n in sizes},
@@ -644,22 +645,26 @@ def negatives_section(res: Results, fig, plt, full: int, restem1: list[float],
     for n in sorted(curves[labels[0]]):
         L.append(f"| {n} | " + " | ".join(pct(curves[k][n]) if n in curves[k] else "—"
                                           for k in labels) + " |")
-    ref = mean[labels[0]]
+    ref, pos_curve = mean[labels[0]], mean[labels[1]]
     del full
-    L += ["", "Data-efficiency multiplier: the number of problems SFT on human solutions needs "
-          "to reach each method's accuracy (read off the mean SFT curve, interpolated in log n), "
-          "divided by the method's number of problems:", "",
-          "| training problems | positives only | positives + per-step negatives |",
-          "|---:|---:|---:|"]
-    mult: dict[str, list[str]] = {labels[1]: [], labels[2]: []}
+    L += ["", "Data-efficiency multipliers: the number of problems a reference method needs to "
+          "reach a method's accuracy (read off the reference's mean curve, interpolated in "
+          "log n; ≤ / > when the accuracy lies outside the reference's range, so the value is "
+          "a bound), divided by the method's number of problems:", "",
+          "| training problems | positives only, vs SFT | + per-step negatives, vs SFT | "
+          "+ per-step negatives, vs positives only |", "|---:|---:|---:|---:|"]
+
+    def multiplier(acc: float, curve, n: int) -> str:
+        eq, how = equivalent_problems(acc, curve)
+        return f"{how if how != '=' else ''}{eq / n:.2f}×"
+
+    mult: dict[str, list[str]] = {"pos": [], "neg": [], "neg_pos": []}
     for n in sizes:
-        cells = []
-        for k in labels[1:]:
-            eq, how = equivalent_problems(statistics.mean(curves[k][n]), ref)
-            cell = f"{how}{eq / n:.2f}×" if how != "=" else f"{eq / n:.2f}×"
-            cells.append(cell)
-            mult[k].append(cell)
-        L.append(f"| {n} | " + " | ".join(cells) + " |")
+        pos, neg = statistics.mean(curves[labels[1]][n]), statistics.mean(curves[labels[2]][n])
+        mult["pos"].append(multiplier(pos, ref, n))
+        mult["neg"].append(multiplier(neg, ref, n))
+        mult["neg_pos"].append(multiplier(neg, pos_curve, n))
+        L.append(f"| {n} | {mult['pos'][-1]} | {mult['neg'][-1]} | {mult['neg_pos'][-1]} |")
     cost = []
     for n in sizes:
         rows = [res.h[(s, f"negatives_{n}")][1] for s in res.seeds]
@@ -676,10 +681,11 @@ def negatives_section(res: Results, fig, plt, full: int, restem1: list[float],
     d_neg = [a - b for n in sizes for a, b in zip(curves[labels[2]][n], curves[labels[1]][n])]
     claims = [
         ("8. Positives vs SFT (Setlur Fig. 1)", "self-generated positives are ≈2× as data-efficient "
-         "as SFT on human solutions", "multiplier by size: " + ", ".join(mult[labels[1]]),
+         "as SFT on human solutions", "multiplier by size: " + ", ".join(mult["pos"]),
          verdict(d_pos) + " (vs SFT, all sizes)"),
         ("8. + per-step negatives (Setlur Fig. 1)", "adding per-step negatives makes the same "
-         "problems ≈8× as data-efficient as SFT", "multiplier by size: " + ", ".join(mult[labels[2]]),
+         "problems worth ≈8× the data", "multiplier by size vs positives only: " +
+         ", ".join(mult["neg_pos"]) + "; vs SFT: " + ", ".join(mult["neg"]),
          verdict(d_neg) + " (vs positives only, all sizes)"),
     ]
     return L, claims
