@@ -9,7 +9,7 @@ costs nothing until a name is used, and the reward checkers never pull in JAX):
   rewards       `rewards.math` answer checker, `rewards.code` sandboxed test runner
   filtering     reward filter, per-problem cap, dedup -> the M-step dataset
   losses        weighted NLL (per-example and per-token weights)
-  training      train state, pure train_step, `fit` (the M-step)
+  training      train state, pure train_step, `fit` (the M-step), `fit_dpo`
   evaluation    greedy pass@1, unbiased pass@k, maj@k, per-level breakdowns
   em            the outer loop, resumable (`EMConfig`, `run`)
   tasks         problems, the embedded arithmetic task, GSM8K / MATH from JSONL
@@ -32,8 +32,8 @@ _EXPORTS = {
     "steps": ["split_steps", "token_spans"],
     "step_values": ["estimate_q", "first_pit", "step_dpo_pairs", "step_negatives_dataset"],
     "filtering": ["Sample", "select", "select_with_stats"],
-    "training": ["FitConfig", "OptimizerConfig", "Preempted", "TrainBatch", "TrainState",
-                 "TrainingDiverged", "fit", "init_train_state", "install_preemption_handler",
+    "training": ["FitConfig", "OptimizerConfig", "PairBatch", "Preempted", "TrainBatch",
+                 "TrainState", "TrainingDiverged", "fit", "fit_dpo", "init_train_state", "install_preemption_handler",
                  "make_batch", "make_optimizer", "make_train_step", "request_preemption",
                  "train_state_shardings", "train_step"],
     "evaluation": ["pass_at_k", "maj_at_k", "summarize"],

@@ -12,6 +12,7 @@ Pieces, each usable alone:
                             a clean save and `Preempted` on SIGTERM
   install_preemption_handler  SIGTERM -> preemption request (the launcher installs it)
   PairBatch, dpo_train_step per-step DPO pairs with reference log-probs, a pure step
+  fit_dpo                   the same loop for per-step DPO pairs (frozen reference model)
 """
 
 from __future__ import annotations
@@ -240,28 +241,44 @@ def make_train_step(model_cfg: model_lib.ModelConfig, optimizer: optax.GradientT
     mesh over several processes every process passes the same host batch.
     """
     fn = jax.tree_util.Partial(train_step, model_cfg=model_cfg, optimizer=optimizer)
+    return _jit_step(fn, state, mesh, rules, _train_batch_shardings)
+
+
+def _train_batch_shardings(row, row2) -> TrainBatch:
+    return TrainBatch(row2, row2, row2, row2, row, row2)
+
+
+def _jit_step(fn: Callable, state: TrainState, mesh: jax.sharding.Mesh | None,
+              rules: partitioning.Rules, batch_shardings: Callable[[Any, Any], Any],
+              extra: Sequence[Any] = ()) -> Callable:
+    """`fn(state, *extra, batch)` jitted with the state donated. With a mesh: the state
+    keeps its shardings, `extra` (e.g. frozen reference params) keeps its own, and the
+    stacked `[A, B, ...]` batch is split on B over the data axes
+    (`batch_shardings(row_AxB, row_AxBxL)` builds the batch's tree of shardings)."""
     if mesh is None:
         return jax.jit(fn, donate_argnums=0)
     state_sh = jax.tree.map(lambda x: x.sharding, state)
+    extra_sh = [jax.tree.map(lambda x: x.sharding, e) for e in extra]
     spec = partitioning.logical_to_spec(("batch",), (partitioning.batch_multiple(mesh, rules),),
                                         mesh, rules)
     row = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, spec[0]))
     row2 = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, spec[0], None))
-    batch_sh = TrainBatch(row2, row2, row2, row2, row, row2)
+    batch_sh = batch_shardings(row, row2)
 
-    def traced(state, batch):
+    def traced(state, *args):
         with partitioning.activation_sharding(mesh, rules):
-            return fn(state, batch)
+            return fn(state, *args)
 
-    step = jax.jit(traced, in_shardings=(state_sh, batch_sh),
+    step = jax.jit(traced, in_shardings=(state_sh, *extra_sh, batch_sh),
                    out_shardings=(state_sh, partitioning.replicated(mesh)), donate_argnums=0)
     if not partitioning.is_multiprocess():
         return step
 
-    def global_step(state, batch):
+    def global_step(state, *args):
         # A mesh over several processes: every process builds the same host batch (the
         # same seeded indices), placed here as one global batch split over all devices.
-        return step(state, partitioning.to_global(batch, batch_sh))
+        *rest, batch = args
+        return step(state, *rest, partitioning.to_global(batch, batch_sh))
 
     return global_step
 
@@ -354,10 +371,27 @@ def dpo_train_step(state: TrainState, batch_AxB: PairBatch, *, model_cfg: model_
 
 def make_dpo_train_step(model_cfg: model_lib.ModelConfig, optimizer: optax.GradientTransformation,
                         *, beta: float) -> Callable:
-    """`dpo_train_step` jitted with the state donated (single device; with a mesh, jit it
-    with shardings as `make_train_step` does)."""
+    """`dpo_train_step` jitted with the state donated (single device; `fit_dpo` is the
+    loop, with meshes and in-step reference log-probs)."""
     fn = jax.tree_util.Partial(dpo_train_step, model_cfg=model_cfg, optimizer=optimizer, beta=beta)
     return jax.jit(fn, donate_argnums=0)
+
+
+def dpo_train_step_with_reference(state: TrainState, reference_params: Any, batch_AxB: PairBatch,
+                                  *, model_cfg: model_lib.ModelConfig,
+                                  optimizer: optax.GradientTransformation, beta: float
+                                  ) -> tuple[TrainState, dict[str, Array]]:
+    """`dpo_train_step` whose reference log-probs come from `reference_params` inside the
+    step (one more forward per micro-batch, no gradient): nothing to precompute or store,
+    so `fit_dpo` resumes and shards exactly like `fit`."""
+    rc, rr = jax.lax.map(lambda mb: _pair_logprobs(reference_params, mb, model_cfg), batch_AxB)
+    batch = batch_AxB.replace(ref_chosen_logp_B=jax.lax.stop_gradient(rc),
+                              ref_rejected_logp_B=jax.lax.stop_gradient(rr))
+    return dpo_train_step(state, batch, model_cfg=model_cfg, optimizer=optimizer, beta=beta)
+
+
+def _pair_batch_shardings(row, row2) -> PairBatch:
+    return PairBatch(_train_batch_shardings(row, row2), _train_batch_shardings(row, row2), row, row)
 
 
 # --- preemption ------------------------------------------------------------------------
@@ -499,6 +533,65 @@ def fit(base_params: Any, prompts: Sequence[Sequence[int]], completions: Sequenc
     steps = total_steps(cfg, n)
     optimizer = make_optimizer(cfg.optimizer, steps)
     state = init_train_state(base_params, optimizer)
+    step_fn = make_train_step(model_cfg, optimizer, state, mesh)
+    lengths = [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
+
+    def batch_at(step: int) -> TrainBatch:
+        idx = batch_indices(n, step, cfg.batch_size, seed)
+        length = _bucket_length(max(lengths[i] for i in idx) - 1, cfg.max_length)
+        return make_batch([prompts[i] for i in idx], [completions[i] for i in idx],
+                          length=length, pad_id=pad_id,
+                          weights=None if weights is None else [weights[i] for i in idx],
+                          token_weights=None if token_weights is None
+                          else [token_weights[i] for i in idx])
+
+    return _fit_loop(base_params, state, steps=steps, batch_at=batch_at, step_fn=step_fn,
+                     cfg=cfg, eval_fn=eval_fn, checkpoint_dir=checkpoint_dir, desc=desc)
+
+
+def fit_dpo(base_params: Any, prompts: Sequence[Sequence[int]], chosen: Sequence[Sequence[int]],
+            rejected: Sequence[Sequence[int]], *, model_cfg: model_lib.ModelConfig, cfg: FitConfig,
+            seed: int, beta: float, reference_params: Any = None,
+            weights: Sequence[float] | None = None, eval_fn: Callable[[Any], float] | None = None,
+            checkpoint_dir: str | pathlib.Path | None = None, mesh: jax.sharding.Mesh | None = None,
+            pad_id: int = 0, desc: str = "DPO") -> FitResult:
+    """`fit` for per-step DPO pairs (`step_values.step_dpo_pairs`: prompt = x + y_<c,
+    chosen continuation, rejected step): the same seeded batches, validation-based
+    selection, resumable checkpoints and preemption. The reference model
+    (`reference_params`, default `base_params`) stays frozen."""
+    n = len(prompts)
+    if n == 0:
+        raise ValueError("fit_dpo() got no pairs")
+    steps = total_steps(cfg, n)
+    optimizer = make_optimizer(cfg.optimizer, steps)
+    state = init_train_state(base_params, optimizer)
+    reference = state.params if reference_params is None else reference_params
+    reference = _copy(reference)  # the state's params are donated every step
+    fn = jax.tree_util.Partial(dpo_train_step_with_reference, model_cfg=model_cfg,
+                               optimizer=optimizer, beta=beta)
+    jitted = _jit_step(fn, state, mesh, partitioning.LOGICAL_AXIS_RULES, _pair_batch_shardings,
+                       extra=(reference,))
+    lengths = [len(p) + max(len(c), len(r))
+               for p, c, r in zip(prompts, chosen, rejected, strict=True)]
+
+    def batch_at(step: int) -> PairBatch:
+        idx = batch_indices(n, step, cfg.batch_size, seed)
+        length = _bucket_length(max(lengths[i] for i in idx) - 1, cfg.max_length)
+        return make_pair_batch([prompts[i] for i in idx], [chosen[i] for i in idx],
+                               [rejected[i] for i in idx], length=length, pad_id=pad_id,
+                               weights=None if weights is None else [weights[i] for i in idx])
+
+    return _fit_loop(base_params, state, steps=steps, batch_at=batch_at,
+                     step_fn=lambda st, b: jitted(st, reference, b), cfg=cfg, eval_fn=eval_fn,
+                     checkpoint_dir=checkpoint_dir, desc=desc)
+
+
+def _fit_loop(base_params: Any, state: TrainState, *, steps: int, batch_at: Callable[[int], Any],
+              step_fn: Callable, cfg: FitConfig, eval_fn: Callable[[Any], float] | None,
+              checkpoint_dir: str | pathlib.Path | None, desc: str) -> FitResult:
+    """The loop `fit` and `fit_dpo` share: `batch_at(step)` is the step's host batch
+    (seeded, so recomputable), split into `cfg.micro_batches`; validation, best-params
+    selection, checkpoints, resumption, divergence and preemption live here."""
     best_params, best_step, best_reward, history = base_params, 0, None, []
 
     manager = None
@@ -532,8 +625,6 @@ def fit(base_params: Any, prompts: Sequence[Sequence[int]], completions: Sequenc
             save(done)
         raise Preempted(done, checkpoint_dir if manager is not None else None, desc)
 
-    step_fn = make_train_step(model_cfg, optimizer, state, mesh)
-    lengths = [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
     a = cfg.micro_batches
     mb = cfg.batch_size // a
     start = int(state.step)
@@ -543,14 +634,7 @@ def fit(base_params: Any, prompts: Sequence[Sequence[int]], completions: Sequenc
                         dynamic_ncols=True)
         for step in bar:
             stop_if_preempted(step)
-            idx = batch_indices(n, step, cfg.batch_size, seed)
-            length = _bucket_length(max(lengths[i] for i in idx) - 1, cfg.max_length)
-            batch = make_batch([prompts[i] for i in idx], [completions[i] for i in idx],
-                               length=length, pad_id=pad_id,
-                               weights=None if weights is None else [weights[i] for i in idx],
-                               token_weights=None if token_weights is None
-                               else [token_weights[i] for i in idx])
-            batch = jax.tree.map(lambda x: x.reshape((a, mb) + x.shape[1:]), batch)
+            batch = jax.tree.map(lambda x: x.reshape((a, mb) + x.shape[1:]), batch_at(step))
             state, metrics = step_fn(state, batch)
             loss = float(metrics["loss"])
             if not math.isfinite(loss):

@@ -267,3 +267,60 @@ def test_dpo_step_golden_and_exact_accumulation():
                              jax.tree.leaves(params), jax.tree.leaves(g)):
         np.testing.assert_allclose(x, old - gi, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_in_step_reference_equals_precomputed_reference_logprobs():
+    """`dpo_train_step_with_reference` (what fit_dpo runs) is `dpo_train_step` with the
+    reference log-probs of `reference_logprobs`, micro-batched or not."""
+    ref = model_lib.init_params(CFG, jax.random.key(1))
+    batch = _pair_batch(ref)
+    want, m_want, _ = _dpo_step(2, batch)
+    opt = optax.sgd(1.0)
+    state = training.init_train_state(model_lib.init_params(CFG, jax.random.key(0)), opt)
+    plain = batch.replace(ref_chosen_logp_B=jnp.zeros(4), ref_rejected_logp_B=jnp.zeros(4))
+    step = jax.jit(functools.partial(training.dpo_train_step_with_reference, model_cfg=CFG,
+                                     optimizer=opt, beta=0.5))
+    got, m_got = step(state, ref, _stack(plain, 2))
+    np.testing.assert_allclose(m_got["loss"], m_want["loss"], rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_fit_dpo_prefers_chosen_and_resumes_exactly(tmp_path):
+    """fit_dpo moves the policy toward chosen and away from rejected relative to the
+    frozen reference, and an interrupted run resumes to the uninterrupted result."""
+    prompts, chosen, rejected = _pairs(8, seed=7)
+    params = model_lib.init_params(CFG, jax.random.key(0))
+    cfg = training.FitConfig(batch_size=4, num_steps=8, max_length=16, eval_every=2,
+                             optimizer=training.OptimizerConfig(learning_rate=3e-3,
+                                                                warmup_steps=0))
+    full = training.fit_dpo(params, prompts, chosen, rejected, model_cfg=CFG, cfg=cfg, seed=1,
+                            beta=0.5, eval_fn=lambda p: 0.0)
+    batch = jax.tree.map(jnp.asarray, training.make_pair_batch(prompts, chosen, rejected,
+                                                               length=16))
+
+    def log_ratio(p):
+        return _batch_logp(p, batch.chosen) - _batch_logp(p, batch.rejected)
+
+    gain = np.asarray(log_ratio(full.params) - log_ratio(params))
+    assert (gain > 0).all(), gain
+    # The loss was logged at log 2 (policy == reference) and fell.
+    assert full.history[-1]["loss"] < np.log(2.0)
+
+    calls = {"n": 0}
+
+    def crashing_eval(p):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return 0.0
+
+    with pytest.raises(KeyboardInterrupt):
+        training.fit_dpo(params, prompts, chosen, rejected, model_cfg=CFG, cfg=cfg, seed=1,
+                         beta=0.5, eval_fn=crashing_eval, checkpoint_dir=tmp_path / "ckpt")
+    resumed = training.fit_dpo(params, prompts, chosen, rejected, model_cfg=CFG, cfg=cfg,
+                               seed=1, beta=0.5, eval_fn=lambda p: 0.0,
+                               checkpoint_dir=tmp_path / "ckpt")
+    assert resumed.history == full.history
+    for x, y in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(full.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
