@@ -78,6 +78,18 @@ class StepNegativesConfig:
     max_per_problem: int = 8          # negatives per problem; the paper: up to 8
     step_mode: str = "newline"        # or "sentence"
     max_steps: int = 32
+    # "weighted_nll": one fit on positives + negatives weighted exp(A/beta) per token.
+    # "dpo": fit on the positives, then per-step DPO from that model (also the frozen
+    # reference) on first-pit pairs (`step_values.step_dpo_pairs`), kept if D_val improves.
+    objective: str = "weighted_nll"
+    dpo_beta: float = 0.1
+    dpo_fit: training.FitConfig | None = None  # the DPO phase's schedule; None: EMConfig.fit
+
+    def __post_init__(self):
+        if self.objective not in ("weighted_nll", "dpo"):
+            raise ValueError(f"objective={self.objective!r}; expected 'weighted_nll' or 'dpo'")
+        if self.num_rollouts < 1 or self.dpo_beta <= 0:
+            raise ValueError("num_rollouts must be >= 1 and dpo_beta > 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,21 +369,24 @@ def _step_negatives_data(params: Any, records: Sequence[filtering.Sample],
                          selected: Sequence[filtering.Sample], by_id: dict[int, Problem], *,
                          idir: pathlib.Path, task: Task, tokenizer: Tokenizer,
                          model_cfg: model_lib.ModelConfig, cfg: EMConfig, key: jax.Array,
-                         mesh=None) -> tuple[list, list, list, dict]:
-    """M-step rows (prompt ids, completion ids, per-token weights) of the positives and
-    the per-step weighted negatives; the rollouts' result is a file (resume skips them)."""
+                         mesh=None) -> tuple[list[dict], list[dict], dict]:
+    """M-step rows ({prompt_ids, completion_ids, token_weights}: the positives and the
+    per-step weighted negatives), per-step DPO pairs ({prompt_ids, chosen_ids,
+    rejected_ids}; only with objective="dpo") and statistics. The rollouts' result is a
+    file (a resumed run skips them)."""
     from rest_em import step_values
 
+    neg = cfg.step_negatives
     path = idir / "step_dataset.jsonl"
-    if not _exists(path):
-        neg = cfg.step_negatives
+    pairs_path = idir / "step_pairs.jsonl"
+    if not _exists(path) or (neg.objective == "dpo" and not _exists(pairs_path)):
         rollout_cfg = sampling.SamplingConfig(
             num_samples=neg.num_rollouts, temperature=cfg.temperature, top_k=cfg.top_k,
             top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, eos_id=tokenizer.eos_id,
             pad_id=tokenizer.pad_id)
+        prompts = {i: prompt_ids(task, tokenizer, p) for i, p in by_id.items()}
         ds = step_values.step_negatives_dataset(
-            params, records, problems=by_id,
-            prompt_ids={i: prompt_ids(task, tokenizer, p) for i, p in by_id.items()},
+            params, records, problems=by_id, prompt_ids=prompts,
             model_cfg=model_cfg, tokenizer=tokenizer, sampling_cfg=rollout_cfg,
             score_fn=partitioning.split_over_processes(task.score), key=key, positives=selected,
             num_rollouts=neg.num_rollouts,
@@ -380,15 +395,34 @@ def _step_negatives_data(params: Any, records: Sequence[filtering.Sample],
             max_steps=neg.max_steps, max_samples=max(cfg.num_samples, 1) * 2,
             seed=cfg.seed * 1_000_003 + int(idir.name.split("_")[-1]),
             chunk_size=cfg.chunk_size, mesh=mesh)
+        stats = dict(ds.stats)
+        if neg.objective == "dpo":
+            pairs = step_values.step_dpo_pairs(ds.values, prompt_ids=prompts, tokenizer=tokenizer,
+                                               positives=selected)
+            stats["num_pairs"] = float(len(pairs))
+            _write_jsonl(pairs_path, [{"prompt_ids": q.prompt_ids, "chosen_ids": q.chosen_ids,
+                                       "rejected_ids": q.rejected_ids} for q in pairs])
         rows = [{"prompt_ids": p, "completion_ids": c, "token_weights": w}
                 for p, c, w in zip(ds.prompt_ids, ds.completion_ids, ds.token_weights)]
-        rows.append({"stats": ds.stats})
-        _write_jsonl(path, rows)
+        rows.append({"stats": stats})
+        _write_jsonl(path, rows)  # last: its existence marks both files complete
         partitioning.sync(f"rest_em: wrote {path}")
     rows = _read_jsonl(path)
     stats = rows.pop()["stats"]
-    return ([r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows],
-            [r["token_weights"] for r in rows], stats)
+    pairs = _read_jsonl(pairs_path) if neg.objective == "dpo" else []
+    return rows, pairs, stats
+
+
+def _fits(lengths: Sequence[int], cfg: EMConfig, it: int, what: str) -> list[bool]:
+    """Which examples fit the M-step's max_length (+1: inputs/targets shift); a long
+    (few-shot) prompt plus a long re-tokenized sample may not, and training.fit refuses
+    those mid-run, so they are dropped, counted and reported."""
+    fits = [n <= cfg.fit.max_length + 1 for n in lengths]
+    if not all(fits):
+        log.warning("iteration %d: %d of %d %s do not fit max_length=%d (prompt + completion) "
+                    "and are not trained on", it, fits.count(False), len(fits), what,
+                    cfg.fit.max_length)
+    return fits
 
 
 # --- the loop ---------------------------------------------------------------------------
@@ -477,43 +511,63 @@ def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
                 return r["val/greedy_pass@1"]
 
             by_id = {p.problem_id: p for p in train}
-            if cfg.step_negatives is None:
+            neg = cfg.step_negatives
+            pairs: list[dict] = []
+            token_w = None
+            if neg is None or neg.objective == "dpo":
                 prompts = [prompt_ids(task, tokenizer, by_id[s.problem_id]) for s in selected]
                 targets = [tokenizer.encode(s.completion) + eos for s in selected]
-                token_w = None
-            else:  # positives (weight 1) + per-step weighted negatives
+            if neg is not None:  # rollouts: per-step weighted negatives or DPO pairs
                 t_neg = time.time()
-                prompts, targets, token_w, neg_stats = _step_negatives_data(
+                rows, pairs, neg_stats = _step_negatives_data(
                     params if teacher is None else teacher.params, records, selected, by_id,
                     idir=idir, task=task, tokenizer=tokenizer,
                     model_cfg=model_cfg if teacher is None else teacher.model_cfg, cfg=cfg,
                     key=jax.random.fold_in(key, 2), mesh=mesh)
+                if neg.objective == "weighted_nll":  # positives (weight 1) + negatives
+                    prompts = [r["prompt_ids"] for r in rows]
+                    targets = [r["completion_ids"] for r in rows]
+                    token_w = [r["token_weights"] for r in rows]
                 m.update({f"negatives/{k}": v for k, v in neg_stats.items()})
                 seconds["step_values"] = time.time() - t_neg
-            # A long (few-shot) prompt plus a long re-tokenized sample can exceed the M-step's
-            # max_length (+1: inputs/targets shift), which training.fit refuses mid-run:
-            # such examples are dropped, counted and reported.
-            fits = [len(p) + len(c) <= cfg.fit.max_length + 1 for p, c in zip(prompts, targets)]
-            if not all(fits):
-                log.warning("iteration %d: %d of %d selected samples do not fit max_length=%d "
-                            "(prompt + completion) and are not trained on", it,
-                            fits.count(False), len(fits), cfg.fit.max_length)
-                prompts = [p for p, ok in zip(prompts, fits) if ok]
-                targets = [c for c, ok in zip(targets, fits) if ok]
-                if token_w is not None:
-                    token_w = [w for w, ok in zip(token_w, fits) if ok]
+            fits = _fits([len(p) + len(c) for p, c in zip(prompts, targets)], cfg, it,
+                         "selected samples")
+            prompts = [p for p, ok in zip(prompts, fits) if ok]
+            targets = [c for c, ok in zip(targets, fits) if ok]
+            if token_w is not None:
+                token_w = [w for w, ok in zip(token_w, fits) if ok]
             fit = training.fit(
                 start, prompts, targets, model_cfg=model_cfg, token_weights=token_w,
                 cfg=cfg.fit, seed=cfg.seed * 1_000_003 + it, eval_fn=val_reward,
                 checkpoint_dir=idir / "mstep", mesh=mesh, pad_id=tokenizer.pad_id,
                 desc=f"iter {it} M-step") if prompts else training.FitResult(start, 0, None, [])
             params = fit.params
-            _save_params_once(idir / "params", params)
             m.update({"val/greedy_pass@1": fit.best_reward, "best_step": fit.best_step,
                       "num_too_long": fits.count(False),
                       "num_train_steps": training.total_steps(cfg.fit, len(prompts))
                       if prompts else 0})
-            seconds["improve"] = time.time() - t - seconds.get("step_values", 0.0)
+            if pairs:  # per-step DPO from the positives' model, which is also the reference
+                t_dpo = time.time()
+                ok = _fits([len(q["prompt_ids"]) + max(len(q["chosen_ids"]), len(q["rejected_ids"]))
+                            for q in pairs], cfg, it, "DPO pairs")
+                pairs = [q for q, o in zip(pairs, ok) if o]
+                dpo_cfg = neg.dpo_fit or cfg.fit
+                if pairs:
+                    dpo = training.fit_dpo(
+                        params, [q["prompt_ids"] for q in pairs], [q["chosen_ids"] for q in pairs],
+                        [q["rejected_ids"] for q in pairs], model_cfg=model_cfg, cfg=dpo_cfg,
+                        seed=cfg.seed * 1_000_003 + it, beta=neg.dpo_beta, eval_fn=val_reward,
+                        checkpoint_dir=idir / "dpo", mesh=mesh, pad_id=tokenizer.pad_id,
+                        desc=f"iter {it} DPO", base_reward=fit.best_reward)
+                    params = dpo.params
+                    m.update({"val/greedy_pass@1": dpo.best_reward, "dpo/best_step": dpo.best_step,
+                              "dpo/start_val_pass@1": fit.best_reward,
+                              "dpo/num_train_steps": training.total_steps(dpo_cfg, len(pairs))})
+                m["dpo/num_too_long"] = ok.count(False)
+                seconds["dpo"] = time.time() - t_dpo
+            _save_params_once(idir / "params", params)
+            seconds["improve"] = time.time() - t - seconds.get("step_values", 0.0) - \
+                seconds.get("dpo", 0.0)
 
         # Evaluate: train (greedy, the train-test gap) and test (greedy, pass@k, maj@k).
         t = time.time()

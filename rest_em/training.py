@@ -554,11 +554,12 @@ def fit_dpo(base_params: Any, prompts: Sequence[Sequence[int]], chosen: Sequence
             seed: int, beta: float, reference_params: Any = None,
             weights: Sequence[float] | None = None, eval_fn: Callable[[Any], float] | None = None,
             checkpoint_dir: str | pathlib.Path | None = None, mesh: jax.sharding.Mesh | None = None,
-            pad_id: int = 0, desc: str = "DPO") -> FitResult:
+            pad_id: int = 0, desc: str = "DPO", base_reward: float | None = None) -> FitResult:
     """`fit` for per-step DPO pairs (`step_values.step_dpo_pairs`: prompt = x + y_<c,
     chosen continuation, rejected step): the same seeded batches, validation-based
     selection, resumable checkpoints and preemption. The reference model
-    (`reference_params`, default `base_params`) stays frozen."""
+    (`reference_params`, default `base_params`) stays frozen. With `base_reward` (the
+    validation reward of `base_params`), DPO's params are kept only when they beat it."""
     n = len(prompts)
     if n == 0:
         raise ValueError("fit_dpo() got no pairs")
@@ -583,16 +584,17 @@ def fit_dpo(base_params: Any, prompts: Sequence[Sequence[int]], chosen: Sequence
 
     return _fit_loop(base_params, state, steps=steps, batch_at=batch_at,
                      step_fn=lambda st, b: jitted(st, reference, b), cfg=cfg, eval_fn=eval_fn,
-                     checkpoint_dir=checkpoint_dir, desc=desc)
+                     checkpoint_dir=checkpoint_dir, desc=desc, base_reward=base_reward)
 
 
 def _fit_loop(base_params: Any, state: TrainState, *, steps: int, batch_at: Callable[[int], Any],
               step_fn: Callable, cfg: FitConfig, eval_fn: Callable[[Any], float] | None,
-              checkpoint_dir: str | pathlib.Path | None, desc: str) -> FitResult:
+              checkpoint_dir: str | pathlib.Path | None, desc: str,
+              base_reward: float | None = None) -> FitResult:
     """The loop `fit` and `fit_dpo` share: `batch_at(step)` is the step's host batch
     (seeded, so recomputable), split into `cfg.micro_batches`; validation, best-params
     selection, checkpoints, resumption, divergence and preemption live here."""
-    best_params, best_step, best_reward, history = base_params, 0, None, []
+    best_params, best_step, best_reward, history = base_params, 0, base_reward, []
 
     manager = None
     if checkpoint_dir is not None:

@@ -161,3 +161,47 @@ def test_step_negatives_mode(restem, tmp_path):
     m = json.loads((w / "iter_001" / "metrics.json").read_text())
     assert m["negatives/num_rollouts"] == stats["num_rollouts"] > 0
     assert "step_values" in m["seconds"] and m["num_train_steps"] > 0
+
+
+def test_step_dpo_mode(restem, tmp_path):
+    """Per-step DPO: the M-step fits the positives, then DPO on first-pit pairs whose
+    prompt extends the problem's prompt; D_val never gets worse than the positives' model."""
+    from rest_em import em
+    from rest_em.tokenizers import ByteTokenizer
+
+    w = _with_base(restem, tmp_path / "dpo")
+    _run(w, "--gin_file=variants/step_dpo.gin", "--gin.StepNegativesConfig.num_rollouts=2",
+         "--gin.StepNegativesConfig.max_per_problem=2", *FAST)
+    pairs = _rows(w / "iter_001" / "step_pairs.jsonl")
+    stats = _rows(w / "iter_001" / "step_dataset.jsonl")[-1]["stats"]
+    assert 0 < len(pairs) == stats["num_pairs"] <= stats["num_negatives"]
+    task, tok = _tiny_task(), ByteTokenizer()
+    prompts = [em.prompt_ids(task, tok, p) for p in task.load("train")]
+    for q in pairs:
+        assert any(q["prompt_ids"][:len(p)] == p for p in prompts)
+        assert q["chosen_ids"] != q["rejected_ids"] and q["rejected_ids"]
+        assert q["chosen_ids"][-1] == tok.eos_id  # a finished, correct continuation
+    m = json.loads((w / "iter_001" / "metrics.json").read_text())
+    assert m["dpo/num_train_steps"] > 0 and "dpo" in m["seconds"]
+    assert m["val/greedy_pass@1"] >= m["dpo/start_val_pass@1"]
+    assert (w / "iter_001" / "dpo").is_dir()  # resumable DPO checkpoints
+
+
+def test_every_shipped_variant_parses_on_the_default_task():
+    """Each gin_configs/variants/*.gin binds only names that exist (one fresh process)."""
+    import subprocess
+    import sys
+
+    from em_test import REPO, _env
+    variants = sorted(p.name for p in (REPO / "gin_configs" / "variants").glob("*.gin"))
+    assert {"sft_human.gin", "rest.gin", "rft.gin", "star.gin", "distill.gin",
+            "step_negatives.gin", "step_dpo.gin"} <= set(variants)
+    code = ("import gin; from rest_em import main\n"
+            f"for v in {variants!r}:\n"
+            "    gin.clear_config()\n"
+            "    main.parse_gin(['arithmetic.gin', 'variants/' + v], [\"TEACHER_WORKDIR='t'\"])\n"
+            "    print('ok', v)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("ok ") == len(variants)
