@@ -20,8 +20,8 @@ Studies (paper figures in brackets): 1. ReST^EM vs SFT on human solutions per it
 smaller model (Fig. 6); 5. ReST vs ReST^EM in-task and on the transfer split (Fig. 7);
 6. number of training problems, gains per difficulty level (Fig. 8); 7. three iterations
 vs one iteration with 3x the samples; 8. per-step negatives (Setlur et al. 2024): test
-accuracy vs number of training problems for SFT, positives only and positives + per-step
-negatives, and the data-efficiency multipliers. Plus the Table-1 summary of every variant.
+accuracy vs number of training problems for SFT, positives only, positives + per-step
+negatives and per-step DPO, and the data-efficiency multipliers. Plus the Table-1 summary of every variant.
 """
 
 from __future__ import annotations
@@ -108,6 +108,10 @@ def runs_of(quick: bool) -> list[Run]:
           for n in train],
         *[Run(f"negatives_{n}", (*ONE, *negatives, f"--gin.arithmetic_task.num_train={n}", *lean),
               ("restem",), "restem") for n in train],
+        # The same rollouts' budget with the other objective: per-step DPO.
+        *[Run(f"dpo_{n}", (*ONE, *negatives, "--gin_file=variants/step_dpo.gin",
+                           f"--gin.arithmetic_task.num_train={n}", *lean), ("restem",), "restem")
+          for n in train],
     ]
 
 
@@ -541,7 +545,7 @@ def report(res: Results, fig_dir: pathlib.Path, rel: str, command: str, wall_s: 
 
     # 8. Per-step negatives: data efficiency.
     full = res.h[(seeds[0], "restem")][1]["num_problems"]
-    study8 = [n for n in planned if n.startswith(("negatives_", "sft_human_", "train_"))]
+    study8 = [n for n in planned if n.startswith(("negatives_", "dpo_", "sft_human_", "train_"))]
     if all((s, n) in res.h for s in seeds for n in study8):
         sizes = sorted({int(n.rsplit("_", 1)[1]) for n in study8 if n.startswith("negatives_")})
         L8, c8 = negatives_section(res, fig, plt, full, sizes, restem1, sft)
@@ -621,10 +625,11 @@ def negatives_section(res: Results, fig, plt, full: int, sizes: list[int], reste
         "positives only (RFT / ReST^EM it. 1)": {**{n: res.get(f"train_{n}", T) for n in sizes},
                                                  full: restem1},
         "positives + per-step negatives": {n: res.get(f"negatives_{n}", T) for n in sizes},
+        "positives, then per-step DPO": {n: res.get(f"dpo_{n}", T) for n in sizes},
     }
     mean = {k: [(n, statistics.mean(v[n])) for n in sorted(v)] for k, v in curves.items()}
     fig8, ax = plt.subplots(figsize=(5.5, 3.6))
-    for (label, c), style in zip(curves.items(), ("--s", "-o", "-^")):
+    for (label, c), style in zip(curves.items(), ("--s", "-o", "-^", ":v")):
         ns = sorted(c)
         ax.errorbar(ns, [statistics.mean(c[n]) * 100 for n in ns],
                     yerr=[statistics.stdev(c[n]) * 100 if len(c[n]) > 1 else 0 for n in ns],
@@ -639,9 +644,11 @@ def negatives_section(res: Results, fig, plt, full: int, sizes: list[int], reste
          "One iteration from the same base model for every point; per-step negatives "
          "(`gin_configs/variants/step_negatives.gin`): weights exp(A/β), β=1, clipped at 10, "
          f"with {neg_note} (the paper: up to 8 negatives, K=5; reduced here to fit the CPU "
-         "budget of the study). The full-size points (1500 problems) of SFT and positives "
-         "only are the `sft_human` and `restem` iteration-1 runs.", "",
-         "| training problems | " + " | ".join(labels) + " |", "|---:|---:|---:|---:|"]
+         "budget of the study). Per-step DPO (`gin_configs/variants/step_dpo.gin`, β=0.1) "
+         "uses the same rollouts for first-pit pairs, after a fit on the positives, and keeps "
+         "its params only if D_val improves. The full-size points (1500 problems) of SFT and "
+         "positives only are the `sft_human` and `restem` iteration-1 runs.", "",
+         "| training problems | " + " | ".join(labels) + " |", "|---:|---:|---:|---:|---:|"]
     for n in sorted(curves[labels[0]]):
         L.append(f"| {n} | " + " | ".join(pct(curves[k][n]) if n in curves[k] else "—"
                                           for k in labels) + " |")
@@ -652,19 +659,22 @@ def negatives_section(res: Results, fig, plt, full: int, sizes: list[int], reste
           "log n; ≤ / > when the accuracy lies outside the reference's range, so the value is "
           "a bound), divided by the method's number of problems:", "",
           "| training problems | positives only, vs SFT | + per-step negatives, vs SFT | "
-          "+ per-step negatives, vs positives only |", "|---:|---:|---:|---:|"]
+          "+ per-step negatives, vs positives only | per-step DPO, vs positives only |",
+          "|---:|---:|---:|---:|---:|"]
 
     def multiplier(acc: float, curve, n: int) -> str:
         eq, how = equivalent_problems(acc, curve)
         return f"{how if how != '=' else ''}{eq / n:.2f}×"
 
-    mult: dict[str, list[str]] = {"pos": [], "neg": [], "neg_pos": []}
+    mult: dict[str, list[str]] = {"pos": [], "neg": [], "neg_pos": [], "dpo_pos": []}
     for n in sizes:
-        pos, neg = statistics.mean(curves[labels[1]][n]), statistics.mean(curves[labels[2]][n])
+        pos, neg, dpo = (statistics.mean(curves[k][n]) for k in labels[1:])
         mult["pos"].append(multiplier(pos, ref, n))
         mult["neg"].append(multiplier(neg, ref, n))
         mult["neg_pos"].append(multiplier(neg, pos_curve, n))
-        L.append(f"| {n} | {mult['pos'][-1]} | {mult['neg'][-1]} | {mult['neg_pos'][-1]} |")
+        mult["dpo_pos"].append(multiplier(dpo, pos_curve, n))
+        L.append(f"| {n} | {mult['pos'][-1]} | {mult['neg'][-1]} | {mult['neg_pos'][-1]} | "
+                 f"{mult['dpo_pos'][-1]} |")
     cost = []
     for n in sizes:
         rows = [res.h[(s, f"negatives_{n}")][1] for s in res.seeds]
@@ -673,12 +683,20 @@ def negatives_section(res: Results, fig, plt, full: int, sizes: list[int], reste
         t_roll = statistics.mean(r["seconds"].get("step_values", 0.0) for r in rows)
         t_gen = statistics.mean(r["seconds"]["generate"] for r in rows)
         t_imp = statistics.mean(r["seconds"]["improve"] for r in rows)
-        cost.append(f"| {n} | {samp:.0f} | {roll:.0f} | {t_gen:.0f} | {t_roll:.0f} | {t_imp:.0f} |")
-    L += ["", "The cost of the rollouts (means over seeds):", "",
+        dpo = [res.h[(s, f"dpo_{n}")][1] for s in res.seeds]
+        t_dpo = statistics.mean(r["seconds"].get("dpo", 0.0) for r in dpo)
+        pairs = statistics.mean(r.get("negatives/num_pairs", 0.0) for r in dpo) / n
+        cost.append(f"| {n} | {samp:.0f} | {roll:.0f} | {t_gen:.0f} | {t_roll:.0f} | {t_imp:.0f} "
+                    f"| {pairs:.1f} | {t_dpo:.0f} |")
+    L += ["", "The cost of the rollouts (means over seeds; E-step, rollouts and M-step of the "
+          "per-step-negatives runs, then the DPO runs' pairs and DPO phase, whose E-step and "
+          "rollouts cost the same):", "",
           "| training problems | E-step samples / problem | rollouts / problem | E-step (s) | "
-          "rollouts (s) | M-step (s) |", "|---:|---:|---:|---:|---:|---:|", *cost, ""]
+          "rollouts (s) | M-step (s) | DPO pairs / problem | DPO phase (s) |",
+          "|---:|---:|---:|---:|---:|---:|---:|---:|", *cost, ""]
     d_pos = [a - b for n in sizes for a, b in zip(curves[labels[1]][n], curves[labels[0]][n])]
     d_neg = [a - b for n in sizes for a, b in zip(curves[labels[2]][n], curves[labels[1]][n])]
+    d_dpo = [a - b for n in sizes for a, b in zip(curves[labels[3]][n], curves[labels[1]][n])]
     claims = [
         ("8. Positives vs SFT (Setlur Fig. 1)", "self-generated positives are ≈2× as data-efficient "
          "as SFT on human solutions", "multiplier by size: " + ", ".join(mult["pos"]),
@@ -687,6 +705,9 @@ def negatives_section(res: Results, fig, plt, full: int, sizes: list[int], reste
          "problems worth ≈8× the data", "multiplier by size vs positives only: " +
          ", ".join(mult["neg_pos"]) + "; vs SFT: " + ", ".join(mult["neg"]),
          verdict(d_neg) + " (vs positives only, all sizes)"),
+        ("8. Per-step DPO (Setlur Sec. 5)", "per-step DPO on first-pit pairs improves over "
+         "positives only", "multiplier by size vs positives only: " + ", ".join(mult["dpo_pos"]),
+         verdict(d_dpo) + " (vs positives only, all sizes)"),
     ]
     return L, claims
 
