@@ -413,15 +413,14 @@ def _step_negatives_data(params: Any, records: Sequence[filtering.Sample],
     return rows, pairs, stats
 
 
-def _fits(lengths: Sequence[int], cfg: EMConfig, it: int, what: str) -> list[bool]:
+def _fits(lengths: Sequence[int], max_length: int, it: int, what: str) -> list[bool]:
     """Which examples fit the M-step's max_length (+1: inputs/targets shift); a long
     (few-shot) prompt plus a long re-tokenized sample may not, and training.fit refuses
     those mid-run, so they are dropped, counted and reported."""
-    fits = [n <= cfg.fit.max_length + 1 for n in lengths]
+    fits = [n <= max_length + 1 for n in lengths]
     if not all(fits):
         log.warning("iteration %d: %d of %d %s do not fit max_length=%d (prompt + completion) "
-                    "and are not trained on", it, fits.count(False), len(fits), what,
-                    cfg.fit.max_length)
+                    "and are not trained on", it, fits.count(False), len(fits), what, max_length)
     return fits
 
 
@@ -530,8 +529,8 @@ def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
                     token_w = [r["token_weights"] for r in rows]
                 m.update({f"negatives/{k}": v for k, v in neg_stats.items()})
                 seconds["step_values"] = time.time() - t_neg
-            fits = _fits([len(p) + len(c) for p, c in zip(prompts, targets)], cfg, it,
-                         "selected samples")
+            fits = _fits([len(p) + len(c) for p, c in zip(prompts, targets)], cfg.fit.max_length,
+                         it, "selected samples")
             prompts = [p for p, ok in zip(prompts, fits) if ok]
             targets = [c for c, ok in zip(targets, fits) if ok]
             if token_w is not None:
@@ -548,10 +547,10 @@ def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
                       if prompts else 0})
             if pairs:  # per-step DPO from the positives' model, which is also the reference
                 t_dpo = time.time()
-                ok = _fits([len(q["prompt_ids"]) + max(len(q["chosen_ids"]), len(q["rejected_ids"]))
-                            for q in pairs], cfg, it, "DPO pairs")
-                pairs = [q for q, o in zip(pairs, ok) if o]
                 dpo_cfg = neg.dpo_fit or cfg.fit
+                ok = _fits([len(q["prompt_ids"]) + max(len(q["chosen_ids"]), len(q["rejected_ids"]))
+                            for q in pairs], dpo_cfg.max_length, it, "DPO pairs")
+                pairs = [q for q, o in zip(pairs, ok) if o]
                 if pairs:
                     dpo = training.fit_dpo(
                         params, [q["prompt_ids"] for q in pairs], [q["chosen_ids"] for q in pairs],
