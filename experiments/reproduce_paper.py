@@ -688,6 +688,23 @@ def negatives_section(res: Results, fig, plt, full: int, sizes: list[int], reste
         pairs = statistics.mean(r.get("negatives/num_pairs", 0.0) for r in dpo) / n
         cost.append(f"| {n} | {samp:.0f} | {roll:.0f} | {t_gen:.0f} | {t_roll:.0f} | {t_imp:.0f} "
                     f"| {pairs:.1f} | {t_dpo:.0f} |")
+    # What the curves do not show by themselves: where the base model lies, and how many
+    # optimizer steps each M-step took (the negatives add rows, so their M-step runs longer).
+    base = statistics.mean(res.get(f"negatives_{sizes[0]}", T, 0))
+    below = [n for n in sizes if statistics.mean(curves[labels[1]][n]) < base]
+
+    def steps(run: str) -> str:
+        return "/".join(f"{statistics.mean(res.get(f'{run}_{n}', 'num_train_steps')):.0f}"
+                        for n in sizes)
+
+    L += ["", f"The base model (iteration 0) scores {100 * base:.1f}. "
+          + (f"One M-step on {', '.join(map(str, below))} problems leaves positives only "
+             "*below* it: a short M-step from the base damages this model before it helps. "
+             if below else "")
+          + f"M-step optimizer steps for {'/'.join(map(str, sizes))} problems: positives only "
+          f"{steps('train')}, + per-step negatives {steps('negatives')} (the negatives add "
+          "rows, so part of their gain at small sizes may come from the longer M-step), "
+          f"per-step DPO {steps('dpo')} on the positives, then its DPO phase."]
     L += ["", "The cost of the rollouts (means over seeds; E-step, rollouts and M-step of the "
           "per-step-negatives runs, then the DPO runs' pairs and DPO phase, whose E-step and "
           "rollouts cost the same):", "",
