@@ -115,6 +115,11 @@ class EMConfig:
     rationalize: bool = False        # STaR: unsolved problems re-sampled with a hint
     data: str = "model"              # "model" (E-step samples) or "human" (SFT baseline)
     step_negatives: StepNegativesConfig | None = None  # + per-step negatives (Setlur 2024)
+    # The M-step's start model competes in its validation-based selection (one more D_val
+    # evaluation): an M-step that never beats it keeps it. Off by default (the paper's
+    # ReST^EM always returns a fine-tuned model); on the embedded task short M-steps from
+    # the base can do worse than the base (docs/RESULTS.md, study 8).
+    keep_start: bool = False
     seed: int = 0
     fit: training.FitConfig = training.FitConfig()
 
@@ -539,7 +544,9 @@ def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
                 start, prompts, targets, model_cfg=model_cfg, token_weights=token_w,
                 cfg=cfg.fit, seed=cfg.seed * 1_000_003 + it, eval_fn=val_reward,
                 checkpoint_dir=idir / "mstep", mesh=mesh, pad_id=tokenizer.pad_id,
-                desc=f"iter {it} M-step") if prompts else training.FitResult(start, 0, None, [])
+                desc=f"iter {it} M-step",
+                base_reward=val_reward(start) if cfg.keep_start else None,
+            ) if prompts else training.FitResult(start, 0, None, [])
             params = fit.params
             m.update({"val/greedy_pass@1": fit.best_reward, "best_step": fit.best_step,
                       "num_too_long": fits.count(False),

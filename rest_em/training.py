@@ -515,11 +515,14 @@ def fit(base_params: Any, prompts: Sequence[Sequence[int]], completions: Sequenc
         *, model_cfg: model_lib.ModelConfig, cfg: FitConfig, seed: int,
         weights: Sequence[float] | None = None, token_weights: Sequence[Sequence[float]] | None = None,
         eval_fn: Callable[[Any], float] | None = None, checkpoint_dir: str | pathlib.Path | None = None,
-        mesh: jax.sharding.Mesh | None = None, pad_id: int = 0, desc: str = "M-step") -> FitResult:
+        mesh: jax.sharding.Mesh | None = None, pad_id: int = 0, desc: str = "M-step",
+        base_reward: float | None = None) -> FitResult:
     """Fine-tunes `base_params` on (prompt, completion) pairs; returns the best params.
 
     Every `cfg.eval_every` steps (and at the end) `eval_fn(params)` gives the validation
-    reward; the params with the highest reward are kept (ties: the earlier step).
+    reward; the params with the highest reward are kept (ties: the earlier step). With
+    `base_reward` (the validation reward of `base_params`) the start competes too
+    (best_step 0): a fine-tune that never beats it returns `base_params`.
     With `checkpoint_dir`, the state is saved at each validation and a restarted `fit`
     with the same arguments continues from there; the result equals an uninterrupted run.
 
@@ -546,7 +549,8 @@ def fit(base_params: Any, prompts: Sequence[Sequence[int]], completions: Sequenc
                           else [token_weights[i] for i in idx])
 
     return _fit_loop(base_params, state, steps=steps, batch_at=batch_at, step_fn=step_fn,
-                     cfg=cfg, eval_fn=eval_fn, checkpoint_dir=checkpoint_dir, desc=desc)
+                     cfg=cfg, eval_fn=eval_fn, checkpoint_dir=checkpoint_dir, desc=desc,
+                     base_reward=base_reward)
 
 
 def fit_dpo(base_params: Any, prompts: Sequence[Sequence[int]], chosen: Sequence[Sequence[int]],

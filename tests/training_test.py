@@ -324,3 +324,17 @@ def test_fit_dpo_prefers_chosen_and_resumes_exactly(tmp_path):
     assert resumed.history == full.history
     for x, y in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(full.params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_fit_with_base_reward_keeps_the_start_when_nothing_beats_it():
+    prompts, comps = _data()
+    params = model_lib.init_params(CFG, jax.random.key(0))
+    cfg = training.FitConfig(batch_size=4, num_steps=4, max_length=16, eval_every=2)
+    kept = training.fit(params, prompts, comps, model_cfg=CFG, cfg=cfg, seed=0,
+                        eval_fn=lambda p: 0.5, base_reward=0.5)  # ties keep the earlier: 0
+    assert kept.best_step == 0 and kept.best_reward == 0.5
+    for x, y in zip(jax.tree.leaves(kept.params), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    beaten = training.fit(params, prompts, comps, model_cfg=CFG, cfg=cfg, seed=0,
+                          eval_fn=lambda p: 0.6, base_reward=0.5)
+    assert beaten.best_step == 2 and beaten.best_reward == 0.6
