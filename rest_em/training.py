@@ -530,18 +530,12 @@ def fit(base_params: Any, prompts: Sequence[Sequence[int]], completions: Sequenc
     `install_preemption_handler`) on this or, with several processes, on any process,
     `fit` saves the state at the current step on every process and raises `Preempted`.
     """
-    n = len(prompts)
-    if n == 0:
-        raise ValueError("fit() got no training examples")
-    steps = total_steps(cfg, n)
-    optimizer = make_optimizer(cfg.optimizer, steps)
-    state = init_train_state(base_params, optimizer)
+    steps, optimizer, state = _start(base_params, len(prompts), cfg, "fit() got no training examples")
     step_fn = make_train_step(model_cfg, optimizer, state, mesh)
     lengths = [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
 
     def batch_at(step: int) -> TrainBatch:
-        idx = batch_indices(n, step, cfg.batch_size, seed)
-        length = _bucket_length(max(lengths[i] for i in idx) - 1, cfg.max_length)
+        idx, length = _step_rows(step, lengths, cfg, seed)
         return make_batch([prompts[i] for i in idx], [completions[i] for i in idx],
                           length=length, pad_id=pad_id,
                           weights=None if weights is None else [weights[i] for i in idx],
@@ -564,12 +558,7 @@ def fit_dpo(base_params: Any, prompts: Sequence[Sequence[int]], chosen: Sequence
     selection, resumable checkpoints and preemption. The reference model
     (`reference_params`, default `base_params`) stays frozen. With `base_reward` (the
     validation reward of `base_params`), DPO's params are kept only when they beat it."""
-    n = len(prompts)
-    if n == 0:
-        raise ValueError("fit_dpo() got no pairs")
-    steps = total_steps(cfg, n)
-    optimizer = make_optimizer(cfg.optimizer, steps)
-    state = init_train_state(base_params, optimizer)
+    steps, optimizer, state = _start(base_params, len(prompts), cfg, "fit_dpo() got no pairs")
     reference = state.params if reference_params is None else reference_params
     reference = _copy(reference)  # the state's params are donated every step
     fn = jax.tree_util.Partial(dpo_train_step_with_reference, model_cfg=model_cfg,
@@ -580,8 +569,7 @@ def fit_dpo(base_params: Any, prompts: Sequence[Sequence[int]], chosen: Sequence
                for p, c, r in zip(prompts, chosen, rejected, strict=True)]
 
     def batch_at(step: int) -> PairBatch:
-        idx = batch_indices(n, step, cfg.batch_size, seed)
-        length = _bucket_length(max(lengths[i] for i in idx) - 1, cfg.max_length)
+        idx, length = _step_rows(step, lengths, cfg, seed)
         return make_pair_batch([prompts[i] for i in idx], [chosen[i] for i in idx],
                                [rejected[i] for i in idx], length=length, pad_id=pad_id,
                                weights=None if weights is None else [weights[i] for i in idx])
@@ -589,6 +577,25 @@ def fit_dpo(base_params: Any, prompts: Sequence[Sequence[int]], chosen: Sequence
     return _fit_loop(base_params, state, steps=steps, batch_at=batch_at,
                      step_fn=lambda st, b: jitted(st, reference, b), cfg=cfg, eval_fn=eval_fn,
                      checkpoint_dir=checkpoint_dir, desc=desc, base_reward=base_reward)
+
+
+def _start(base_params: Any, n: int, cfg: FitConfig, empty: str
+           ) -> tuple[int, optax.GradientTransformation, TrainState]:
+    """The schedule's length, its optimizer and a fresh state (what `fit` and `fit_dpo`
+    both start from); `empty` is the error for no examples."""
+    if n == 0:
+        raise ValueError(empty)
+    steps = total_steps(cfg, n)
+    optimizer = make_optimizer(cfg.optimizer, steps)
+    return steps, optimizer, init_train_state(base_params, optimizer)
+
+
+def _step_rows(step: int, lengths: Sequence[int], cfg: FitConfig, seed: int
+               ) -> tuple[np.ndarray, int]:
+    """The example indices of `step` and their bucketed training length (`lengths[i]`:
+    row i's prompt + longest completion, before the shift)."""
+    idx = batch_indices(len(lengths), step, cfg.batch_size, seed)
+    return idx, _bucket_length(max(lengths[i] for i in idx) - 1, cfg.max_length)
 
 
 def _fit_loop(base_params: Any, state: TrainState, *, steps: int, batch_at: Callable[[int], Any],

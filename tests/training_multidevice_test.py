@@ -14,9 +14,7 @@ import pytest
 
 from rest_em import model as model_lib
 from rest_em import partitioning, training
-
-CFG = model_lib.ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=2,
-                            num_heads=4, num_kv_heads=2, max_seq_len=64)
+from training_test import CFG, _data, _pairs
 FIT = training.FitConfig(batch_size=8, micro_batches=2, num_steps=4, max_length=16,
                          eval_every=2)
 
@@ -26,14 +24,6 @@ def mesh():
     if jax.device_count() < 8:
         pytest.fail("jax started before this module set XLA_FLAGS: run it in its own process")
     return partitioning.make_mesh(data=2, fsdp=2, tensor=2)
-
-
-def _data(n=16, seed=0):
-    rng = np.random.default_rng(seed)
-    prompts = [rng.integers(3, 32, size=rng.integers(2, 6)).tolist() for _ in range(n)]
-    chosen = [rng.integers(3, 32, size=rng.integers(1, 8)).tolist() + [2] for _ in range(n)]
-    rejected = [rng.integers(3, 32, size=rng.integers(1, 5)).tolist() for _ in range(n)]
-    return prompts, chosen, rejected
 
 
 def _on(mesh, params):
@@ -46,7 +36,7 @@ def _assert_close(a, b):
 
 
 def test_sharded_fit_equals_one_device(mesh):
-    prompts, comps, _ = _data()
+    prompts, comps = _data(16)
     params = model_lib.init_params(CFG, jax.random.key(0))
     one = training.fit(params, prompts, comps, model_cfg=CFG, cfg=FIT, seed=2)
     many = training.fit(_on(mesh, params), prompts, comps, model_cfg=CFG, cfg=FIT, seed=2,
@@ -60,7 +50,7 @@ def test_sharded_fit_equals_one_device(mesh):
 
 
 def test_sharded_fit_dpo_equals_one_device(mesh):
-    prompts, chosen, rejected = _data(seed=1)
+    prompts, chosen, rejected = _pairs(16, seed=1)
     params = model_lib.init_params(CFG, jax.random.key(0))
     ref = model_lib.init_params(CFG, jax.random.key(1))
     one = training.fit_dpo(params, prompts, chosen, rejected, model_cfg=CFG, cfg=FIT, seed=2,
