@@ -27,6 +27,7 @@ negatives and per-step DPO, and the data-efficiency multipliers. Plus the Table-
 from __future__ import annotations
 
 import argparse
+import ast
 import concurrent.futures
 import dataclasses
 import datetime
@@ -197,9 +198,71 @@ def execute_all(seeds: list[int], runs: list[Run], root: pathlib.Path, base_conf
 
 # --- reading results ----------------------------------------------------------------------
 
+T = "test/greedy_pass@1"
+
+
 def history(root: pathlib.Path, seed: int, name: str) -> list[dict]:
     path = root / f"seed_{seed}" / name / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def read_config(workdir: pathlib.Path) -> dict[str, object]:
+    """A run's gin bindings: operative_config.gin (every value the run used, defaults
+    included; written when it finishes), else config.gin (its explicit bindings)."""
+    path = workdir / "operative_config.gin"
+    return parse_gin((path if path.exists() else workdir / "config.gin").read_text())
+
+
+def parse_gin(text: str) -> dict[str, object]:
+    """Gin bindings as `[scope/]Configurable.param` -> value, module prefixes dropped
+    (`mstep/rest_em.FitConfig.batch_size = 64` -> {"mstep/FitConfig.batch_size": 64});
+    values are Python literals where they parse as one, else their text (`@rest_em.sft_base`,
+    `%MACRO`). A trailing backslash or an indented line continues the binding above."""
+    bindings: list[str] = []
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if bindings and (line[0].isspace() or bindings[-1].endswith("\\")):
+            bindings[-1] = bindings[-1].removesuffix("\\").rstrip() + " " + line.strip()
+        else:
+            bindings.append(line.strip())
+    out: dict[str, object] = {}
+    for binding in bindings:
+        if "=" not in binding:  # include / import
+            continue
+        key, value = (s.strip() for s in binding.split("=", 1))
+        scope, _, selector = key.rpartition("/")
+        name = ".".join(selector.split(".")[-2:])
+        try:
+            out[f"{scope}/{name}" if scope else name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[f"{scope}/{name}" if scope else name] = value
+    return out
+
+
+def num_params(config: dict[str, object], scope: str = "") -> int:
+    """Parameters of rest_em.model.Transformer under a run's (`scope/`) ModelConfig: the
+    embedding; per layer two norms, the q/k/v/o projections (and q/k/v biases) and the
+    gated MLP; the final norm and the head unless tied. (The test checks it against the
+    model's own count.)"""
+    def get(name, default=None):
+        return config.get(f"{scope}ModelConfig.{name}", default)
+
+    d, f, v = get("hidden_size"), get("intermediate_size"), get("vocab_size")
+    h, kv = get("num_heads"), get("num_kv_heads")
+    hd = get("head_dim") or d // h
+    qkv = hd * (h + 2 * kv)
+    layer = 2 * d + d * qkv + (qkv if get("qkv_bias", False) else 0) + h * hd * d + 3 * d * f
+    return v * d * (1 if get("tie_embeddings", False) else 2) + get("num_layers") * layer + d
+
+
+def approx(n: int) -> str:
+    """853888 -> '~0.9M', 35168 -> '~35K'."""
+    return f"~{n / 1e6:.1f}M" if n >= 100_000 else f"~{n / 1e3:.0f}K"
+
+
+def span(levels: Sequence[int]) -> str:
+    return f"{min(levels)}-{max(levels)}" if min(levels) != max(levels) else f"{levels[0]}"
 
 
 def pct(xs: list[float]) -> str:
@@ -225,366 +288,365 @@ def verdict(diffs: list[float]) -> str:
     return "**no**"
 
 
-class Results:
-    def __init__(self, root: pathlib.Path, seeds: list[int]):
-        self.root, self.seeds = root, seeds
-        self.h = {(s, r): history(root, s, r) for s in seeds for r in _names(root, s)}
+def pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+class NotRun(Exception):
+    """A study's runs have not all finished; args: the missing runs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What every study reads: the finished runs' metrics and gin configs, the planned
+    runs, and where the figures go."""
+
+    root: pathlib.Path
+    seeds: list[int]
+    h: dict[tuple[int, str], list[dict]]  # (seed, run) -> its metrics, one row per iteration
+    configs: dict[str, dict[str, object]]  # run -> its gin bindings (the first seed's)
+    planned: tuple[str, ...]  # this study's runs (stale runs on disk are not read)
+    config_file: str  # the base gin file, relative to the repository
+    fig_dir: pathlib.Path
+    rel: str  # fig_dir as the report links it
+
+    @classmethod
+    def load(cls, root: pathlib.Path, seeds: list[int], *, planned: Sequence[str],
+             config_file: str, fig_dir: pathlib.Path, rel: str) -> Context:
+        h = {(s, r): history(root, s, r) for s in seeds for r in _names(root, s)}
+        configs = {r: read_config(root / f"seed_{seeds[0]}" / r) for r in _names(root, seeds[0])}
+        return cls(root, seeds, h, configs, tuple(planned), config_file, fig_dir, rel)
+
+    def has(self, run: str) -> bool:
+        return all((s, run) in self.h for s in self.seeds)
+
+    def require(self, *runs: str) -> None:
+        missing = [r for r in runs if not self.has(r)]
+        if missing:
+            raise NotRun(*missing)
 
     def get(self, run: str, key: str, it: int = -1) -> list[float]:
-        return [self.h[(s, run)][it][key] for s in self.seeds]
+        """`key` of iteration `it` of `run`, one value per seed."""
+        return [row[key] for row in self.rows(run, it)]
+
+    def opt(self, run: str, key: str, it: int = -1) -> list[float] | None:
+        """As get, or None where the run, its iteration or the key is missing."""
+        try:
+            return self.get(run, key, it)
+        except (NotRun, KeyError, IndexError):
+            return None
+
+    def rows(self, run: str, it: int) -> list[dict]:
+        self.require(run)
+        return [self.h[(s, run)][it] for s in self.seeds]
 
     def iters(self, run: str) -> list[int]:
         return [m["iteration"] for m in self.h[(self.seeds[0], run)]]
+
+    def cfg(self, run: str, key: str):
+        """The binding `key` (`[scope/]Configurable.param`) the run used."""
+        self.require(run)
+        return self.configs[run][key]
+
+    def planned_sizes(self, prefix: str) -> list[int]:
+        """The training-set sizes of the planned runs named `{prefix}_{n}`."""
+        return sorted(int(n.rsplit("_", 1)[1]) for n in self.planned
+                      if n.startswith(prefix + "_") and n.rsplit("_", 1)[1].isdigit())
+
+    def fig(self, name: str) -> str:
+        """Saves the current figure; returns its Markdown link."""
+        plt = pyplot()
+        plt.tight_layout()
+        plt.savefig(self.fig_dir / f"{name}.png", dpi=110)
+        plt.close()
+        return f"![{name}]({self.rel}/{name}.png)"
+
+    def curve(self, ax, run: str, key: str, label: str, style: str = "-o") -> None:
+        """Mean of `key` per iteration with the std over seeds as error bars."""
+        its = self.iters(run)
+        vals = [[100 * v for v in self.get(run, key, i)] for i in range(len(its))]
+        means = [statistics.mean(v) for v in vals]
+        sds = [statistics.stdev(v) if len(v) > 1 else 0 for v in vals]
+        ax.errorbar(its, means, yerr=sds, fmt=style, capsize=3, label=label)
 
 
 def _names(root: pathlib.Path, seed: int) -> list[str]:
     return sorted(p.parent.name for p in (root / f"seed_{seed}").glob("*/DONE"))
 
 
-# --- the report ---------------------------------------------------------------------------
+# --- the studies --------------------------------------------------------------------------
 
-T = "test/greedy_pass@1"
+Claim = tuple[str, str, str, str]  # (study, paper's finding, our measurement, reproduced?)
 
 
-def report(res: Results, fig_dir: pathlib.Path, rel: str, command: str, wall_s: float,
-           planned: Sequence[str] = ()) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+@dataclasses.dataclass
+class Section:
+    lines: list[str]  # the section's body, below its heading
+    claims: list[Claim] = dataclasses.field(default_factory=list)
+    title: str | None = None  # instead of the study's fixed title
 
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    seeds = res.seeds
-    L: list[str] = []
-    claims: list[tuple[str, str, str, str]] = []  # (study, paper finding, ours, reproduced?)
 
-    def fig(name):
-        path = fig_dir / f"{name}.png"
-        plt.tight_layout()
-        plt.savefig(path, dpi=110)
-        plt.close()
-        return f"![{name}]({rel}/{name}.png)"
+def table1(ctx: Context) -> Section:
+    base = ctx.get("restem", T, 0)
+    name = pathlib.Path(ctx.config_file).name
+    lines = ["Test greedy pass@1 (%) of the final model, mean ± std over seeds; iteration 0 is "
+             "the base model (SFT on worked solutions of easy problems).", "",
+             "| variant | configuration | iterations | test pass@1 | gain over base (points) |",
+             "|---|---|---:|---:|---:|"]
+    rows = [("base model", f"{name}, iteration 0", "restem", 0),
+            ("SFT on human solutions", "variants/sft_human.gin", "sft_human", -1),
+            ("RFT", "variants/rft.gin", "rft", -1),
+            ("STaR (greedy + rationalization)", "variants/star.gin", "star", -1),
+            ("ReST", "variants/rest.gin", "rest", -1),
+            ("ReST^EM", name, "restem", -1)]
+    for label, conf, run, it in rows:
+        vals = ctx.opt(run, T, it)
+        if vals is None:
+            lines.append(f"| {label} | `{conf}` | — | not run yet | — |")
+            continue
+        gain = pct([v - b for v, b in zip(vals, base)]) if it != 0 else "—"
+        lines.append(f"| {label} | `{conf}` | {ctx.iters(run)[it]} | {pct(vals)} | {gain} |")
+    return Section(lines + [""])
 
-    def curve(ax, run, key, label, style="-o"):
-        its = res.iters(run)
-        vals = [[100 * v for v in res.get(run, key, i)] for i in range(len(its))]
-        means = [statistics.mean(v) for v in vals]
-        sds = [statistics.stdev(v) if len(v) > 1 else 0 for v in vals]
-        ax.errorbar(its, means, yerr=sds, fmt=style, capsize=3, label=label)
 
-    def opt(run, key, it=-1):
-        try:
-            return res.get(run, key, it)
-        except KeyError:
-            return None
+def iterations(ctx: Context) -> Section:
+    """1. ReST^EM (and ReST, STaR) per iteration vs SFT on human solutions."""
+    restem, sft = ctx.get("restem", T), ctx.get("sft_human", T)
+    plt = pyplot()
+    _, ax = plt.subplots(figsize=(5.5, 3.6))
+    ctx.curve(ax, "restem", T, "ReST^EM")
+    for run, label, style in (("rest", "ReST", "-s"), ("star", "STaR", "-^")):
+        if ctx.opt(run, T) is not None:
+            ctx.curve(ax, run, T, label, style)
+    ax.axhline(statistics.mean(sft) * 100, color="gray", ls="--", label="SFT on human solutions")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("test greedy pass@1 (%)")
+    ax.legend(fontsize=8)
+    lines = [ctx.fig("fig1_iterations"), "",
+             "| iteration | ReST^EM | ReST | STaR |", "|---:|---:|---:|---:|"]
+    for i in ctx.iters("restem"):
+        cells = [ctx.opt(r, T, i) for r in ("restem", "rest", "star")]
+        lines.append(f"| {i} | " + " | ".join(pct(c) if c else "—" for c in cells) + " |")
+    lines += ["", "SFT on the human-written solutions of the same training problems: "
+              f"{pct(sft)}.", ""]
+    d = [a - b for a, b in zip(restem, sft)]
+    return Section(lines, [("1. ReST^EM vs human-data SFT (Fig. 2/3)",
+                            "ReST^EM on model samples beats SFT on human-written solutions",
+                            f"ReST^EM {pct(restem)} vs SFT {pct(sft)} (difference {pct(d)} points)",
+                            verdict(d))])
 
-    base, restem, restem1 = (res.get("restem", T, i) for i in (0, -1, 1))
-    sft = opt("sft_human", T)
 
-    # Table 1: every variant.
-    try:
-        L += ["## Table 1: the variants", "",
-              "Test greedy pass@1 (%) of the final model, mean ± std over seeds; iteration 0 is the "
-              "base model (SFT on worked solutions of easy problems).", "",
-              "| variant | configuration | iterations | test pass@1 | gain over base (points) |",
-              "|---|---|---:|---:|---:|"]
-        rows = [("base model", "arithmetic.gin, iteration 0", "restem", 0),
-                ("SFT on human solutions", "variants/sft_human.gin", "sft_human", -1),
-                ("RFT", "variants/rft.gin", "rft", -1),
-                ("STaR (greedy + rationalization)", "variants/star.gin", "star", -1),
-                ("ReST", "variants/rest.gin", "rest", -1),
-                ("ReST^EM", "arithmetic.gin", "restem", -1)]
-        for label, conf, run, it in rows:
-            vals = opt(run, T, it)
-            if vals is None:
-                L.append(f"| {label} | `{conf}` | — | not run yet | — |")
-                continue
-            n_it = res.iters(run)[it]
-            gain = pct([v - b for v, b in zip(vals, base)]) if it != 0 else "—"
-            L.append(f"| {label} | `{conf}` | {n_it} | {pct(vals)} | {gain} |")
-        L += [""]
+def train_vs_test(ctx: Context) -> Section:
+    """2. The train - test gap per iteration."""
+    ctx.require("restem")
+    plt = pyplot()
+    _, ax = plt.subplots(figsize=(5.5, 3.6))
+    ctx.curve(ax, "restem", "train/greedy_pass@1", "train")
+    ctx.curve(ax, "restem", T, "test", "-s")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("greedy pass@1 (%)")
+    ax.legend(fontsize=8)
+    lines = [ctx.fig("fig2_train_test"), "",
+             "| iteration | train | test | gap (train − test) |", "|---:|---:|---:|---:|"]
+    gaps = {}
+    for i in ctx.iters("restem"):
+        tr, te = ctx.get("restem", "train/greedy_pass@1", i), ctx.get("restem", T, i)
+        gaps[i] = [a - b for a, b in zip(tr, te)]
+        lines.append(f"| {i} | {pct(tr)} | {pct(te)} | {pct(gaps[i])} |")
+    last = ctx.iters("restem")[-1]
+    d = [b - a for a, b in zip(gaps[1], gaps[last])]
+    return Section(lines + [""], [(
+        "2. Over-fitting gap (Fig. 4)",
+        "train accuracy rises faster than test over iterations (the gap grows)",
+        f"gap {pct(gaps[1])} after iteration 1, {pct(gaps[last])} after {last}", verdict(d))])
 
-    except (KeyError, TypeError) as e:  # a run of this study has not finished
-        L += [f"## Table 1 (not run yet: {e})", ""]
 
-    # 1. Iterations, ReST^EM vs SFT on human data.
-    try:
-        fig1, ax = plt.subplots(figsize=(5.5, 3.6))
-        curve(ax, "restem", T, "ReST^EM")
-        for run, label, style in (("rest", "ReST", "-s"), ("star", "STaR", "-^")):
-            if opt(run, T) is not None:
-                curve(ax, run, T, label, style)
-        ax.axhline(statistics.mean(sft) * 100, color="gray", ls="--", label="SFT on human solutions")
+def pass_at_k(ctx: Context) -> Section:
+    """3. pass@k and maj@k of the base and the last ReST^EM model."""
+    ctx.require("restem")
+    ks = sorted(int(k.split("@")[1]) for k in ctx.h[(ctx.seeds[0], "restem")][0]
+                if k.startswith("test/pass@"))
+    plt = pyplot()
+    _, ax = plt.subplots(figsize=(5.5, 3.6))
+    for it, label in ((0, "base"), (-1, "ReST^EM")):
+        for kind, style in (("pass", "-o"), ("maj", "--s")):
+            ys = [statistics.mean(ctx.get("restem", f"test/{kind}@{k}", it)) * 100 for k in ks]
+            ax.plot(ks, ys, style, label=f"{label} {kind}@k")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k (samples, temperature 1.0)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8)
+    lines = [ctx.fig("fig3_pass_at_k"), "",
+             "| k | base pass@k | ReST^EM pass@k | base maj@k | ReST^EM maj@k |",
+             "|---:|---:|---:|---:|---:|"]
+    for k in ks:
+        lines.append(f"| {k} | {pct(ctx.get('restem', f'test/pass@{k}', 0))} | "
+                     f"{pct(ctx.get('restem', f'test/pass@{k}'))} | "
+                     f"{pct(ctx.get('restem', f'test/maj@{k}', 0))} | "
+                     f"{pct(ctx.get('restem', f'test/maj@{k}'))} |")
+    claims = []
+    for kind, finding in (("pass", "ReST^EM improves pass@k at every k, incl. large k"),
+                          ("maj", "ReST^EM improves majority voting")):
+        key = f"test/{kind}@{ks[-1]}"
+        before, after = ctx.get("restem", key, 0), ctx.get("restem", key)
+        claims.append((f"3. {kind}@k (Fig. 5)", finding,
+                       f"{kind}@{ks[-1]} {pct(before)} → {pct(after)}",
+                       verdict([a - b for a, b in zip(after, before)])))
+    return Section(lines + [""], claims)
+
+
+def apples_to_apples(ctx: Context) -> Section:
+    """4. Human vs model data on the same problems; distillation into a smaller model."""
+    ctx.require("restem", "sft_human", "one_per_problem", "small_sft_human", "small_restem",
+                "small_distill")
+    sft, one = ctx.get("sft_human", T), ctx.get("one_per_problem", T)
+    restem, restem1, last = ctx.get("restem", T), ctx.get("restem", T, 1), ctx.iters("restem")[-1]
+    small = {r: ctx.get(r, T) for r in ("small_sft_human", "small_restem", "small_distill")}
+    student = (f"{ctx.cfg('small_restem', 'ModelConfig.hidden_size')} wide, "
+               f"{ctx.cfg('small_restem', 'ModelConfig.num_layers')} layers")
+    plt = pyplot()
+    _, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.4))
+    bar(ax1, [("human SFT", sft), ("1 model sol./problem", one), ("ReST^EM it. 1", restem1),
+              (f"ReST^EM it. {last}", restem)])
+    ax1.set_ylabel("test greedy pass@1 (%)")
+    ax1.set_title("same problems, default model", fontsize=9)
+    ax1.tick_params(axis="x", labelsize=7, rotation=20)
+    bar(ax2, [("human SFT", small["small_sft_human"]), ("ReST^EM", small["small_restem"]),
+              ("distilled", small["small_distill"])])
+    ax2.set_title(f"small student ({student})", fontsize=9)
+    ax2.tick_params(axis="x", labelsize=7)
+    lines = [ctx.fig("fig4_apples_to_apples"), "",
+             "| M-step data (default model, from its base) | test pass@1 |", "|---|---:|",
+             f"| human-written solutions, 1 per problem | {pct(sft)} |",
+             f"| model solutions, 1 per problem (1 iteration) | {pct(one)} |",
+             f"| model solutions, up to {ctx.cfg('restem', 'EMConfig.max_per_problem')} per "
+             f"problem (1 iteration) | {pct(restem1)} |",
+             f"| ReST^EM, {last} iterations | {pct(restem)} |", "",
+             f"| small student ({student}) | test pass@1 |", "|---|---:|",
+             f"| its base model | {pct(ctx.get('small_restem', T, 0))} |",
+             f"| SFT on human solutions | {pct(small['small_sft_human'])} |",
+             f"| its own ReST^EM ({ctx.iters('small_restem')[-1]} iterations) | "
+             f"{pct(small['small_restem'])} |",
+             f"| distilled: trained on the default model's ReST^EM samples (1 iteration) | "
+             f"{pct(small['small_distill'])} |", ""]
+    d_one = [a - b for a, b in zip(one, sft)]
+    d_distill = [a - b for a, b in zip(small["small_distill"], small["small_sft_human"])]
+    return Section(lines, [
+        ("4. Model vs human data (Fig. 6)",
+         "one model-generated solution per problem beats one human solution per problem",
+         f"{pct(one)} vs {pct(sft)}", verdict(d_one)),
+        ("4. Distillation (Fig. 6)",
+         "a smaller model trained on a larger model's filtered samples beats it trained on human "
+         "data", f"{pct(small['small_distill'])} vs {pct(small['small_sft_human'])}",
+         verdict(d_distill))])
+
+
+def rest_vs_restem(ctx: Context) -> Section:
+    """5. ReST vs ReST^EM, in-task and on the transfer split."""
+    ctx.require("restem", "rest")
+    X = "transfer/greedy_pass@1"
+    plt = pyplot()
+    _, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.4))
+    for ax, key, title in ((ax1, T, "in-task (test)"), (ax2, X, "transfer (two-digit operands)")):
+        ctx.curve(ax, "restem", key, "ReST^EM")
+        ctx.curve(ax, "rest", key, "ReST", "-s")
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("iteration")
-        ax.set_ylabel("test greedy pass@1 (%)")
-        ax.legend(fontsize=8)
-        img = fig("fig1_iterations")
-        d = [a - b for a, b in zip(restem, sft)]
-        claims.append(("1. ReST^EM vs human-data SFT (Fig. 2/3)",
-                       "ReST^EM on model samples beats SFT on human-written solutions",
-                       f"ReST^EM {pct(restem)} vs SFT {pct(sft)} (difference {pct(d)} points)",
-                       verdict(d)))
-        L += ["## 1. Test accuracy vs iteration (paper Fig. 2/3)", "", img, "",
-              "| iteration | ReST^EM | ReST | STaR |", "|---:|---:|---:|---:|"]
-        for i in res.iters("restem"):
-            cells = [opt(r, T, i) for r in ("restem", "rest", "star")]
-            L.append(f"| {i} | " + " | ".join(pct(c) if c else "—" for c in cells) + " |")
-        L += ["", f"SFT on the human-written solutions of the same training problems: {pct(sft)}.", ""]
+    ax1.set_ylabel("greedy pass@1 (%)")
+    ax1.legend(fontsize=8)
+    lines = [ctx.fig("fig5_rest_vs_restem"), "",
+             "| iteration | ReST^EM test | ReST test | ReST^EM transfer | ReST transfer |",
+             "|---:|---:|---:|---:|---:|"]
+    for i in ctx.iters("restem"):
+        lines.append(f"| {i} | {pct(ctx.get('restem', T, i))} | {pct(ctx.get('rest', T, i))} | "
+                     f"{pct(ctx.get('restem', X, i))} | {pct(ctx.get('rest', X, i))} |")
+    d = [a - b for a, b in zip(ctx.get("restem", X), ctx.get("rest", X))]
+    return Section(lines + [""], [(
+        "5. ReST vs ReST^EM (Fig. 7)",
+        "restarting each M-step from the base (ReST^EM) transfers better than continued "
+        "fine-tuning (ReST), which over-fits",
+        f"transfer {pct(ctx.get('restem', X))} (ReST^EM) vs {pct(ctx.get('rest', X))} (ReST); "
+        f"in-task {pct(ctx.get('restem', T))} vs {pct(ctx.get('rest', T))}", verdict(d))])
 
-    except (KeyError, TypeError) as e:  # a run of this study has not finished
-        L += [f"## 1. (not run yet: {e})", ""]
 
-    # 2. Train vs test.
-    try:
-        fig2, ax = plt.subplots(figsize=(5.5, 3.6))
-        curve(ax, "restem", "train/greedy_pass@1", "train")
-        curve(ax, "restem", T, "test", "-s")
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("greedy pass@1 (%)")
-        ax.legend(fontsize=8)
-        img = fig("fig2_train_test")
-        L += ["## 2. Train vs test accuracy per iteration (paper Fig. 4)", "", img, "",
-              "| iteration | train | test | gap (train − test) |", "|---:|---:|---:|---:|"]
-        gaps = {}
-        for i in res.iters("restem"):
-            tr, te = res.get("restem", "train/greedy_pass@1", i), res.get("restem", T, i)
-            gaps[i] = [a - b for a, b in zip(tr, te)]
-            L.append(f"| {i} | {pct(tr)} | {pct(te)} | {pct(gaps[i])} |")
-        last = res.iters("restem")[-1]
-        d = [b - a for a, b in zip(gaps[1], gaps[last])]
-        claims.append(("2. Over-fitting gap (Fig. 4)",
-                       "train accuracy rises faster than test over iterations (the gap grows)",
-                       f"gap {pct(gaps[1])} after iteration 1, {pct(gaps[last])} after {last}",
-                       verdict(d)))
-        L += [""]
-
-    except (KeyError, TypeError) as e:  # a run of this study has not finished
-        L += [f"## 2. (not run yet: {e})", ""]
-
-    # 3. pass@k and maj@k.
-    try:
-        ks = sorted(int(k.split("@")[1]) for k in res.h[(seeds[0], "restem")][0] if k.startswith("test/pass@"))
-        fig3, ax = plt.subplots(figsize=(5.5, 3.6))
-        for it, label in ((0, "base"), (-1, "ReST^EM")):
-            for kind, style in (("pass", "-o"), ("maj", "--s")):
-                ys = [statistics.mean(res.get("restem", f"test/{kind}@{k}", it)) * 100 for k in ks]
-                ax.plot(ks, ys, style, label=f"{label} {kind}@k")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("k (samples, temperature 1.0)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.legend(fontsize=8)
-        img = fig("fig3_pass_at_k")
-        L += ["## 3. pass@k and maj@k, base vs ReST^EM (paper Fig. 5)", "", img, "",
-              "| k | base pass@k | ReST^EM pass@k | base maj@k | ReST^EM maj@k |",
-              "|---:|---:|---:|---:|---:|"]
-        for k in ks:
-            L.append(f"| {k} | {pct(res.get('restem', f'test/pass@{k}', 0))} | "
-                     f"{pct(res.get('restem', f'test/pass@{k}'))} | "
-                     f"{pct(res.get('restem', f'test/maj@{k}', 0))} | "
-                     f"{pct(res.get('restem', f'test/maj@{k}'))} |")
-        kmax = ks[-1]
-        dp = [a - b for a, b in zip(res.get("restem", f"test/pass@{kmax}"),
-                                    res.get("restem", f"test/pass@{kmax}", 0))]
-        dm = [a - b for a, b in zip(res.get("restem", f"test/maj@{kmax}"),
-                                    res.get("restem", f"test/maj@{kmax}", 0))]
-        claims.append(("3. pass@k (Fig. 5)", "ReST^EM improves pass@k at every k, incl. large k",
-                       f"pass@{kmax} {pct(res.get('restem', f'test/pass@{kmax}', 0))} → "
-                       f"{pct(res.get('restem', f'test/pass@{kmax}'))}", verdict(dp)))
-        claims.append(("3. maj@k (Fig. 5)", "ReST^EM improves majority voting",
-                       f"maj@{kmax} {pct(res.get('restem', f'test/maj@{kmax}', 0))} → "
-                       f"{pct(res.get('restem', f'test/maj@{kmax}'))}", verdict(dm)))
-        L += [""]
-
-    except (KeyError, TypeError) as e:  # a run of this study has not finished
-        L += [f"## 3. (not run yet: {e})", ""]
-
-    # 4. Apples to apples, and distillation.
-    try:
-        one = res.get("one_per_problem", T)
-        small = {r: res.get(r, T) for r in ("small_sft_human", "small_restem", "small_distill")}
-        fig4, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.4))
-        bars = [("human SFT", sft), ("1 model sol./problem", one), ("ReST^EM it. 1", restem1),
-                ("ReST^EM it. 3", restem)]
-        bar(ax1, bars)
-        ax1.set_ylabel("test greedy pass@1 (%)")
-        ax1.set_title("same problems, default model", fontsize=9)
-        ax1.tick_params(axis="x", labelsize=7, rotation=20)
-        sb = [("human SFT", small["small_sft_human"]), ("ReST^EM", small["small_restem"]),
-              ("distilled", small["small_distill"])]
-        bar(ax2, sb)
-        ax2.set_title("small student (64 wide, 2 layers)", fontsize=9)
-        ax2.tick_params(axis="x", labelsize=7)
-        img = fig("fig4_apples_to_apples")
-        L += ["## 4. Human vs model-generated data on the same problems; distillation (paper Fig. 6)",
-              "", img, "",
-              "| M-step data (default model, from its base) | test pass@1 |", "|---|---:|",
-              f"| human-written solutions, 1 per problem | {pct(sft)} |",
-              f"| model solutions, 1 per problem (1 iteration) | {pct(one)} |",
-              f"| model solutions, up to 10 per problem (1 iteration) | {pct(restem1)} |",
-              f"| ReST^EM, {last} iterations | {pct(restem)} |", "",
-              "| small student (64 wide, 2 layers) | test pass@1 |", "|---|---:|",
-              f"| its base model | {pct(res.get('small_restem', T, 0))} |",
-              f"| SFT on human solutions | {pct(small['small_sft_human'])} |",
-              f"| its own ReST^EM ({res.iters('small_restem')[-1]} iterations) | {pct(small['small_restem'])} |",
-              f"| distilled: trained on the default model's ReST^EM samples (1 iteration) | "
-              f"{pct(small['small_distill'])} |", ""]
-        d = [a - b for a, b in zip(one, sft)]
-        claims.append(("4. Model vs human data (Fig. 6)",
-                       "one model-generated solution per problem beats one human solution per problem",
-                       f"{pct(one)} vs {pct(sft)}", verdict(d)))
-        d = [a - b for a, b in zip(small["small_distill"], small["small_sft_human"])]
-        claims.append(("4. Distillation (Fig. 6)",
-                       "a smaller model trained on a larger model's filtered samples beats it trained "
-                       "on human data", f"{pct(small['small_distill'])} vs {pct(small['small_sft_human'])}",
-                       verdict(d)))
-
-    except (KeyError, TypeError) as e:  # a run of this study has not finished
-        L += [f"## 4. (not run yet: {e})", ""]
-
-    # 5. ReST vs ReST^EM, in-task and transfer.
-    try:
-        X = "transfer/greedy_pass@1"
-        fig5, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.4))
-        for ax, key, title in ((ax1, T, "in-task (test)"), (ax2, X, "transfer (two-digit operands)")):
-            curve(ax, "restem", key, "ReST^EM")
-            curve(ax, "rest", key, "ReST", "-s")
-            ax.set_title(title, fontsize=9)
-            ax.set_xlabel("iteration")
-        ax1.set_ylabel("greedy pass@1 (%)")
-        ax1.legend(fontsize=8)
-        img = fig("fig5_rest_vs_restem")
-        L += ["## 5. ReST vs ReST^EM, in-task and on the held-out transfer split (paper Fig. 7)", "", img,
-              "", "| iteration | ReST^EM test | ReST test | ReST^EM transfer | ReST transfer |",
-              "|---:|---:|---:|---:|---:|"]
-        for i in res.iters("restem"):
-            L.append(f"| {i} | {pct(res.get('restem', T, i))} | {pct(res.get('rest', T, i))} | "
-                     f"{pct(res.get('restem', X, i))} | {pct(res.get('rest', X, i))} |")
-        d = [a - b for a, b in zip(res.get("restem", X), res.get("rest", X))]
-        claims.append(("5. ReST vs ReST^EM (Fig. 7)",
-                       "restarting each M-step from the base (ReST^EM) transfers better than "
-                       "continued fine-tuning (ReST), which over-fits",
-                       f"transfer {pct(res.get('restem', X))} (ReST^EM) vs {pct(res.get('rest', X))} (ReST); "
-                       f"in-task {pct(restem)} vs {pct(res.get('rest', T))}", verdict(d)))
-        L += [""]
-
-    except (KeyError, TypeError) as e:  # a run of this study has not finished
-        L += [f"## 5. (not run yet: {e})", ""]
-
-    # 6. Number of training problems; per-level gains.
-    try:
-        sizes = sorted(int(n.rsplit("_", 1)[1]) for n in planned if n.startswith("train_"))
-        if not sizes or any((sd, f"train_{n}") not in res.h for sd in seeds for n in sizes):
-            raise KeyError("train_*")
-        full = res.h[(seeds[0], "restem")][1]["num_problems"]
-        by_n = {n: res.get(f"train_{n}", T) for n in sizes}
-        by_n[full] = restem1
-        fig6, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.4))
-        ns = sorted(by_n)
-        ax1.errorbar(ns, [statistics.mean(by_n[n]) * 100 for n in ns],
-                     yerr=[statistics.stdev(by_n[n]) * 100 if len(seeds) > 1 else 0 for n in ns],
-                     fmt="-o", capsize=3, label="1 ReST^EM iteration")
-        ax1.axhline(statistics.mean(base) * 100, color="gray", ls="--", label="base")
-        ax1.set_xscale("log")
-        ax1.set_xlabel("training problems")
-        ax1.set_ylabel("test greedy pass@1 (%)")
-        ax1.legend(fontsize=8)
-        levels = sorted(int(k.split("_")[1].split("/")[0]) for k in res.h[(seeds[0], "restem")][0]
-                        if k.startswith("test/level_") and k.endswith("greedy_pass@1"))
-        lv = {lvl: (res.get("restem", f"test/level_{lvl}/greedy_pass@1", 0),
-                    res.get("restem", f"test/level_{lvl}/greedy_pass@1")) for lvl in levels}
-        w = 0.38
-        ax2.bar([x - w / 2 for x in levels], [statistics.mean(a) * 100 for a, _ in lv.values()], w,
+def problems_and_levels(ctx: Context) -> Section:
+    """6. Test accuracy by number of training problems; gains per difficulty level."""
+    sizes = ctx.planned_sizes("train")
+    if not sizes:
+        raise NotRun("train_*")
+    ctx.require("restem", *(f"train_{n}" for n in sizes))
+    full = ctx.cfg("restem", "arithmetic_task.num_train")
+    by_n = {n: ctx.get(f"train_{n}", T) for n in sizes}
+    by_n[full] = ctx.get("restem", T, 1)
+    ns = sorted(by_n)
+    last = ctx.iters("restem")[-1]
+    plt = pyplot()
+    _, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.4))
+    ax1.errorbar(ns, [statistics.mean(by_n[n]) * 100 for n in ns],
+                 yerr=[statistics.stdev(by_n[n]) * 100 if len(ctx.seeds) > 1 else 0 for n in ns],
+                 fmt="-o", capsize=3, label="1 ReST^EM iteration")
+    ax1.axhline(statistics.mean(ctx.get("restem", T, 0)) * 100, color="gray", ls="--",
                 label="base")
-        ax2.bar([x + w / 2 for x in levels], [statistics.mean(b) * 100 for _, b in lv.values()], w,
-                label="ReST^EM")
-        ax2.set_xlabel("difficulty level (operations)")
-        ax2.legend(fontsize=8)
-        img = fig("fig6_problems_and_levels")
-        L += ["## 6. Number of training problems; gains per difficulty level (paper Fig. 8)", "", img,
-              "", "| training problems | test pass@1 after 1 iteration |", "|---:|---:|"]
-        L += [f"| {n} | {pct(by_n[n])} |" for n in ns]
-        L += ["", f"| level | base | ReST^EM ({last} iterations) | gain (points) |", "|---:|---:|---:|---:|"]
-        for lvl, (a, b) in lv.items():
-            L.append(f"| {lvl} | {pct(a)} | {pct(b)} | {pct([y - x for x, y in zip(a, b)])} |")
-        d = [a - b for a, b in zip(by_n[full], by_n[ns[0]])]
-        claims.append(("6. Number of problems (Fig. 8)", "more training problems give a better model",
-                       f"{ns[0]} problems: {pct(by_n[ns[0]])}; {full}: {pct(by_n[full])}", verdict(d)))
-        worst = min(levels, key=lambda lvl: statistics.mean(b for b in lv[lvl][1]) -
-                    statistics.mean(a for a in lv[lvl][0]))
-        d = [y - x for x, y in zip(*lv[worst])]
-        claims.append(("6. Per-level gains (Fig. 8)", "ReST^EM improves every difficulty level",
-                       "gains per level " + ", ".join(
-                           f"L{lvl} {pct([y - x for x, y in zip(*lv[lvl])])}" for lvl in levels),
-                       verdict(d) + f" (weakest: level {worst})"))
-        L += [""]
+    ax1.set_xscale("log")
+    ax1.set_xlabel("training problems")
+    ax1.set_ylabel("test greedy pass@1 (%)")
+    ax1.legend(fontsize=8)
+    levels = sorted(int(k.split("_")[1].split("/")[0]) for k in ctx.h[(ctx.seeds[0], "restem")][0]
+                    if k.startswith("test/level_") and k.endswith("greedy_pass@1"))
+    lv = {lvl: (ctx.get("restem", f"test/level_{lvl}/greedy_pass@1", 0),
+                ctx.get("restem", f"test/level_{lvl}/greedy_pass@1")) for lvl in levels}
+    w = 0.38
+    ax2.bar([x - w / 2 for x in levels], [statistics.mean(a) * 100 for a, _ in lv.values()], w,
+            label="base")
+    ax2.bar([x + w / 2 for x in levels], [statistics.mean(b) * 100 for _, b in lv.values()], w,
+            label="ReST^EM")
+    ax2.set_xlabel("difficulty level (operations)")
+    ax2.legend(fontsize=8)
+    lines = [ctx.fig("fig6_problems_and_levels"), "",
+             "| training problems | test pass@1 after 1 iteration |", "|---:|---:|"]
+    lines += [f"| {n} | {pct(by_n[n])} |" for n in ns]
+    lines += ["", f"| level | base | ReST^EM ({last} iterations) | gain (points) |",
+              "|---:|---:|---:|---:|"]
+    gain = {lvl: [y - x for x, y in zip(a, b)] for lvl, (a, b) in lv.items()}
+    lines += [f"| {lvl} | {pct(a)} | {pct(b)} | {pct(gain[lvl])} |" for lvl, (a, b) in lv.items()]
+    d = [a - b for a, b in zip(by_n[full], by_n[ns[0]])]
+    worst = min(levels, key=lambda lvl: statistics.mean(lv[lvl][1]) - statistics.mean(lv[lvl][0]))
+    return Section(lines + [""], [
+        ("6. Number of problems (Fig. 8)", "more training problems give a better model",
+         f"{ns[0]} problems: {pct(by_n[ns[0]])}; {full}: {pct(by_n[full])}", verdict(d)),
+        ("6. Per-level gains (Fig. 8)", "ReST^EM improves every difficulty level",
+         "gains per level " + ", ".join(f"L{lvl} {pct(gain[lvl])}" for lvl in levels),
+         verdict(gain[worst]) + f" (weakest: level {worst})")])
 
-    except (KeyError, TypeError) as e:  # a run of this study has not finished
-        L += [f"## 6. (not run yet: {e})", ""]
 
-    # 7. Iterations vs samples.
-    try:
-        x3 = res.get("one_iter_3x", T)
-        samples3 = res.h[(seeds[0], "one_iter_3x")][1]["num_samples"]
-        samples1 = res.h[(seeds[0], "restem")][1]["num_samples"]
-        fig7, ax = plt.subplots(figsize=(4.5, 3.2))
-        bb = [("1 it.", restem1), ("1 it., 3x samples", x3), (f"{last} it.", restem)]
-        bar(ax, bb)
-        ax.set_ylabel("test greedy pass@1 (%)")
-        img = fig("fig7_iterations_vs_samples")
-        L += ["## 7. Three iterations vs one iteration with 3× the samples", "", img, "",
-              "| setting | E-step samples | test pass@1 |", "|---|---:|---:|",
-              f"| 1 iteration | {samples1} | {pct(restem1)} |",
-              f"| 1 iteration, 3× samples | {samples3} | {pct(x3)} |",
-              f"| {last} iterations | {last} × {samples1} | {pct(restem)} |", ""]
-        d = [a - b for a, b in zip(restem, x3)]
-        claims.append(("7. Iterations vs samples", "iterating helps beyond drawing more samples once: "
-                       f"{last} iterations beat 1 iteration with {last}× the samples",
-                       f"{pct(restem)} vs {pct(x3)}", verdict(d)))
-
-    except (KeyError, TypeError) as e:  # a run of this study has not finished
-        L += [f"## 7. (not run yet: {e})", ""]
-
-    # 8. Per-step negatives: data efficiency.
-    full = res.h[(seeds[0], "restem")][1]["num_problems"]
-    study8 = [n for n in planned if n.startswith(("negatives_", "dpo_", "sft_human_", "train_"))]
-    if all((s, n) in res.h for s in seeds for n in study8):
-        sizes = sorted({int(n.rsplit("_", 1)[1]) for n in study8 if n.startswith("negatives_")})
-        L8, c8 = negatives_section(res, fig, plt, full, sizes, restem1, sft)
-        L += L8
-        claims += c8
-    else:
-        L += ["## 8. Per-step negatives: data efficiency (Setlur et al. 2024)", "",
-              "Not run yet: this report was rebuilt with `--report_only` before study 8's runs "
-              "finished.", ""]
-
-    head = ["# Reproducing the paper on the embedded task", "",
-            "ReST^EM (Singh et al. 2023, arXiv 2312.06585) and its baselines on the embedded "
-            "multi-step arithmetic task (`gin_configs/arithmetic.gin`: a ~0.9M-parameter byte-level "
-            "model whose base is trained on worked solutions of 2-3-step problems, improved on "
-            "2-5-step problems with only the checker as feedback). "
-            f"Seeds {', '.join(map(str, seeds))}: each seed changes the base model's init and "
-            "data order and the loop's sampling, selection and M-step order; the problems "
-            "stay the same. All numbers are test greedy pass@1 (%) on the held-out test split "
-            "(500 problems) "
-            "unless said otherwise, mean ± std over seeds. A claim counts as reproduced when "
-            "the paired difference (per seed; per seed and size in study 8) has the paper's "
-            "sign in every pair; partly when only on average.", "",
-            "## The paper's claims and ours", "",
-            "| study | paper's finding | our measurement | reproduced? |", "|---|---|---|---|"]
-    head += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in claims]
-    missing = [line[3:].split(" (not run yet")[0] for line in L if "(not run yet" in line]
-    if any(line.startswith("Not run yet: this report") for line in L):
-        missing.append("8.")
-    if missing:
-        head += ["", f"**Incomplete:** the runs of {', '.join(missing)} had not finished when this "
-                 "report was built; `python experiments/reproduce_paper.py` runs them (resuming) "
-                 "and rebuilds it."]
-    head += ["", f"- Regenerate: `{command}` (wall time of this run: {wall_s / 60:.0f} min; "
-             "the runs resume, so a re-run only rebuilds this file).",
-             f"- Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-             f"{platform.python_version()}, {datetime.date.today()}.",
-             "- Checkpoints are selected on the val split; the test and transfer splits are never "
-             "used for a choice.", ""]
-    return "\n".join(head + L)
+def iterations_vs_samples(ctx: Context) -> Section:
+    """7. The last ReST^EM iteration vs one iteration with as many more samples."""
+    ctx.require("restem", "one_iter_3x")
+    restem, restem1, x3 = ctx.get("restem", T), ctx.get("restem", T, 1), ctx.get("one_iter_3x", T)
+    last = ctx.iters("restem")[-1]
+    samples = [ctx.cfg(run, "EMConfig.num_samples") for run in ("one_iter_3x", "restem")]
+    r = f"{samples[0] / samples[1]:g}"  # the study's "3×"
+    samples3 = ctx.h[(ctx.seeds[0], "one_iter_3x")][1]["num_samples"]
+    samples1 = ctx.h[(ctx.seeds[0], "restem")][1]["num_samples"]
+    plt = pyplot()
+    _, ax = plt.subplots(figsize=(4.5, 3.2))
+    bar(ax, [("1 it.", restem1), (f"1 it., {r}x samples", x3), (f"{last} it.", restem)])
+    ax.set_ylabel("test greedy pass@1 (%)")
+    lines = [ctx.fig("fig7_iterations_vs_samples"), "",
+             "| setting | E-step samples | test pass@1 |", "|---|---:|---:|",
+             f"| 1 iteration | {samples1} | {pct(restem1)} |",
+             f"| 1 iteration, {r}× samples | {samples3} | {pct(x3)} |",
+             f"| {last} iterations | {last} × {samples1} | {pct(restem)} |", ""]
+    d = [a - b for a, b in zip(restem, x3)]
+    words = {1: "One", 2: "Two", 3: "Three", 4: "Four", 5: "Five"}
+    return Section(lines, [(
+        "7. Iterations vs samples", "iterating helps beyond drawing more samples once: "
+        f"{last} iterations beat 1 iteration with {r}× the samples", f"{pct(restem)} vs {pct(x3)}",
+        verdict(d))], title=f"7. {words.get(last, last)} iterations vs one iteration with {r}× "
+                            "the samples")
 
 
 def equivalent_problems(acc: float, curve: list[tuple[int, float]]) -> tuple[float, str]:
@@ -608,27 +670,31 @@ def equivalent_problems(acc: float, curve: list[tuple[int, float]]) -> tuple[flo
     return ns[-1], ">"
 
 
-def negatives_section(res: Results, fig, plt, full: int, sizes: list[int], restem1: list[float],
-                      sft_full: list[float]):
-    """Study 8: SFT vs positives only vs positives + per-step negatives, by number of
-    problems (`sizes`: the planned runs' sizes, so stale runs on disk are ignored)."""
-    cfg = (res.root / f"seed_{res.seeds[0]}" / f"negatives_{sizes[0]}" /
-           "operative_config.gin").read_text()
-    k = next(line.split("=")[1].strip() for line in cfg.splitlines()
-             if line.startswith("StepNegativesConfig.num_rollouts") or
-             line.startswith("rest_em.StepNegativesConfig.num_rollouts"))
-    m = next(line.split("=")[1].strip() for line in cfg.splitlines()
-             if "StepNegativesConfig.max_per_problem" in line)
-    neg_note = f"up to {m} negatives per problem and K={k} best-of-K rollouts per prefix"
+def step_negatives(ctx: Context) -> Section:
+    """8. SFT vs positives only vs positives + per-step negatives vs per-step DPO, by number
+    of problems (the planned runs' sizes, so stale runs on disk are ignored)."""
+    sizes = ctx.planned_sizes("negatives")
+    study = [n for n in ctx.planned if n.startswith(("negatives_", "dpo_", "sft_human_", "train_"))]
+    if not sizes:
+        raise NotRun("negatives_*")
+    ctx.require("restem", "sft_human", *study)
+    full = ctx.cfg("restem", "arithmetic_task.num_train")
+    neg, dpo_run = f"negatives_{sizes[0]}", f"dpo_{sizes[0]}"
+    beta, clip = ctx.cfg(neg, "StepNegativesConfig.beta"), ctx.cfg(neg, "StepNegativesConfig.clip")
+    neg_note = (f"up to {ctx.cfg(neg, 'StepNegativesConfig.max_per_problem')} negatives per "
+                f"problem and K={ctx.cfg(neg, 'StepNegativesConfig.num_rollouts')} best-of-K "
+                "rollouts per prefix")
     curves = {
-        "SFT on human solutions": {**{n: res.get(f"sft_human_{n}", T) for n in sizes}, full: sft_full},
-        "positives only (RFT / ReST^EM it. 1)": {**{n: res.get(f"train_{n}", T) for n in sizes},
-                                                 full: restem1},
-        "positives + per-step negatives": {n: res.get(f"negatives_{n}", T) for n in sizes},
-        "positives, then per-step DPO": {n: res.get(f"dpo_{n}", T) for n in sizes},
+        "SFT on human solutions": {**{n: ctx.get(f"sft_human_{n}", T) for n in sizes},
+                                   full: ctx.get("sft_human", T)},
+        "positives only (RFT / ReST^EM it. 1)": {**{n: ctx.get(f"train_{n}", T) for n in sizes},
+                                                 full: ctx.get("restem", T, 1)},
+        "positives + per-step negatives": {n: ctx.get(f"negatives_{n}", T) for n in sizes},
+        "positives, then per-step DPO": {n: ctx.get(f"dpo_{n}", T) for n in sizes},
     }
     mean = {k: [(n, statistics.mean(v[n])) for n in sorted(v)] for k, v in curves.items()}
-    fig8, ax = plt.subplots(figsize=(5.5, 3.6))
+    plt = pyplot()
+    _, ax = plt.subplots(figsize=(5.5, 3.6))
     for (label, c), style in zip(curves.items(), ("--s", "-o", "-^", ":v")):
         ns = sorted(c)
         ax.errorbar(ns, [statistics.mean(c[n]) * 100 for n in ns],
@@ -638,22 +704,21 @@ def negatives_section(res: Results, fig, plt, full: int, sizes: list[int], reste
     ax.set_xlabel("training problems")
     ax.set_ylabel("test greedy pass@1 (%)")
     ax.legend(fontsize=7)
-    img = fig("fig8_step_negatives")
     labels = list(curves)
-    L = ["## 8. Per-step negatives: data efficiency (Setlur et al. 2024)", "", img, "",
+    L = [ctx.fig("fig8_step_negatives"), "",
          "One iteration from the same base model for every point; per-step negatives "
-         "(`gin_configs/variants/step_negatives.gin`): weights exp(A/β), β=1, clipped at 10, "
-         f"with {neg_note} (the paper: up to 8 negatives, K=5; reduced here to fit the CPU "
-         "budget of the study). Per-step DPO (`gin_configs/variants/step_dpo.gin`, β=0.1) "
-         "uses the same rollouts for first-pit pairs, after a fit on the positives, and keeps "
-         "its params only if D_val improves. The full-size points (1500 problems) of SFT and "
-         "positives only are the `sft_human` and `restem` iteration-1 runs.", "",
+         f"(`gin_configs/variants/step_negatives.gin`): weights exp(A/β), β={beta:g}, clipped at "
+         f"{clip:g}, with {neg_note} (the paper: up to 8 negatives, K=5; reduced here to fit the "
+         "CPU budget of the study). Per-step DPO (`gin_configs/variants/step_dpo.gin`, "
+         f"β={ctx.cfg(dpo_run, 'StepNegativesConfig.dpo_beta'):g}) uses the same rollouts for "
+         "first-pit pairs, after a fit on the positives, and keeps its params only if D_val "
+         f"improves. The full-size points ({full} problems) of SFT and positives only are the "
+         "`sft_human` and `restem` iteration-1 runs.", "",
          "| training problems | " + " | ".join(labels) + " |", "|---:|---:|---:|---:|---:|"]
     for n in sorted(curves[labels[0]]):
         L.append(f"| {n} | " + " | ".join(pct(curves[k][n]) if n in curves[k] else "—"
                                           for k in labels) + " |")
     ref, pos_curve = mean[labels[0]], mean[labels[1]]
-    del full
     L += ["", "Data-efficiency multipliers: the number of problems a reference method needs to "
           "reach a method's accuracy (read off the reference's mean curve, interpolated in "
           "log n; ≤ / > when the accuracy lies outside the reference's range, so the value is "
@@ -668,33 +733,33 @@ def negatives_section(res: Results, fig, plt, full: int, sizes: list[int], reste
 
     mult: dict[str, list[str]] = {"pos": [], "neg": [], "neg_pos": [], "dpo_pos": []}
     for n in sizes:
-        pos, neg, dpo = (statistics.mean(curves[k][n]) for k in labels[1:])
+        pos, negs, dpo = (statistics.mean(curves[k][n]) for k in labels[1:])
         mult["pos"].append(multiplier(pos, ref, n))
-        mult["neg"].append(multiplier(neg, ref, n))
-        mult["neg_pos"].append(multiplier(neg, pos_curve, n))
+        mult["neg"].append(multiplier(negs, ref, n))
+        mult["neg_pos"].append(multiplier(negs, pos_curve, n))
         mult["dpo_pos"].append(multiplier(dpo, pos_curve, n))
         L.append(f"| {n} | {mult['pos'][-1]} | {mult['neg'][-1]} | {mult['neg_pos'][-1]} | "
                  f"{mult['dpo_pos'][-1]} |")
     cost = []
     for n in sizes:
-        rows = [res.h[(s, f"negatives_{n}")][1] for s in res.seeds]
+        rows = ctx.rows(f"negatives_{n}", 1)
         roll = statistics.mean(r["negatives/num_rollouts"] for r in rows) / n
         samp = statistics.mean(r["num_samples"] for r in rows) / n
         t_roll = statistics.mean(r["seconds"].get("step_values", 0.0) for r in rows)
         t_gen = statistics.mean(r["seconds"]["generate"] for r in rows)
         t_imp = statistics.mean(r["seconds"]["improve"] for r in rows)
-        dpo = [res.h[(s, f"dpo_{n}")][1] for s in res.seeds]
+        dpo = ctx.rows(f"dpo_{n}", 1)
         t_dpo = statistics.mean(r["seconds"].get("dpo", 0.0) for r in dpo)
         pairs = statistics.mean(r.get("negatives/num_pairs", 0.0) for r in dpo) / n
         cost.append(f"| {n} | {samp:.0f} | {roll:.0f} | {t_gen:.0f} | {t_roll:.0f} | {t_imp:.0f} "
                     f"| {pairs:.1f} | {t_dpo:.0f} |")
     # What the curves do not show by themselves: where the base model lies, and how many
     # optimizer steps each M-step took (the negatives add rows, so their M-step runs longer).
-    base = statistics.mean(res.get(f"negatives_{sizes[0]}", T, 0))
+    base = statistics.mean(ctx.get(f"negatives_{sizes[0]}", T, 0))
     below = [n for n in sizes if statistics.mean(curves[labels[1]][n]) < base]
 
     def steps(run: str) -> str:
-        return "/".join(f"{statistics.mean(res.get(f'{run}_{n}', 'num_train_steps')):.0f}"
+        return "/".join(f"{statistics.mean(ctx.get(f'{run}_{n}', 'num_train_steps')):.0f}"
                         for n in sizes)
 
     L += ["", f"The base model (iteration 0) scores {100 * base:.1f}. "
@@ -714,9 +779,10 @@ def negatives_section(res: Results, fig, plt, full: int, sizes: list[int], reste
     d_pos = [a - b for n in sizes for a, b in zip(curves[labels[1]][n], curves[labels[0]][n])]
     d_neg = [a - b for n in sizes for a, b in zip(curves[labels[2]][n], curves[labels[1]][n])]
     d_dpo = [a - b for n in sizes for a, b in zip(curves[labels[3]][n], curves[labels[1]][n])]
-    claims = [
-        ("8. Positives vs SFT (Setlur Fig. 1)", "self-generated positives are ≈2× as data-efficient "
-         "as SFT on human solutions", "multiplier by size: " + ", ".join(mult["pos"]),
+    return Section(L, [
+        ("8. Positives vs SFT (Setlur Fig. 1)", "self-generated positives are ≈2× as "
+         "data-efficient as SFT on human solutions",
+         "multiplier by size: " + ", ".join(mult["pos"]),
          verdict(d_pos) + " (vs SFT, all sizes)"),
         ("8. + per-step negatives (Setlur Fig. 1)", "adding per-step negatives makes the same "
          "problems worth ≈8× the data", "multiplier by size vs positives only: " +
@@ -725,8 +791,83 @@ def negatives_section(res: Results, fig, plt, full: int, sizes: list[int], reste
         ("8. Per-step DPO (Setlur Sec. 5)", "per-step DPO on first-pit pairs improves over "
          "positives only", "multiplier by size vs positives only: " + ", ".join(mult["dpo_pos"]),
          verdict(d_dpo) + " (vs positives only, all sizes)"),
-    ]
-    return L, claims
+    ])
+
+
+# (short name for the "Incomplete" note, the section's title, the study)
+STUDIES = (
+    ("Table 1", "Table 1: the variants", table1),
+    ("1.", "1. Test accuracy vs iteration (paper Fig. 2/3)", iterations),
+    ("2.", "2. Train vs test accuracy per iteration (paper Fig. 4)", train_vs_test),
+    ("3.", "3. pass@k and maj@k, base vs ReST^EM (paper Fig. 5)", pass_at_k),
+    ("4.", "4. Human vs model-generated data on the same problems; distillation (paper Fig. 6)",
+     apples_to_apples),
+    ("5.", "5. ReST vs ReST^EM, in-task and on the held-out transfer split (paper Fig. 7)",
+     rest_vs_restem),
+    ("6.", "6. Number of training problems; gains per difficulty level (paper Fig. 8)",
+     problems_and_levels),
+    ("7.", "7. Iterations vs one iteration with more samples", iterations_vs_samples),
+    ("8.", "8. Per-step negatives: data efficiency (Setlur et al. 2024)", step_negatives),
+)
+
+
+# --- the report ---------------------------------------------------------------------------
+
+def intro(ctx: Context) -> str:
+    """The report's first paragraph; the task and model as the reference run had them."""
+    if ctx.has("restem"):
+        c = ctx.configs["restem"]
+        task = (f"a {approx(num_params(c))}-parameter byte-level model whose base is trained on "
+                f"worked solutions of {span(c['arithmetic_task.sft_levels'])}-step problems, "
+                f"improved on {span(c['arithmetic_task.levels'])}-step problems with only the "
+                "checker as feedback")
+        test = f" ({ctx.h[(ctx.seeds[0], 'restem')][0]['test/num_problems']} problems)"
+    else:
+        task, test = "its reference run `restem` has not finished", ""
+    return ("ReST^EM (Singh et al. 2023, arXiv 2312.06585) and its baselines on the embedded "
+            f"multi-step arithmetic task (`{ctx.config_file}`: {task}). "
+            f"Seeds {', '.join(map(str, ctx.seeds))}: each seed changes the base model's init and "
+            "data order and the loop's sampling, selection and M-step order; the problems "
+            "stay the same. All numbers are test greedy pass@1 (%) on the held-out test split"
+            f"{test} unless said otherwise, mean ± std over seeds. A claim counts as reproduced "
+            "when the paired difference (per seed; per seed and size in study 8) has the paper's "
+            "sign in every pair; partly when only on average.")
+
+
+def report(ctx: Context, command: str, wall_s: float) -> str:
+    """docs/RESULTS.md: the claims table, then every study's section (and its figure); a
+    study whose runs have not all finished says so."""
+    ctx.fig_dir.mkdir(parents=True, exist_ok=True)
+    body: list[str] = []
+    claims: list[Claim] = []
+    missing: list[str] = []
+    for short, title, study in STUDIES:
+        try:
+            section = study(ctx)
+        except NotRun as e:
+            pyplot().close("all")
+            missing.append(short)
+            body += [f"## {title}", "", f"Not run yet (unfinished: {', '.join(e.args)}).", ""]
+            if short != "Table 1":
+                claims.append((title, "—", "—", "not run yet"))
+            continue
+        body += [f"## {section.title or title}", "", *section.lines]
+        claims += section.claims
+    head = ["# Reproducing the paper on the embedded task", "", intro(ctx), "",
+            "## The paper's claims and ours", "",
+            "| study | paper's finding | our measurement | reproduced? |", "|---|---|---|---|"]
+    head += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in claims]
+    if missing:
+        head += ["", f"**Incomplete:** the runs of {', '.join(missing)} had not finished when this "
+                 "report was built; `python experiments/reproduce_paper.py` runs them (resuming) "
+                 "and rebuilds it."]
+    head += ["", f"- Regenerate: `{command}` (wall time of this run: {wall_s / 60:.0f} min; "
+             "the runs resume, so a re-run only rebuilds this file).",
+             f"- Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+             f"{platform.python_version()}, {datetime.date.today()}.",
+             "- Checkpoints are selected on the val split; the test and transfer splits are never "
+             "used for a choice.", ""]
+    return "\n".join(head + body)
 
 
 def main() -> None:
@@ -754,9 +895,11 @@ def main() -> None:
              for r in runs_of(args.quick) if (root / f"seed_{s}" / r.name / "DONE").exists()]
     out = pathlib.Path(args.out)
     command = "python experiments/reproduce_paper.py" + "".join(f" {a}" for a in sys.argv[1:])
-    text = report(Results(root, seeds), out / "figures", "figures", command,
-                  max(wall, sum(walls) / max(args.jobs, 1)),
-                  planned=[r.name for r in runs_of(args.quick)])
+    ctx = Context.load(root, seeds, planned=[r.name for r in runs_of(args.quick)],
+                       config_file=str((TINY if args.quick else REPO / "gin_configs" /
+                                        "arithmetic.gin").relative_to(REPO)),
+                       fig_dir=out / "figures", rel="figures")
+    text = report(ctx, command, max(wall, sum(walls) / max(args.jobs, 1)))
     out.mkdir(parents=True, exist_ok=True)
     (out / "RESULTS.md").write_text(text + "\n")
     print(f"wrote {out / 'RESULTS.md'} and {out / 'figures'}/")
