@@ -325,6 +325,63 @@ def test_timeout_from_a_non_main_thread():
     assert result["after"].status is Status.CORRECT, result["after"]
 
 
+class _SlowReadDict(dict):
+    """A dict whose reads pause first, so that an unlocked read races a clear."""
+
+    def __contains__(self, key):
+        time.sleep(0.0002)
+        return super().__contains__(key)
+
+    def __getitem__(self, key):
+        time.sleep(0.0002)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        time.sleep(0.0002)
+        return super().get(key, default)
+
+
+def test_cache_cleared_while_other_threads_check(monkeypatch):
+    """The result cache is cleared (when full) while other threads read it: no KeyError
+    escapes check_batch and every verdict stays right."""
+    monkeypatch.setattr(rm, "_cache", _SlowReadDict())
+    cases = [(r"\boxed{\sqrt{8}}", r"2\sqrt{2}", Status.CORRECT),
+             (r"\boxed{\sqrt{3}}", r"2\sqrt{2}", Status.INCORRECT),
+             (r"\boxed{\pi/2}", r"\frac{\pi}{2}", Status.CORRECT),
+             (r"\boxed{x^2+2x+1}", "(x+1)^2", Status.CORRECT)]
+    responses, golds, expected = (list(c) for c in zip(*cases))
+    assert [v.status for v in rm.check_batch(responses, golds, timeout_s=60)] == expected
+    stop, errors, checked = threading.Event(), [], []
+
+    def clear():
+        while not stop.is_set():
+            with rm._cache_lock:  # as check_batch clears a full cache
+                rm._cache.clear()
+            time.sleep(0.001)
+
+    def check():
+        try:
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:
+                got = [v.status for v in rm.check_batch(responses, golds, timeout_s=60)]
+                assert got == expected, got
+                checked.append(1)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    clearer = threading.Thread(target=clear)
+    checkers = [threading.Thread(target=check) for _ in range(8)]
+    clearer.start()
+    for t in checkers:
+        t.start()
+    for t in checkers:
+        t.join(120)
+    stop.set()
+    clearer.join(10)
+    assert not errors, errors[:3]
+    assert len(checked) >= 8
+
+
 def test_hard_timeout_pool_kills_and_replaces_workers():
     task = str(DATA / "pool_task.py")
     with _pool.HardTimeoutPool(task, max_workers=1, memory_limit_bytes=None) as pool:

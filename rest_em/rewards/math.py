@@ -747,9 +747,12 @@ def _symbolic_verdict(key: tuple[str, str], answer: str, timeout_s: float,
                       max_workers: int | None, use_cache: bool) -> Verdict:
     from rest_em.rewards import _pool as pool_mod
 
-    if use_cache and key in _cache:
-        status, reason = _cache[key]
-        return Verdict(Status(status), answer, reason + " (cached)")
+    if use_cache:
+        with _cache_lock:  # another thread may be clearing it
+            hit = _cache.get(key)
+        if hit is not None:
+            status, reason = hit
+            return Verdict(Status(status), answer, reason + " (cached)")
     try:
         status, reason = _get_pool(max_workers).call(
             "_symbolic_compare", *key, timeout_s=timeout_s)
