@@ -46,6 +46,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rest_em.rewards import math as rm
+from rest_em.rewards import math_answers, math_check, math_equivalence
 
 DATASETS = {
     "GSM8K test": REPO / "tests" / "testdata" / "gsm8k_test.jsonl.gz",
@@ -59,7 +60,7 @@ def load_items(path: pathlib.Path, limit: int | None, seed: int) -> tuple[list[s
     with gzip.open(path, "rt", encoding="utf-8") as f:
         refs = [json.loads(line)["answer"] for line in f][:limit]
     golds = [rm.gold_answer(r) for r in refs]
-    responses = [rm._strip_answer_tail(r) for r in refs]
+    responses = [math_answers._strip_answer_tail(r) for r in refs]
     rng = random.Random(seed)
     others = [golds[(i + rng.randrange(1, len(golds))) % len(golds)] for i in range(len(golds))]
     return responses + responses, golds + others
@@ -140,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         responses, golds = load_items(path, args.limit, args.seed)
         # Where rest_em decides: in process (extraction + fast path) or in the pool.
         answers = [rm.extract_answer(r) for r in responses]
-        fast = sum(a is None or isinstance(rm._fast_compare(a, g), rm.Verdict)
+        fast = sum(a is None or isinstance(math_equivalence._fast_compare(a, g), rm.Verdict)
                    for a, g in zip(answers, golds))
         verdicts = {}
         for name, run in systems.items():  # warm-up: pool start, parser tables
@@ -150,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in range(args.repeats):
             for name in names[r % len(names):] + names[:r % len(names)]:
                 # Each round parses afresh: the workers forget every parsed answer.
-                rm._get_pool(args.workers).broadcast("_clear_caches", timeout_s=60)
+                math_check._get_pool(args.workers).broadcast("_clear_caches", timeout_s=60)
                 start = time.perf_counter()
                 systems[name](responses, golds)
                 times[name].append(time.perf_counter() - start)

@@ -18,6 +18,8 @@ import pytest
 
 from rest_em.rewards import _pool
 from rest_em.rewards import math as rm
+from rest_em.rewards import math_check as mc
+from rest_em.rewards import math_equivalence as meq
 from rest_em.rewards.math import Status
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -235,11 +237,11 @@ def test_no_false_positives_on_10000_pairs_of_different_golds():
                 else [rng.choice(gsm8k), rng.choice(math500)])
         if rng.random() < 0.5:
             a, b = b, a
-        (na, _), (nb, _) = rm._normalize(a), rm._normalize(b)
+        (na, _), (nb, _) = meq._normalize(a), meq._normalize(b)
         if na == nb:
             dropped["same spelling"] += 1
             continue
-        va, vb = rm._exact_value(na), rm._exact_value(nb)
+        va, vb = meq._exact_value(na), meq._exact_value(nb)
         if va is not None and va == vb:
             dropped["same exact value"] += 1
             continue
@@ -307,7 +309,7 @@ def test_pathological_expression_times_out_and_pool_recovers():
 
 
 def test_timeout_from_a_non_main_thread():
-    rm._get_pool().start()  # warm, so the measured time is the timeout alone
+    mc._get_pool().start()  # warm, so the measured time is the timeout alone
     result = {}
 
     def worker():
@@ -344,7 +346,7 @@ class _SlowReadDict(dict):
 def test_cache_cleared_while_other_threads_check(monkeypatch):
     """The result cache is cleared (when full) while other threads read it: no KeyError
     escapes check_batch and every verdict stays right."""
-    monkeypatch.setattr(rm, "_cache", _SlowReadDict())
+    monkeypatch.setattr(mc, "_cache", _SlowReadDict())
     cases = [(r"\boxed{\sqrt{8}}", r"2\sqrt{2}", Status.CORRECT),
              (r"\boxed{\sqrt{3}}", r"2\sqrt{2}", Status.INCORRECT),
              (r"\boxed{\pi/2}", r"\frac{\pi}{2}", Status.CORRECT),
@@ -355,8 +357,8 @@ def test_cache_cleared_while_other_threads_check(monkeypatch):
 
     def clear():
         while not stop.is_set():
-            with rm._cache_lock:  # as check_batch clears a full cache
-                rm._cache.clear()
+            with mc._cache_lock:  # as check_batch clears a full cache
+                mc._cache.clear()
             time.sleep(0.001)
 
     def check():
@@ -422,13 +424,10 @@ def test_pool_serves_concurrent_threads():
 
 
 def test_checker_module_imports_no_ml_frameworks():
-    """math.py and _pool.py themselves load with the standard library only.
-
-    (The workers load them by path exactly like this, so this is what they pay.)
-    """
+    """What the workers load (by path, exactly like this) needs the standard library only."""
     code = (
         "import importlib.util, sys\n"
-        "for name in ('_pool', 'math'):\n"
+        "for name in ('_pool', '_math_symbolic'):\n"
         f"    path = {str(REPO / 'rest_em' / 'rewards')!r} + '/' + name + '.py'\n"
         "    spec = importlib.util.spec_from_file_location('_t_' + name, path)\n"
         "    mod = importlib.util.module_from_spec(spec)\n"
@@ -439,6 +438,17 @@ def test_checker_module_imports_no_ml_frameworks():
         "print(heavy)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, cwd=str(REPO / "tests"), check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_checker_package_imports_no_ml_frameworks():
+    """The library side imports neither JAX nor sympy (they load only in the workers)."""
+    code = ("import sys\nimport rest_em.rewards.math\n"
+            "print([m for m in ('jax', 'tensorflow', 'torch', 'sympy', 'math_verify')\n"
+            "       if m in sys.modules])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=str(REPO), check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 

@@ -13,11 +13,16 @@ __init__ imports JAX): a task module must only need the standard library and its
 third-party imports. Each worker also gets kernel-enforced backstops: an address-space
 limit, no core files, and a CPU-time limit per call that ends it even if the parent died.
 
+`PerProcess` holds a process's default pool (the math checker's, the code reward's
+default Sandbox): made on first use, and made anew in a forked child, whose copy of the
+parent's belongs to the parent.
+
 This file is stdlib-only and is itself loaded by path inside the workers.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pickle
@@ -30,9 +35,13 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
-__all__ = ["HardTimeoutPool", "PoolError", "TaskError", "TaskTimeout", "WorkerCrashed"]
+__all__ = ["HardTimeoutPool", "PerProcess", "PoolError", "TaskError", "TaskTimeout",
+           "WorkerCrashed"]
+
+T = TypeVar("T")
 
 _HEADER = struct.Struct(">I")
 # Loads this file by path in the child; drops '' (the cwd) from sys.path first so that a
@@ -262,6 +271,53 @@ class HardTimeoutPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class PerProcess(Generic[T]):
+    """One shared object per process (a default pool or sandbox), made on first use.
+
+    A forked child inherits a copy of the parent's object, whose workers and pipes
+    belong to the parent: there `get` forgets it (without closing it, which would kill
+    the parent's workers) and makes a new one. Thread-safe.
+
+    Args:
+      create: makes the object from the arguments given to `get`.
+      close: ends an object this process made (on `reset`, or when `get` replaces it).
+    """
+
+    def __init__(self, create: Callable[..., T], close: Callable[[T], None]):
+        self._create, self._close = create, close
+        self._lock = threading.Lock()
+        self._obj: T | None = None
+        self._pid: int | None = None
+        os.register_at_fork(after_in_child=functools.partial(_renew_lock, weakref.ref(self)))
+
+    def get(self, *args: Any, reuse: Callable[[T], bool] | None = None) -> T:
+        """This process's object, if it has one and `reuse(obj)` holds (default: any);
+        else a new `create(*args)` (closing the one it replaces)."""
+        with self._lock:
+            if self._obj is not None and self._pid != os.getpid():
+                self._obj = None  # forked: the parent's
+            if self._obj is not None and reuse is not None and not reuse(self._obj):
+                self._close(self._obj)
+                self._obj = None
+            if self._obj is None:
+                self._obj, self._pid = self._create(*args), os.getpid()
+            return self._obj
+
+    def reset(self) -> None:
+        """Closes this process's object, if any; the next `get` makes a new one."""
+        with self._lock:
+            if self._obj is not None and self._pid == os.getpid():
+                self._close(self._obj)
+            self._obj = None
+
+
+def _renew_lock(ref: weakref.ref) -> None:
+    """In a forked child: a lock another thread of the parent held would stay held."""
+    obj = ref()
+    if obj is not None:
+        obj._lock = threading.Lock()
 
 
 # ---------------------------------------------------------------- worker side (child)
