@@ -6,6 +6,7 @@ Data: tests/testdata/{gsm8k,math500}_test.jsonl.gz (sources in tests/testdata/RE
 import collections
 import gzip
 import json
+import os
 import pathlib
 import random
 import re
@@ -220,6 +221,16 @@ def test_batch_keeps_order_and_counts_statuses_apart():
         rm.check_batch(["a"], [])
 
 
+def test_status_is_its_value_as_text_and_json():
+    """Statuses go into JSONL (the E-step's shards) and compare with plain strings."""
+    statuses = [v.status for v in rm.check_batch(["#### 18", "#### 17", "x"], ["18"] * 3)]
+    assert statuses == ["correct", "incorrect", "no_answer"]
+    assert [str(s) for s in statuses] == [f"{s}" for s in statuses] == [s.value for s in statuses]
+    assert json.dumps({"status": statuses[0]}) == '{"status": "correct"}'
+    assert collections.Counter(statuses)["correct"] == 1 and {"correct": 1}[statuses[0]] == 1
+    assert Status(json.loads(json.dumps(statuses[1]))) is Status.INCORRECT
+
+
 def test_no_false_positives_on_10000_pairs_of_different_golds():
     """Pairs of golds from different problems, minus those that are equal.
 
@@ -418,6 +429,35 @@ def test_pool_serves_concurrent_threads():
             t.join(60)
         assert sorted(results) == list(range(8))
         assert len(pool.worker_pids()) == 2
+
+
+def test_per_process_default_is_made_again_in_a_forked_child():
+    made, closed = [], []
+
+    def create(n):
+        made.append(n)
+        return [n]
+
+    default = _pool.PerProcess(create, closed.append)
+    first = default.get(1)
+    assert default.get(2) is first and made == [1]  # any size will do by default
+    assert default.get(2, reuse=lambda obj: obj == [2]) == [2] and closed == [[1]]
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a new object, and the parent's is not closed
+        try:
+            ok = default.get(3) == [3] and closed == [[1]] and made == [1, 2, 3]
+            os.write(write_fd, b"ok" if ok else repr((made, closed)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    reply = os.read(read_fd, 1000)
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    assert reply == b"ok", reply
+    assert default.get(4) == [2] and made == [1, 2]  # the parent keeps its own
+    default.reset()
+    assert closed == [[1], [2]] and default.get(5) == [5]
 
 
 # ----------------------------------------------------------------------------- imports
