@@ -5,6 +5,8 @@ import pathlib
 
 import pytest
 
+from rest_em import errors
+from rest_em.rewards.status import Status
 from rest_em.tasks import DataError, arithmetic, jsonl_tasks, read_jsonl
 from rest_em.tokenizers import ByteTokenizer
 
@@ -81,16 +83,71 @@ def test_math_from_jsonl_with_few_shot_prompt(tmp_path):
 
 
 def test_malformed_rows_name_file_line_and_field(tmp_path):
+    assert DataError is errors.DataError and issubclass(DataError, errors.UserError)
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"question": "q", "answer": "#### 1"}\n{"question": "q"}\n')
-    with pytest.raises(DataError, match=r"bad.jsonl:2: missing field 'answer'"):
+    good = '{"question": "q", "answer": "#### 1"}\n'
+    cases = [
+        ('{"question": "q"}\n', r'bad.jsonl:2: field "answer" is missing'),
+        ('\n{"question": 3, "answer": "x"}\n',
+         r'bad.jsonl:3: field "question" must be a string, got int'),
+        ("{not json\n", r"bad.jsonl:2: invalid JSON \(Expecting property name"),
+        ('["q", "a"]\n', r"bad.jsonl:2: expected a JSON object, got list"),
+    ]
+    for rest, message in cases:
+        path.write_text(good + rest)
+        with pytest.raises(DataError, match=message):
+            read_jsonl(path, required=("question", "answer"))
+    path.write_bytes(good.encode() * 2 + b'{"question": "caf\xe9", "answer": "#### 1"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:3: not UTF-8 text"):
         read_jsonl(path, required=("question", "answer"))
-    path.write_text('{"question": "q", "answer": "#### 1"}\n\n{"question": 3, "answer": "x"}\n')
-    with pytest.raises(DataError, match=r"bad.jsonl:3: field 'question' must be a string"):
-        read_jsonl(path, required=("question", "answer"))
-    path.write_text('{"question": "q", "answer": "#### 1"}\n{not json\n')
-    with pytest.raises(DataError, match=r"bad.jsonl:2: invalid JSON"):
-        read_jsonl(path, required=("question", "answer"))
+    with pytest.raises(DataError, match=r"missing.jsonl: no such file"):
+        read_jsonl(tmp_path / "missing.jsonl", required=("question",))
+    gz = tmp_path / "bad.jsonl.gz"
+    gz.write_bytes(b"not gzip")
+    with pytest.raises(DataError, match=r"bad.jsonl.gz: cannot read"):
+        read_jsonl(gz, required=("question",))
+
+
+def test_jsonl_task_reports_a_bad_row_as_data_error(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"question": "a", "answer": "so #### 4"}\n'
+                    '{"question": "b", "solution": "#### 5"}\n')
+    task = jsonl_tasks.gsm8k_task(train_file=None, test_file=str(path))
+    with pytest.raises(errors.DataError, match=r'train.jsonl:2: field "answer" is missing'):
+        task.load("test")
+
+
+def test_val_size_must_leave_training_problems(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"question": f"q{i}", "answer": f"#### {i}"}) + "\n"
+                            for i in range(6)))
+    task = jsonl_tasks.gsm8k_task(train_file=str(path), test_file=str(path), num_shots=2,
+                                  val_size=3)
+    assert (len(task.load("train")), len(task.load("val"))) == (1, 3)
+    for val_size in (4, 10):
+        task = jsonl_tasks.gsm8k_task(train_file=str(path), test_file=str(path), num_shots=2,
+                                      val_size=val_size)
+        for split in ("train", "val", "sft"):
+            with pytest.raises(errors.ConfigError,
+                               match=rf"val_size={val_size} leaves no training problems: "
+                                     rf".*train.jsonl has 6 rows, 2 of them few-shot exemplars"):
+                task.load(split)
+        assert len(task.load("test")) == 6  # other splits still load
+    with pytest.raises(errors.ConfigError, match=r"val_size must be >= 0, got -1"):
+        jsonl_tasks.math_task(train_file=str(path), test_file=str(path), val_size=-1).load("val")
+
+
+def test_scores_are_statuses():
+    q = arithmetic.Problem(0, "1+1", "2")
+    statuses = arithmetic.score(["1+1=2\n#### 2", "#### 3", "no"], [q] * 3)
+    assert statuses == [Status.CORRECT, Status.INCORRECT, Status.NO_ANSWER]
+    assert all(type(s) is Status for s in statuses)
+    assert json.dumps(statuses) == '["correct", "incorrect", "no_answer"]'
+    task = jsonl_tasks.gsm8k_task(train_file=None, test_file=str(DATA / "gsm8k_test.jsonl.gz"))
+    p = task.load("test")[0]
+    statuses = task.score([task.target(p), "#### -1", "no idea"], [p] * 3)
+    assert statuses == ["correct", "incorrect", "no_answer"]
+    assert all(type(s) is Status for s in statuses)
 
 
 def test_problems_without_gold_are_kept_unscored(tmp_path):

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rest_em.rewards.status import Status
 from rest_em.tasks.problems import Problem, Task
 
 ANSWER_RE = re.compile(r"####\s*(-?\d+)\s*$")
@@ -202,7 +203,7 @@ def generate_transfer(*, num_problems: int, seed: int = 0, max_operand: int = 12
 
 
 def score(completions: Sequence[str], problems: Sequence[Problem], *,
-          verify_steps: bool = False) -> list[str]:
+          verify_steps: bool = False) -> list[Status]:
     """Exact integer match of the final answer; in-process (integers need no sandbox).
 
     verify_steps (chain style) also checks every written step against the question, so
@@ -212,11 +213,11 @@ def score(completions: Sequence[str], problems: Sequence[Problem], *,
     for c, p in zip(completions, problems, strict=True):
         a = extract(c)
         if a is None:
-            out.append("no_answer")
+            out.append(Status.NO_ANSWER)
         elif int(a) != int(p.answer) or (verify_steps and not steps_are_correct(c, p.question)):
-            out.append("incorrect")
+            out.append(Status.INCORRECT)
         else:
-            out.append("correct")
+            out.append(Status.CORRECT)
     return out
 
 

@@ -4,7 +4,9 @@ Rows are `{"question": ..., "answer": ...}` where `answer` is the reference solu
 (GSM8K: ending in `#### N`; MATH: with a final `\\boxed{}`), as in ../shared/data and
 the original releases. The gold final answer is read from the reference solution; a row
 whose reference has no readable final answer keeps `answer=None` and is reported and
-skipped by the loop, never scored 0.
+skipped by the loop, never scored 0. A malformed row raises rest_em.errors.DataError
+naming file:line and the field; a val_size that leaves no training problems raises
+rest_em.errors.ConfigError.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import pathlib
 import re
 from collections.abc import Sequence
 
+from rest_em.errors import ConfigError
+from rest_em.rewards.status import Status
 from rest_em.tasks.problems import Problem, Task, read_jsonl
 
 _CALC = re.compile(r"<<[^<>]*>>")
@@ -72,14 +76,23 @@ def _make(name: str, style: str, files: dict[str, str | None], num_shots: int, v
         if split not in cache:
             path = files.get(split)
             if path is None:
-                raise ValueError(f"task {name!r}: no file configured for split {split!r}")
+                raise ConfigError(f"task {name!r}: no file configured for split {split!r}")
             cache[split] = load_problems(path, style=style)
         return cache[split]
 
     def load(split: str) -> list[Problem]:
         """train minus the few-shot exemplars and the val tail; val = that tail."""
         if split in ("train", "val", "sft") and files.get("train"):
-            rest = raw("train")[num_shots:]
+            rows = raw("train")
+            rest = rows[num_shots:]
+            if val_size < 0:
+                raise ConfigError(f"task {name!r}: val_size must be >= 0, got {val_size}")
+            if val_size >= len(rest):
+                exemplars = f", {num_shots} of them few-shot exemplars" if num_shots else ""
+                raise ConfigError(
+                    f"task {name!r}: val_size={val_size} leaves no training problems: "
+                    f"{files['train']} has {len(rows)} rows{exemplars}; use a smaller "
+                    f"val_size or a larger file")
             cut = len(rest) - val_size
             return rest[cut:] if split == "val" else rest[:cut]
         return raw(split)
@@ -98,10 +111,10 @@ def _make(name: str, style: str, files: dict[str, str | None], num_shots: int, v
     def extract(completion: str) -> str | None:
         return math_reward.extract_answer(_first_answer(completion), style="auto")
 
-    def score(completions: Sequence[str], problems: Sequence[Problem]) -> list[str]:
+    def score(completions: Sequence[str], problems: Sequence[Problem]) -> list[Status]:
         cut = [_first_answer(c) for c in completions]
         golds = [p.answer for p in problems]
-        return [v.status.value for v in math_reward.check_batch(cut, golds, style="auto")]
+        return [v.status for v in math_reward.check_batch(cut, golds, style="auto")]
 
     def hint_prompt(p: Problem) -> str:
         """STaR's rationalization: the question with its gold answer as a hint."""

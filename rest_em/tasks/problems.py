@@ -12,6 +12,10 @@ import json
 import pathlib
 from collections.abc import Callable, Sequence
 
+from rest_em.errors import DataError
+from rest_em.rewards.status import Status
+
+__all__ = ["DataError", "Problem", "Status", "Task", "read_jsonl"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +35,9 @@ class Task:
 
     load(split) -> problems; prompt(problem) -> text the model continues;
     target(problem) -> reference completion text (SFT); extract(completion) -> answer or
-    None (for maj@k); score(completions, problems) -> one status per item: "correct",
-    "incorrect", "no_answer", "checker_error" or "timeout" (only "correct" earns reward 1).
+    None (for maj@k); score(completions, problems) -> one `Status` per item: CORRECT,
+    INCORRECT, NO_ANSWER, CHECKER_ERROR or TIMEOUT (only CORRECT earns reward 1; a
+    Status is a str, equal to and written as "correct", "incorrect", ...).
     hint_prompt(problem) (optional) -> the prompt with the gold answer given as a hint,
     for STaR's rationalization of problems the model could not solve.
     """
@@ -42,37 +47,50 @@ class Task:
     prompt: Callable[[Problem], str]
     target: Callable[[Problem], str]
     extract: Callable[[str], str | None]
-    score: Callable[[Sequence[str], Sequence["Problem"]], list[str]]
+    score: Callable[[Sequence[str], Sequence["Problem"]], list[Status]]
     hint_prompt: Callable[[Problem], str] | None = None  # the prompt + gold answer (STaR)
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the file, line and field."""
-
-
 def read_jsonl(path: str | pathlib.Path, *, required: Sequence[str]) -> list[tuple[int, dict]]:
-    """(line number, row) pairs of a JSONL (or .jsonl.gz) file; malformed rows fail with
-    file:line: field."""
+    """(line number, row) pairs of a JSONL (or .jsonl.gz) file.
+
+    Raises rest_em.errors.DataError naming file:line and what is wrong with the row:
+    `data.jsonl:7: field "answer" is missing`, `...: field "question" must be a string,
+    got int`, `...: invalid JSON (...)`, `...: not UTF-8 text`; or `data.jsonl: no such
+    file`. Blank lines are skipped (and counted).
+    """
     path = pathlib.Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise DataError(f"{path}: no such file")
     rows = []
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            for field in required:
-                if field not in row:
-                    raise DataError(f"{path}:{lineno}: missing field {field!r}")
-                if not isinstance(row[field], str):
-                    raise DataError(f"{path}:{lineno}: field {field!r} must be a string, "
-                                    f"got {type(row[field]).__name__}")
-            rows.append((lineno, row))
+    try:
+        with opener(path, "rb") as f:  # bytes: a decoding error names its own line
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte "
+                                    f"{e.start})") from None
+                if line.strip():
+                    rows.append((lineno, _parse_row(path, lineno, line, required)))
+    except (OSError, EOFError) as e:  # e.g. a truncated or corrupt .gz
+        raise DataError(f"{path}: cannot read: {e}") from None
     return rows
+
+
+def _parse_row(path: pathlib.Path, lineno: int, line: str, required: Sequence[str]) -> dict:
+    where = f"{path}:{lineno}"
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for field in required:
+        if field not in row:
+            raise DataError(f"{where}: field {json.dumps(field)} is missing")
+        if not isinstance(row[field], str):
+            raise DataError(f"{where}: field {json.dumps(field)} must be a string, "
+                            f"got {type(row[field]).__name__}")
+    return row
