@@ -16,6 +16,12 @@ header of `{name: {dtype, shape, data_offsets}}`, then raw little-endian data, a
 
 Orbax (`save_params` / `restore_params`) is the format for our own checkpoints; restore
 writes each array directly into the requested sharding.
+
+A checkpoint that cannot be used (missing or unreadable config.json, a missing, truncated
+or corrupt safetensors file, a missing tensor, an index naming absent shards, an
+incomplete orbax directory, an unsupported architecture) raises
+`rest_em.errors.CheckpointError` (a ValueError) naming the directory or file, what is
+wrong and what to do.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import safetensors.numpy
 from jax.sharding import Mesh, Sharding, SingleDeviceSharding
 
 from rest_em import model, partitioning
+from rest_em.errors import CheckpointError
 from rest_em.model import ModelConfig
 
 PathLike = str | os.PathLike
@@ -57,20 +64,35 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 # --- config ------------------------------------------------------------------
 
+_REDOWNLOAD = "download or copy the checkpoint again"
+
+
 def _read_json(path: pathlib.Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """A JSON object from `path`; CheckpointError if unreadable or not an object."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise CheckpointError(f"{path}: unreadable ({e}); the file is damaged or "
+                              f"incomplete: {_REDOWNLOAD}") from e
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found "
+                              f"{type(value).__name__}: {_REDOWNLOAD}")
+    return value
 
 
-def _hf_config_dict(config: Mapping[str, Any] | PathLike) -> dict[str, Any]:
+def _hf_config_dict(config: Mapping[str, Any] | PathLike) -> tuple[dict[str, Any], str]:
+    """(config dict, where it came from) for messages."""
     if isinstance(config, Mapping):
-        return dict(config)
+        return dict(config), "Hugging Face config"
     path = pathlib.Path(config)
     if path.is_dir():
         path = path / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no Hugging Face config.json at {path}")
-    return _read_json(path)
+        raise CheckpointError(f"{path}: no Hugging Face config.json; a checkpoint directory "
+                              "holds config.json and model.safetensors (or shards listed in "
+                              "model.safetensors.index.json), as save_pretrained writes them")
+    return _read_json(path), str(path)
 
 
 def _architecture(hf: Mapping[str, Any]) -> str:
@@ -78,8 +100,8 @@ def _architecture(hf: Mapping[str, Any]) -> str:
     arch = archs[0] if archs else _MODEL_TYPES.get(hf.get("model_type", ""), None)
     if arch not in SUPPORTED_ARCHITECTURES:
         found = archs or f"model_type={hf.get('model_type')!r}"
-        raise ValueError(f"unsupported architecture {found}; supported: "
-                         f"{list(SUPPORTED_ARCHITECTURES)}")
+        raise CheckpointError(f"unsupported architecture {found}; supported: "
+                              f"{list(SUPPORTED_ARCHITECTURES)}")
     return arch
 
 
@@ -91,12 +113,12 @@ def _rope(hf: Mapping[str, Any]) -> tuple[float, tuple[float, float, float, int]
     nested = [v for v in params.values() if isinstance(v, Mapping)]
     if nested:
         if any(n != nested[0] for n in nested):
-            raise ValueError(f"per-layer-type rope_parameters differ: {params}")
+            raise CheckpointError(f"per-layer-type rope_parameters differ: {params}")
         params = dict(nested[0])
     scaling = dict(hf.get("rope_scaling") or params)
     theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
     if float(params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))) != 1.0:
-        raise ValueError("partial_rotary_factor != 1 is not supported")
+        raise CheckpointError("partial_rotary_factor != 1 is not supported")
     kind = scaling.get("rope_type", scaling.get("type")) or "default"
     if kind == "default":
         return theta, None
@@ -105,7 +127,7 @@ def _rope(hf: Mapping[str, Any]) -> tuple[float, tuple[float, float, float, int]
                                hf.get("max_position_embeddings"))
         return theta, (float(scaling["factor"]), float(scaling["low_freq_factor"]),
                        float(scaling["high_freq_factor"]), int(original))
-    raise ValueError(f"unsupported rope type {kind!r}; supported: 'default', 'llama3'")
+    raise CheckpointError(f"unsupported rope type {kind!r}; supported: 'default', 'llama3'")
 
 
 def _sliding_window(hf: Mapping[str, Any], arch: str, num_layers: int) -> int | None:
@@ -125,33 +147,48 @@ def _sliding_window(hf: Mapping[str, Any], arch: str, num_layers: int) -> int | 
         return None
     if all(t == "sliding_attention" for t in types):
         return int(window)
-    raise ValueError(f"Qwen2 with sliding window on only some layers ({types}) is not "
-                     "supported: ModelConfig has one sliding_window for all layers")
+    raise CheckpointError(f"Qwen2 with sliding window on only some layers ({types}) is not "
+                          "supported: ModelConfig has one sliding_window for all layers")
 
 
 def config_from_hf(config: Mapping[str, Any] | PathLike, **overrides: Any) -> ModelConfig:
     """Our `ModelConfig` from a Hugging Face config dict, config.json or checkpoint dir.
 
-    Refuses (ValueError) anything the model cannot reproduce exactly, rather than
-    loading weights into an architecture that silently computes something else.
-    `overrides` replace fields afterwards, e.g. `dtype="float32"`.
+    Refuses (CheckpointError, a ValueError) anything the model cannot reproduce exactly,
+    rather than loading weights into an architecture that silently computes something
+    else. `overrides` replace fields afterwards, e.g. `dtype="float32"`.
     """
-    hf = _hf_config_dict(config)
+    hf, where = _hf_config_dict(config)
+    try:
+        fields = _config_fields(hf)
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    except KeyError as e:
+        raise CheckpointError(f"{where}: no {e.args[0]!r} field; the config is incomplete: "
+                              f"{_REDOWNLOAD}") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: a field has an invalid value ({e}): "
+                              f"{_REDOWNLOAD}") from None
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def _config_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
     arch = _architecture(hf)
     if hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r}; only 'silu'")
+        raise CheckpointError(f"unsupported hidden_act {hf['hidden_act']!r}; only 'silu'")
     if hf.get("mlp_bias", False):
-        raise ValueError("mlp_bias=True is not supported")
+        raise CheckpointError("mlp_bias=True is not supported")
     if arch == "LlamaForCausalLM" and hf.get("attention_bias", False):
         # HF Llama's attention_bias also adds an o_proj bias, which our model lacks.
-        raise ValueError("Llama attention_bias=True (q/k/v AND o_proj biases) is not "
-                         "supported; only Qwen2-style q/k/v biases are")
+        raise CheckpointError("Llama attention_bias=True (q/k/v AND o_proj biases) is not "
+                              "supported; only Qwen2-style q/k/v biases are")
     num_layers = int(hf["num_hidden_layers"])
     theta, llama3 = _rope(hf)
     raw_dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
     if str(raw_dtype) not in _HF_DTYPES:
-        raise ValueError(f"unsupported checkpoint dtype {raw_dtype!r}; "
-                         f"expected one of {sorted(set(_HF_DTYPES.values()))}")
+        raise CheckpointError(f"unsupported checkpoint dtype {raw_dtype!r}; "
+                              f"expected one of {sorted(set(_HF_DTYPES.values()))}")
     dtype = _HF_DTYPES[str(raw_dtype)]
     fields = dict(
         vocab_size=int(hf["vocab_size"]),
@@ -171,8 +208,7 @@ def config_from_hf(config: Mapping[str, Any] | PathLike, **overrides: Any) -> Mo
         dtype=dtype,
         param_dtype=dtype,
     )
-    fields.update(overrides)
-    return ModelConfig(**fields)
+    return fields
 
 
 def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
@@ -318,36 +354,73 @@ class _Entry:
 
 
 def _read_header(file: pathlib.Path) -> dict[str, _Entry]:
-    with open(file, "rb") as fh:
-        size_bytes = fh.read(8)
-        if len(size_bytes) != 8:
-            raise ValueError(f"{file} is not a safetensors file (too short)")
-        n = int.from_bytes(size_bytes, "little")
-        try:
+    """The tensors of one safetensors file; CheckpointError unless the header is whole and
+    every tensor's bytes lie inside the file (a truncated download fails here, not later
+    inside a device callback)."""
+    def corrupt(what: str) -> CheckpointError:
+        return CheckpointError(f"{file}: {what}: the file is damaged or was not fully "
+                               f"written; {_REDOWNLOAD}")
+
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as fh:
+            size_bytes = fh.read(8)
+            if len(size_bytes) != 8:
+                raise corrupt(f"not a safetensors file ({size} bytes, too short)")
+            n = int.from_bytes(size_bytes, "little")
+            if 8 + n > size:
+                raise corrupt(f"not a safetensors file, or truncated (the header claims "
+                              f"{n} bytes, the file has {size})")
             header = json.loads(fh.read(n))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"{file} has an unreadable safetensors header: {e}") from e
+    except OSError as e:
+        raise CheckpointError(f"{file}: cannot read ({e})") from e
+    except (ValueError, UnicodeDecodeError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise corrupt(f"unreadable safetensors header ({e})") from e
+    if not isinstance(header, dict):
+        raise corrupt("the safetensors header is not a JSON object")
     base = 8 + n
-    return {name: _Entry(file, info["dtype"], tuple(info["shape"]),
-                         base + info["data_offsets"][0], base + info["data_offsets"][1])
-            for name, info in header.items() if name != "__metadata__"}
+    entries: dict[str, _Entry] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, stop = (int(x) for x in info["data_offsets"])
+            entry = _Entry(file, str(info["dtype"]), tuple(int(d) for d in info["shape"]),
+                           base + start, base + stop)
+        except (KeyError, TypeError, ValueError) as e:
+            raise corrupt(f"bad header entry for tensor {name} ({e!r})") from e
+        if not base <= entry.start <= entry.stop <= size:
+            raise corrupt(f"tensor {name} lies at bytes [{entry.start}, {entry.stop}) "
+                          f"but the file has {size} (truncated?)")
+        entries[name] = entry
+    return entries
 
 
 def _safetensors_files(path: pathlib.Path) -> list[pathlib.Path]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        names = sorted(set(_read_json(index)["weight_map"].values()))
-        files = [path / n for n in names]
-        missing = [str(f) for f in files if not f.is_file()]
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: no \"weight_map\" of tensor name -> shard file; "
+                                  f"the index is damaged: {_REDOWNLOAD}")
+        files = [path / n for n in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
         if missing:
-            raise FileNotFoundError(f"{index} lists shard files that do not exist: {missing}")
+            raise CheckpointError(f"{index} lists {len(missing)} shard file(s) that are not "
+                                  f"in {path}: {missing}; the download is incomplete: "
+                                  f"{_REDOWNLOAD}")
         return files
     if (path / "model.safetensors").is_file():
         return [path / "model.safetensors"]
     files = sorted(path.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"no *.safetensors files (nor model.safetensors.index.json) "
-                                f"in {path}")
+        raise CheckpointError(f"{path}: no *.safetensors files (nor "
+                              f"model.safetensors.index.json); the weights are missing: "
+                              f"{_REDOWNLOAD} (only safetensors weights are read, not "
+                              f"pytorch_model.bin)")
     return files
 
 
@@ -375,26 +448,29 @@ def _check_entries(entries: Mapping[str, _Entry], layout: list[_Tensor], cfg: Mo
     if missing:
         hint = (" (config says tie_word_embeddings=false, so lm_head.weight is required)"
                 if "lm_head.weight" in missing else "")
-        raise ValueError(f"checkpoint {path} is missing {len(missing)} tensor(s): "
-                         f"{missing}{hint}")
+        raise CheckpointError(f"checkpoint {path} is missing {len(missing)} tensor(s): "
+                              f"{missing}{hint}; the checkpoint is incomplete or its "
+                              "config.json does not describe its weights")
     tolerated = {"lm_head.weight"} if cfg.tie_embeddings else set()  # a tied copy
     extra = sorted(n for n in entries if n not in expected and n not in tolerated
                    and not n.endswith(_IGNORED_SUFFIXES))
     if extra:
-        raise ValueError(f"checkpoint {path} has {len(extra)} tensor(s) the "
-                         f"{cfg.num_layers}-layer config does not use: {extra}")
+        raise CheckpointError(f"checkpoint {path} has {len(extra)} tensor(s) the "
+                              f"{cfg.num_layers}-layer config does not use: {extra}")
     bad = [f"{n}: expected {shape}, found {entries[n].shape}"
            for n, shape in expected.items() if entries[n].shape != shape]
     if bad:
-        raise ValueError(f"checkpoint {path} has tensors of the wrong shape: {bad}")
+        raise CheckpointError(f"checkpoint {path} has tensors of the wrong shape for its "
+                              f"config.json: {bad}")
     for n in expected:
         e = entries[n]
         if e.dtype not in _FLOAT_TAGS:
-            raise ValueError(f"{n} in {e.file} has dtype {e.dtype}; expected one of "
-                             f"{list(_FLOAT_TAGS)}")
+            raise CheckpointError(f"{n} in {e.file} has dtype {e.dtype}; expected one of "
+                                  f"{list(_FLOAT_TAGS)}")
         if e.stop - e.start != math.prod(e.shape) * _ST_DTYPES[e.dtype].itemsize:
-            raise ValueError(f"{n} in {e.file}: byte range does not match shape {e.shape} "
-                             f"and dtype {e.dtype} (corrupt file?)")
+            raise CheckpointError(f"{n} in {e.file}: byte range does not match shape "
+                                  f"{e.shape} and dtype {e.dtype}: the file is damaged; "
+                                  f"{_REDOWNLOAD}")
 
 
 def _default_sharding() -> Sharding:
@@ -439,8 +515,12 @@ def load_hf_checkpoint(
     are all checked before any tensor data is read.
     """
     path = pathlib.Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint directory (a Hugging Face "
+                              "checkpoint is a directory with config.json and *.safetensors)")
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no config.json in Hugging Face checkpoint dir {path}")
+        raise CheckpointError(f"{path}: no config.json in this Hugging Face checkpoint "
+                              f"directory; the checkpoint is incomplete: {_REDOWNLOAD}")
     overrides = dict(config_overrides or {})
     if dtype is not None:
         overrides.setdefault("dtype", dtype)
@@ -451,8 +531,9 @@ def load_hf_checkpoint(
     for file in _safetensors_files(path):
         for name, entry in _read_header(file).items():
             if name in entries:
-                raise ValueError(f"tensor {name} appears in both {entries[name].file} "
-                                 f"and {file}")
+                raise CheckpointError(f"tensor {name} appears in both "
+                                      f"{entries[name].file} and {file}; remove the stray "
+                                      "file or add a model.safetensors.index.json")
             entries[name] = entry
     layout = _layout(cfg)
     _check_entries(entries, layout, cfg, path)
@@ -524,20 +605,66 @@ def restore_params(
     land on the default device.
     """
     path = pathlib.Path(path).absolute()
-    ckptr = ocp.StandardCheckpointer()
+    if mesh is not None and cfg is None:
+        raise ValueError("restoring into a mesh needs cfg (for the logical axes); or "
+                         "pass abstract ShapeDtypeStructs that carry shardings")
+    _check_orbax_dir(path)
     if abstract is None and cfg is not None:
         abstract = model.abstract_params(cfg)
-    if abstract is None:
-        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
-                                ckptr.metadata(path).item_metadata.tree)
-    if mesh is not None:
-        if cfg is None:
-            raise ValueError("restoring into a mesh needs cfg (for the logical axes); or "
-                             "pass abstract ShapeDtypeStructs that carry shardings")
-        shardings = model.param_shardings(cfg, mesh, rules)
-    else:
-        shardings = jax.tree.map(
-            lambda x: getattr(x, "sharding", None) or _default_sharding(), abstract)
-    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          abstract, shardings)
-    return ckptr.restore(path, target)
+    with ocp.StandardCheckpointer() as ckptr:
+        if abstract is None:
+            try:
+                metadata = ckptr.metadata(path)
+            except (OSError, ValueError) as e:
+                raise _orbax_error(path, e) from e
+            if metadata is None or getattr(metadata, "item_metadata", None) is None:
+                raise CheckpointError(
+                    f"{path}: incomplete orbax checkpoint (cannot read the tree of its "
+                    "arrays from _METADATA and manifest.ocdbt); the save did not finish or "
+                    "files were removed: save it again, or restore from another checkpoint")
+            abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
+                                    metadata.item_metadata.tree)
+        if mesh is not None:
+            shardings = model.param_shardings(cfg, mesh, rules)
+        else:
+            shardings = jax.tree.map(
+                lambda x: getattr(x, "sharding", None) or _default_sharding(), abstract)
+        target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                              abstract, shardings)
+        try:
+            return ckptr.restore(path, target)
+        except (OSError, ValueError) as e:  # tensorstore reports damage as ValueError
+            raise _orbax_error(path, e) from e
+
+
+def _check_orbax_dir(path: pathlib.Path) -> None:
+    if path.is_dir():
+        if not any(path.iterdir()):
+            raise CheckpointError(f"{path}: empty directory, not an orbax checkpoint; save "
+                                  "it again, or restore from another checkpoint")
+        return
+    if path.exists():
+        raise CheckpointError(f"{path}: not a directory; an orbax checkpoint (save_params) "
+                              "is a directory")
+    prefix = path.name + ".orbax-checkpoint-tmp"  # orbax saves there, then renames
+    tmp = sorted(p.name for p in path.parent.iterdir()
+                 if p.name.startswith(prefix)) if path.parent.is_dir() else []
+    if tmp:
+        raise CheckpointError(f"{path}: no checkpoint, only an unfinished save ({tmp[0]}): "
+                              "the process writing it stopped before it completed; save "
+                              "it again (the temporary directory can be deleted)")
+    raise CheckpointError(f"{path}: no orbax checkpoint at this path")
+
+
+def _orbax_error(path: pathlib.Path, e: Exception) -> CheckpointError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    first = first.split(" [tensorstore_spec")[0]  # a long JSON spec follows
+    if len(first) > 300:
+        first = first[:300] + "..."
+    if "shape" in first or "structure" in first:
+        return CheckpointError(f"{path}: the orbax checkpoint does not fit the requested "
+                               f"params ({first}); it was saved for another model config: "
+                               "pass the config it was saved with")
+    return CheckpointError(f"{path}: unreadable or incomplete orbax checkpoint ({first}); "
+                           "files are missing or damaged (an interrupted save or copy?): "
+                           "save it again, or restore from another checkpoint")

@@ -20,6 +20,7 @@ import transformers
 
 from hf_testing import SMALL, make_hf_model
 from rest_em import checkpoints
+from rest_em.errors import CheckpointError
 
 def assert_trees_equal(a, b):
     assert jax.tree.structure(a) == jax.tree.structure(b)
@@ -115,7 +116,7 @@ def test_tied_checkpoint_has_no_lm_head(tmp_path):
 
 def test_missing_tensor_is_named(llama_copy):
     _rewrite(llama_copy, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
-    with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.up_proj\.weight") as e:
+    with pytest.raises(CheckpointError, match=r"model\.layers\.1\.mlp\.up_proj\.weight") as e:
         checkpoints.load_hf_checkpoint(llama_copy)
     assert str(llama_copy) in str(e.value)
 
@@ -151,13 +152,147 @@ def test_unsupported_architecture_is_named(llama_copy):
 
 def test_missing_files(llama_copy, tmp_path):
     (llama_copy / "config.json").unlink()
-    with pytest.raises(FileNotFoundError, match=re.escape(str(llama_copy))):
+    with pytest.raises(CheckpointError, match=re.escape(str(llama_copy)) + ".*no config.json"):
         checkpoints.load_hf_checkpoint(llama_copy)
+    with pytest.raises(CheckpointError, match="no Hugging Face config.json"):
+        checkpoints.config_from_hf(llama_copy)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text(json.dumps(SMALL | {"architectures": ["LlamaForCausalLM"]}))
-    with pytest.raises(FileNotFoundError, match=r"no \*\.safetensors.*" + re.escape(str(empty))):
+    with pytest.raises(CheckpointError, match=re.escape(str(empty)) + r".*no \*\.safetensors"):
         checkpoints.load_hf_checkpoint(empty)
+    with pytest.raises(CheckpointError, match="no such checkpoint directory"):
+        checkpoints.load_hf_checkpoint(tmp_path / "absent")
+
+
+# --- unreadable or incomplete checkpoints: CheckpointError naming the file ---------
+
+def test_unreadable_or_incomplete_config_is_named(llama_copy):
+    config = llama_copy / "config.json"
+    text = config.read_text()
+    config.write_text(text[: len(text) // 2])  # a cut-off download
+    with pytest.raises(CheckpointError, match=re.escape(str(config)) + ".*unreadable"):
+        checkpoints.load_hf_checkpoint(llama_copy)
+    config.write_text(json.dumps({k: v for k, v in json.loads(text).items()
+                                  if k != "num_hidden_layers"}))
+    with pytest.raises(CheckpointError, match=re.escape(str(config)) + ".*'num_hidden_layers'"):
+        checkpoints.load_hf_checkpoint(llama_copy)
+    config.write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="expected a JSON object"):
+        checkpoints.load_hf_checkpoint(llama_copy)
+
+
+def test_truncated_safetensors_is_named(llama_copy):
+    file = llama_copy / "model.safetensors"
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) - 100])
+    with pytest.raises(CheckpointError, match=re.escape(str(file)) + ".*truncated"):
+        checkpoints.load_hf_checkpoint(llama_copy)
+    file.write_bytes(data[:4])
+    with pytest.raises(CheckpointError, match=re.escape(str(file)) + ".*too short"):
+        checkpoints.load_hf_checkpoint(llama_copy)
+    n = int.from_bytes(data[:8], "little")
+    file.write_bytes(data[:8 + n // 2])  # cut inside the header
+    with pytest.raises(CheckpointError, match="truncated"):
+        checkpoints.load_hf_checkpoint(llama_copy)
+
+
+def test_corrupt_safetensors_header_is_named(llama_copy):
+    file = llama_copy / "model.safetensors"
+    data = bytearray(file.read_bytes())
+    data[8:12] = b"\xff\xfe{["  # not JSON
+    file.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=re.escape(str(file)) + ".*unreadable safetensors "
+                                              "header.*download or copy the checkpoint again"):
+        checkpoints.load_hf_checkpoint(llama_copy)
+    file.write_bytes(b"garbage, not a safetensors file at all" * 4)
+    with pytest.raises(CheckpointError, match=re.escape(str(file))):
+        checkpoints.load_hf_checkpoint(llama_copy)
+
+
+def test_index_naming_absent_shard_is_named(llama, tmp_path):
+    hf, _ = llama
+    hf.save_pretrained(tmp_path, max_shard_size="40KB")
+    shard = sorted(tmp_path.glob("model-*.safetensors"))[1]
+    shard.unlink()
+    with pytest.raises(CheckpointError, match=r"index\.json lists 1 shard.*" + re.escape(shard.name)):
+        checkpoints.load_hf_checkpoint(tmp_path)
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(CheckpointError, match="weight_map"):
+        checkpoints.load_hf_checkpoint(tmp_path)
+
+
+# --- orbax: incomplete directories and closing the checkpointer ----------------------
+
+_TREE = {"a": np.arange(12, dtype=np.float32).reshape(4, 3), "b": {"c": np.ones(5, np.float32)}}
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+@pytest.fixture
+def orbax_dir(tmp_path):
+    checkpoints.save_params(tmp_path / "params", jax.tree.map(jnp.asarray, _TREE))
+    return tmp_path / "params"
+
+
+def test_orbax_missing_or_unfinished_is_named(tmp_path):
+    with pytest.raises(CheckpointError, match=re.escape(str(tmp_path / "x")) + ": no orbax"):
+        checkpoints.restore_params(tmp_path / "x")
+    (tmp_path / "x.orbax-checkpoint-tmp-1234").mkdir()  # what an interrupted save leaves
+    with pytest.raises(CheckpointError, match=r"unfinished save.*save it again"):
+        checkpoints.restore_params(tmp_path / "x", abstract=_abstract(_TREE))
+    (tmp_path / "x").mkdir()
+    with pytest.raises(CheckpointError, match="empty directory"):
+        checkpoints.restore_params(tmp_path / "x")
+    (tmp_path / "f").write_text("")
+    with pytest.raises(CheckpointError, match="not a directory"):
+        checkpoints.restore_params(tmp_path / "f")
+
+
+@pytest.mark.parametrize("damage", ["_METADATA", "manifest.ocdbt", "d"])
+def test_orbax_incomplete_dir_is_named(orbax_dir, damage):
+    victim = orbax_dir / damage
+    shutil.rmtree(victim) if victim.is_dir() else victim.unlink()
+    for kw in ({}, {"abstract": _abstract(_TREE)}):
+        if damage == "_METADATA" and kw:
+            continue  # the arrays are still all there: restoring into given shapes works
+        with pytest.raises(CheckpointError, match=re.escape(str(orbax_dir)) +
+                           r": (unreadable or )?incomplete orbax checkpoint.*save it again"):
+            checkpoints.restore_params(orbax_dir, **kw)
+
+
+def test_orbax_of_another_shape_is_named(orbax_dir):
+    other = {"a": jax.ShapeDtypeStruct((7, 3), np.float32), "b": _abstract(_TREE)["b"]}
+    with pytest.raises(CheckpointError, match="does not fit the requested params.*shape"):
+        checkpoints.restore_params(orbax_dir, abstract=other)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        checkpoints.restore_params(orbax_dir, abstract={"a": _abstract(_TREE)["a"]})
+
+
+def test_orbax_checkpointers_are_closed(orbax_dir, monkeypatch):
+    """Every StandardCheckpointer is closed, after a restore and after a failed one (an
+    unclosed one keeps its thread pool and metadata store until garbage collection)."""
+    made, closed = [], []
+
+    class Recording(checkpoints.ocp.StandardCheckpointer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+        def close(self):
+            closed.append(self)
+            super().close()
+
+    monkeypatch.setattr(checkpoints.ocp, "StandardCheckpointer", Recording)
+    for _ in range(3):
+        assert_trees_equal(checkpoints.restore_params(orbax_dir), _TREE)
+    checkpoints.restore_params(orbax_dir, abstract=_abstract(_TREE))
+    with pytest.raises(CheckpointError):
+        checkpoints.restore_params(orbax_dir, abstract={"a": _abstract(_TREE)["a"]})
+    checkpoints.save_params(orbax_dir.parent / "again", _TREE)
+    assert len(made) == 6 and [id(c) for c in closed] == [id(c) for c in made]
 
 
 # --- config ------------------------------------------------------------------
