@@ -10,6 +10,8 @@ import pathlib
 from collections.abc import Sequence
 from typing import Protocol
 
+from rest_em.errors import CheckpointError
+
 
 class Tokenizer(Protocol):
     vocab_size: int
@@ -58,7 +60,8 @@ class HFTokenizer:
         path = pathlib.Path(path)
         file = path / "tokenizer.json" if path.is_dir() else path
         if not file.exists():
-            raise FileNotFoundError(f"{file}: no tokenizer.json (a Hugging Face fast tokenizer file)")
+            raise CheckpointError(f"{file}: no tokenizer.json (a Hugging Face fast tokenizer "
+                                  "file); the checkpoint directory is incomplete")
         self._tok = tokenizers.Tokenizer.from_file(str(file))
         self.vocab_size = self._tok.get_vocab_size()
         config = _read_json(file.parent / "tokenizer_config.json")
@@ -69,7 +72,8 @@ class HFTokenizer:
         if isinstance(bos_token, dict):
             bos_token = bos_token.get("content")
         if eos_token is None or self._tok.token_to_id(eos_token) is None:
-            raise ValueError(f"{file}: cannot find the EOS token ({eos_token!r}); pass eos_token=")
+            raise CheckpointError(f"{file}: cannot find the EOS token ({eos_token!r}); "
+                                  "pass eos_token=")
         self.eos_id = self._tok.token_to_id(eos_token)
         self.bos_id = self._tok.token_to_id(bos_token) if bos_token else None
         self.pad_id = self.eos_id if pad_id is None else pad_id
