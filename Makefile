@@ -1,28 +1,41 @@
 # Two commands do all set-up on a fresh machine with Python 3.11:
-#   make demo   runs the main job (the embedded default experiment, on CPU)
-#   make test   runs the full test suite
+#   make demo   installs rest_em (runtime only: no TensorFlow, no torch) and runs the main
+#               job (the embedded default experiment, on CPU)
+#   make test   adds the test extra (torch, transformers, seqio, ruff, ...) and runs the
+#               full test suite
+# Each install step leaves a stamp in .venv, so `make demo` then `make test` installs only
+# the test extra on top, and editing setup.py reinstalls.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install install-test clean
 
-$(STAMP): setup.py
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+
+$(STAMP): setup.py | $(PY)
+	$(PY) -m pip install -q -e .
 	touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(TEST_STAMP)
+
 install: $(STAMP)
+
+install-test: $(TEST_STAMP)
 
 demo: $(STAMP)
 	$(PY) -m rest_em.demo
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q -n 2 tests
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)  # compares against Hugging Face transformers (torch)
 	$(PY) benchmarks/sampling.py
 
 clean:

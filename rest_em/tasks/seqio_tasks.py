@@ -9,8 +9,13 @@ same ids as `rest_em.tokenizers.ByteTokenizer`), plus the raw text, the gold ans
 
 from __future__ import annotations
 
-import seqio
-import tensorflow as tf
+try:
+    import seqio
+    import tensorflow as tf
+except ImportError as e:  # seqio (and TensorFlow) are an optional extra
+    raise ImportError(
+        f"rest_em.tasks.seqio_tasks needs seqio, which is not installed ({e}); install "
+        'the extra: pip install "rest_em[seqio]" (it brings TensorFlow)') from e
 
 from rest_em.tasks.problems import Task
 
