@@ -28,8 +28,7 @@ setup(
         "tensorboardX>=2.6,<3",
         # Hugging Face tokenizer.json files (HFTokenizer, imported lazily). A runtime
         # dependency, because loading a Hugging Face checkpoint is a main use: it is small
-        # (a Rust wheel plus huggingface_hub, ~15 MB) and pulls in neither torch nor
-        # TensorFlow.
+        # (~30 MB with huggingface_hub and hf-xet) and pulls in neither torch nor TensorFlow.
         "tokenizers>=0.20,<1",
     ],
     extras_require={
