@@ -1,12 +1,14 @@
-"""Evaluation metrics: greedy pass@1, unbiased pass@k, maj@k, per-level breakdowns.
+"""Evaluation: greedy pass@1, unbiased pass@k, maj@k, per-level breakdowns.
 
-Host-side numpy: inputs are per-problem lists of verdicts and extracted answers.
+The metrics are host-side numpy (inputs: per-problem lists of verdicts and extracted
+answers); `evaluate` produces those inputs with the sampler and the task's checker.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -78,3 +80,51 @@ def summarize(*, greedy_correct: Sequence[bool], sample_correct: Sequence[Sequen
             for k, v in metrics(by_level[lv]).items():
                 result[f"level_{lv}/{k}"] = v
     return result
+
+
+# --- evaluating a model with the sampler ------------------------------------------------
+
+def evaluate(params: Any, problems: Sequence[Any], *, task: Any, tokenizer: Any,
+             model_cfg: Any, cfg: Any, key: Any, prefix: str, sampled: bool,
+             mesh: Any = None) -> dict[str, float]:
+    """Greedy pass@1 (and, if `sampled`, pass@k and maj@k with `cfg.eval_num_samples`
+    samples at the E-step's temperature) with per-level breakdowns, keys `<prefix>/...`.
+    `cfg` is an EMConfig (max_new_tokens, chunk_size, temperature, top_k, top_p, eval_ks)."""
+    import dataclasses
+
+    from rest_em import estep, sampling
+
+    greedy_cfg = sampling.SamplingConfig(
+        num_samples=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens,
+        eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+    common = dict(task=task, tokenizer=tokenizer, model_cfg=model_cfg, key=key,
+                  chunk_size=cfg.chunk_size, mesh=mesh)
+    greedy = estep.generate_and_score(params, problems, sampling_cfg=greedy_cfg,
+                                      desc=f"eval {prefix} greedy", **common)
+    samples = None
+    if sampled:
+        sample_cfg = dataclasses.replace(greedy_cfg, num_samples=cfg.eval_num_samples,
+                                         temperature=cfg.temperature, top_k=cfg.top_k,
+                                         top_p=cfg.top_p)
+        samples = estep.generate_and_score(params, problems, sampling_cfg=sample_cfg,
+                                           desc=f"eval {prefix} samples", **common)
+    results = summarize(
+        greedy_correct=[s.statuses[0] == "correct" for s in greedy],
+        sample_correct=None if samples is None else
+        [[st == "correct" for st in s.statuses] for s in samples],
+        sample_answers=None if samples is None else [s.answers for s in samples],
+        levels=[p.level for p in problems], ks=cfg.eval_ks)
+    return {f"{prefix}/{k}": v for k, v in results.items()}
+
+
+def evaluate_splits(params: Any, splits: Mapping[str, tuple[Sequence[Any], bool]], *,
+                    paths: Any, **kwargs: Any) -> dict[str, float]:
+    """`evaluate` on each (problems, sampled) split, each a unit of work
+    (iter_NNN/eval_<split>.json), merged into one dict."""
+    from rest_em import workdir
+
+    out: dict[str, float] = {}
+    for split, (problems, sampled) in splits.items():
+        out.update(workdir.unit(paths.eval(split), lambda: evaluate(
+            params, problems, prefix=split, sampled=sampled, **kwargs)))
+    return out

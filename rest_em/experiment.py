@@ -11,12 +11,12 @@ from __future__ import annotations
 import functools
 import logging
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 
-from rest_em import checkpoints, em, partitioning, training
+from rest_em import checkpoints, em, errors, estep, partitioning, training
 from rest_em import model as model_lib
 from rest_em.tasks.problems import Task
 from rest_em.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer
@@ -35,7 +35,7 @@ def sft_base(task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
         raise ValueError(f"task {task.name!r}: split {split!r} has no reference solutions")
     params = model_lib.init_params(model_cfg, jax.random.key(seed), mesh)
     result = training.fit(
-        params, [em.prompt_ids(task, tokenizer, p) for p in problems],
+        params, [estep.prompt_ids(task, tokenizer, p) for p in problems],
         [tokenizer.encode(task.target(p)) + [tokenizer.eos_id] for p in problems],
         model_cfg=model_cfg, cfg=fit, seed=seed, mesh=mesh, pad_id=tokenizer.pad_id,
         desc="base model SFT")
@@ -49,7 +49,7 @@ def hf_base(task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig, 
     cfg, params = checkpoints.load_hf_checkpoint(checkpoint_dir, mesh=mesh,
                                                  dtype=model_cfg.param_dtype)
     if cfg.num_layers != model_cfg.num_layers or cfg.hidden_size != model_cfg.hidden_size:
-        raise ValueError(f"{checkpoint_dir}: the checkpoint's architecture does not match the "
+        raise errors.CheckpointError(f"{checkpoint_dir}: the checkpoint's architecture does not match the "
                          "configured model (use hf_model_config with the same checkpoint_dir)")
     return params
 
@@ -73,8 +73,9 @@ def hf_model_config(*, checkpoint_dir: str, dtype: str = "float32",
 
 def run(*, workdir: str, task: Task, tokenizer: Tokenizer, model: model_lib.ModelConfig,
         base: Callable[..., Any], em_config: em.EMConfig, mesh_shape: tuple[int, ...] | None = None,
-        teacher_workdir: str | None = None, teacher_model: model_lib.ModelConfig | None = None
-        ) -> list[dict]:
+        teacher_workdir: str | None = None, teacher_model: model_lib.ModelConfig | None = None,
+        config: Mapping[str, Any] | None = None, on_config_change: str = "refuse",
+        on_start: Callable[[], None] | None = None) -> list[dict]:
     """Runs (or resumes) the experiment in `workdir`; returns per-iteration metrics.
 
     `base(task, tokenizer, model_cfg, mesh)` builds the base params (called once: the
@@ -83,10 +84,11 @@ def run(*, workdir: str, task: Task, tokenizer: Tokenizer, model: model_lib.Mode
     runs on the default device, or with several processes data-parallel, (-1, 1, 1).
     Distillation: `teacher_workdir` is a finished run (of model `teacher_model`, default
     `model`) whose last model generates the E-step samples that train this run's
-    (student) model.
+    (student) model. `config`, `on_config_change`, `on_start`: as `em.run`'s (the
+    launcher passes its gin bindings as the workdir's fingerprint).
     """
     if model.vocab_size < tokenizer.vocab_size:
-        raise ValueError(f"the model's vocab_size={model.vocab_size} is smaller than the "
+        raise errors.ConfigError(f"the model's vocab_size={model.vocab_size} is smaller than the "
                          f"tokenizer's {tokenizer.vocab_size}")
     if not mesh_shape and partitioning.is_multiprocess():
         mesh_shape = (-1, 1, 1)
@@ -96,7 +98,8 @@ def run(*, workdir: str, task: Task, tokenizer: Tokenizer, model: model_lib.Mode
         teacher_cfg = teacher_model or model
         teacher = em.Teacher(teacher_cfg, em.final_params(teacher_workdir, teacher_cfg, mesh))
     elif teacher_model is not None:
-        raise ValueError("teacher_model is set but teacher_workdir is not")
+        raise errors.ConfigError("teacher_model is set but teacher_workdir is not")
     return em.run(task=task, tokenizer=tokenizer, model_cfg=model,
                   make_base_params=functools.partial(base, task, tokenizer, model, mesh),
-                  workdir=workdir, cfg=em_config, mesh=mesh, teacher=teacher)
+                  workdir=workdir, cfg=em_config, mesh=mesh, teacher=teacher, config=config,
+                  on_config_change=on_config_change, on_start=on_start)

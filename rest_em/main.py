@@ -5,7 +5,13 @@ r"""Launches a gin-configured ReST^EM experiment (t5x style).
 
 `--gin.NAME=VALUE` is shorthand for `--gin_bindings='NAME = VALUE'`. All bindings are
 parsed (and unknown names rejected) before any work starts; the operative config is
-written to WORKDIR/config.gin. Running the same command again resumes the run.
+written to WORKDIR/config.gin. Running the same command again resumes the run; running
+it with another config in the same workdir is refused before any work (exit 2, each
+differing value named) unless `--on_config_change=continue` (rest_em.fingerprint).
+
+User errors (a missing gin file, an unknown binding, a required value left unset, a bad
+checkpoint or data row, a workdir of another config) print one line, `error: ...`, and
+exit 2; `--verbosity=1` or REST_EM_TRACEBACK=1 adds the traceback.
 
 Preemption: on SIGTERM the run stops cleanly (an M-step first saves its state at the
 current step, on every host at the same step) and the process exits with code 75
@@ -27,6 +33,7 @@ from __future__ import annotations
 import os
 import pathlib
 import sys
+import traceback
 from collections.abc import Sequence
 
 from absl import app, flags, logging
@@ -41,9 +48,13 @@ flags.DEFINE_string("coordinator_address", None, "multi-host: process 0's HOST:P
                     "--distributed); with --num_processes and --process_id")
 flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
 flags.DEFINE_integer("process_id", None, "multi-host: this process's id, 0..num_processes-1")
+flags.DEFINE_enum("on_config_change", "refuse", ["refuse", "continue"],
+                  "a workdir holding results of another config: refuse (exit 2) or continue "
+                  "with the new config (the change is recorded in fingerprint_history.jsonl)")
 
 REPO_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "gin_configs"
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "temporary failure, retry": rerun to resume
+USAGE_EXIT_CODE = 2       # a user error: fix the command, the config or the data
 
 
 def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
@@ -83,8 +94,11 @@ def register_configurables() -> None:
 
 
 def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
-    """Parses files and bindings; unknown configurables or parameters raise here."""
+    """Parses files and bindings; a missing file, an unknown configurable or parameter and
+    a value left at %gin.REQUIRED raise `errors.ConfigError` here, before any work."""
     import gin
+
+    from rest_em import errors
 
     register_configurables()
     gin.add_config_file_search_path(str(REPO_CONFIGS))
@@ -94,49 +108,94 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
         if not path.exists() and (REPO_CONFIGS / f).exists():
             path = REPO_CONFIGS / f
         if not path.exists():
-            raise FileNotFoundError(f"gin file {f!r} not found (also looked in {REPO_CONFIGS})")
+            raise errors.ConfigError(f"gin file {f!r} not found (also looked in {REPO_CONFIGS})")
         resolved.append(str(path))
-    gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=True)
+    try:
+        gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=True)
+    except (ValueError, KeyError, SyntaxError, TypeError, OSError) as e:
+        raise errors.ConfigError("gin: " + " ".join(str(e).split())) from e
+    missing = _required_unset(gin.config_str())
+    if missing:
+        raise errors.ConfigError(
+            f"{', '.join(files)} needs a value for {', '.join(missing)}: pass "
+            + " ".join(f"--gin.{m}=VALUE" for m in missing) + " (see the file's header)")
 
 
-def run_experiment(workdir: str) -> list[dict]:
-    """Calls the configured `rest_em.run`, writes the config in effect, prints the table."""
+def _required_unset(config_str: str) -> list[str]:
+    """Bindings and macros still bound to %gin.REQUIRED."""
+    import gin
+    from gin import config_parser
+
+    out = []
+    for st in config_parser.ConfigParser(config_str, gin.config.ParserDelegate(skip_unknown=True)):
+        if isinstance(st, config_parser.BindingStatement) and repr(st.value) == "%gin.REQUIRED":
+            name = (f"{st.scope}/" if st.scope else "") + st.selector
+            out.append(f"{name}.{st.arg_name}" if st.arg_name else name)
+    return out
+
+
+def run_experiment(workdir: str, *, on_config_change: str = "refuse") -> list[dict]:
+    """Calls the configured `rest_em.run` (its fingerprint: every gin binding), writes the
+    config in effect once the workdir accepted it, prints the final table."""
     import gin
 
-    from rest_em import em
-
-    from rest_em import partitioning
+    from rest_em import em, fingerprint, partitioning
 
     main_process = partitioning.is_main_process()  # multi-host: process 0 writes
-    pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+    paths = pathlib.Path(workdir)
+
+    def on_start() -> None:
+        if main_process:
+            paths.mkdir(parents=True, exist_ok=True)
+            (paths / "config.gin").write_text(gin.config_str())
+
+    history = _CONFIGURED["run"](workdir=workdir, config=fingerprint.gin_bindings(gin.config_str()),
+                                 on_config_change=on_config_change, on_start=on_start)
     if main_process:
-        (pathlib.Path(workdir) / "config.gin").write_text(gin.config_str())
-    history = _CONFIGURED["run"](workdir=workdir)
-    if main_process:
-        (pathlib.Path(workdir) / "operative_config.gin").write_text(gin.operative_config_str())
+        (paths / "operative_config.gin").write_text(gin.operative_config_str())
         print(em.final_table(history))
     return history
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.workdir:
-        raise app.UsageError("--workdir is required")
-    if not FLAGS["verbosity"].present:  # library INFO logs (orbax, jax) drown the progress bars
-        logging.set_verbosity(logging.WARNING)
-    from rest_em import partitioning, training
+def _fail(e: BaseException) -> None:
+    """A user error: one line on stderr, exit 2 (the traceback only when asked for)."""
+    if FLAGS["verbosity"].present or os.environ.get("REST_EM_TRACEBACK"):
+        traceback.print_exception(e)
+    print("error: " + " ".join(str(e).split()), file=sys.stderr)
+    sys.exit(USAGE_EXIT_CODE)
 
-    parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
-    if FLAGS.distributed or FLAGS.coordinator_address:  # before any other JAX use
-        partitioning.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                            FLAGS.process_id)
-    training.install_preemption_handler()
+
+def main(argv: Sequence[str]) -> None:
+    from rest_em import errors
+
     try:
-        run_experiment(FLAGS.workdir)
-    except training.Preempted as e:
-        logging.warning("%s", e)
-        sys.exit(PREEMPTED_EXIT_CODE)
+        if len(argv) > 1:
+            raise errors.ConfigError(f"unexpected arguments: {argv[1:]}")
+        if not FLAGS.workdir:
+            raise errors.ConfigError("--workdir is required: where the run's files go")
+        if not FLAGS["verbosity"].present:  # library INFO logs (orbax, jax) drown progress bars
+            logging.set_verbosity(logging.WARNING)
+        from rest_em import partitioning, training
+
+        parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
+        if FLAGS.distributed or FLAGS.coordinator_address:  # before any other JAX use
+            partitioning.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                                FLAGS.process_id)
+        training.install_preemption_handler()
+        try:
+            run_experiment(FLAGS.workdir, on_config_change=FLAGS.on_config_change)
+        except training.Preempted as e:
+            logging.warning("%s", e)
+            sys.exit(PREEMPTED_EXIT_CODE)
+    except errors.UserError as e:
+        _fail(e)
+    except Exception as e:  # gin wraps errors raised inside configurables
+        cause = e
+        while cause is not None and not isinstance(cause, errors.UserError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        _fail(cause)
 
 
 def cli() -> None:

@@ -6,36 +6,29 @@ duplicates or loses a point. Only process 0 writes (multi-host runs).
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
 import shutil
 from collections.abc import Sequence
 
-import jax
+from rest_em import partitioning
+from rest_em import workdir as workdir_lib
 
 
 class MetricsWriter:
     def __init__(self, workdir: str | pathlib.Path):
-        self.workdir = pathlib.Path(workdir)
+        self.paths = workdir_lib.RunPaths(pathlib.Path(workdir))
 
     def write_all(self, history: Sequence[dict]) -> None:
-        if jax.process_index() != 0:
+        if not partitioning.is_main_process():
             return
-        self._jsonl(history)
+        workdir_lib.write_jsonl(self.paths.metrics, history)
         self._tensorboard(history)
-        plot_accuracy(history, self.workdir / "accuracy.png")
-
-    def _jsonl(self, history: Sequence[dict]) -> None:
-        path = self.workdir / "metrics.jsonl"
-        tmp = path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in history))
-        os.replace(tmp, path)
+        plot_accuracy(history, self.paths.plot)
 
     def _tensorboard(self, history: Sequence[dict]) -> None:
         from tensorboardX import SummaryWriter  # lazy: protobuf only when writing
 
-        logdir = self.workdir / "tensorboard"
+        logdir = self.paths.tensorboard
         shutil.rmtree(logdir, ignore_errors=True)
         with SummaryWriter(str(logdir)) as w:
             for m in history:

@@ -1,0 +1,59 @@
+"""What the end-to-end tests share: the repository, the tiny config, the launcher's
+environment and command, and a run's metrics without their wall-clock seconds."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "testdata" / "tiny_arithmetic.gin"
+SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def env(devices: int | None = None) -> dict[str, str]:
+    """The launcher's environment: this checkout first on the path, CPU, one thread (so
+    two runs compare bit for bit), `devices` simulated host devices if given."""
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    e["JAX_PLATFORMS"] = "cpu"
+    flags = f"--xla_force_host_platform_device_count={devices} " if devices else ""
+    e["XLA_FLAGS"] = flags + SINGLE_THREAD
+    return e
+
+
+def cmd(workdir, *extra, gin_file=TINY) -> list[str]:
+    return [sys.executable, "-m", "rest_em.main", f"--gin_file={gin_file}",
+            f"--workdir={workdir}", *extra]
+
+
+def launch(workdir, *extra, gin_file=TINY, timeout=900) -> subprocess.CompletedProcess:
+    """Runs the launcher; returns the finished process whatever its exit status."""
+    return subprocess.run(cmd(workdir, *extra, gin_file=gin_file), env=env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run(workdir, *extra, gin_file=TINY, timeout=900) -> subprocess.CompletedProcess:
+    """Runs the launcher and asserts it succeeded."""
+    proc = launch(workdir, *extra, gin_file=gin_file, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def metrics(workdir) -> list[dict]:
+    """metrics.jsonl without "seconds" (the only field two identical runs differ in)."""
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in rows:
+        r.pop("seconds")
+    return rows
+
+
+def tree_hashes(root) -> dict[str, str]:
+    """Every file under `root` by relative path -> content hash (to assert nothing moved)."""
+    import hashlib
+
+    root = pathlib.Path(root)
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
