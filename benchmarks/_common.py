@@ -41,6 +41,7 @@ Runner = Callable[[int], int]
 
 # --- machine --------------------------------------------------------------------------
 
+
 def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
@@ -51,15 +52,23 @@ def machine_description() -> str:
     """CPU model, cores, library versions: enough to compare runs across machines."""
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                      if line.startswith("Model name")), "unknown")
+        model = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in lscpu.splitlines()
+                if line.startswith("Model name")
+            ),
+            "unknown",
+        )
     except (OSError, subprocess.CalledProcessError):
         model = platform.processor() or "unknown"
     cores = usable_cores()
     import flax  # only for its version
 
-    text = (f"{model}, {cores} cores usable (os.cpu_count()={os.cpu_count()}); "
-            f"jax {jax.__version__} ({jax.default_backend()}), flax {flax.__version__}")
+    text = (
+        f"{model}, {cores} cores usable (os.cpu_count()={os.cpu_count()}); "
+        f"jax {jax.__version__} ({jax.default_backend()}), flax {flax.__version__}"
+    )
     torch = sys.modules.get("torch")
     if torch is not None:
         text += f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
@@ -78,12 +87,15 @@ def run_notes(command: str, loads: tuple[tuple[float, ...], ...]) -> list[str]:
     return [
         f"Command: `{command}`",
         f"Machine: {machine_description()}",
-        (f"Load average (1/5/15 min) before the run {loads[0]}, after it {loads[1]}: "
-         "a figure well above 0 before the run means other work shared the machine."),
+        (
+            f"Load average (1/5/15 min) before the run {loads[0]}, after it {loads[1]}: "
+            "a figure well above 0 before the run means other work shared the machine."
+        ),
     ]
 
 
 # --- FLOPs ------------------------------------------------------------------------------
+
 
 def matmul_peak(precision: str, size: int = PEAK_SIZE, runs: int = 9) -> float:
     """Median FLOP/s of a jitted size^3 matmul: f32 x f32, or bf16 x bf16 -> f32."""
@@ -115,6 +127,7 @@ def matmul_params(cfg: model_lib.ModelConfig) -> int:
 
 # --- timing -----------------------------------------------------------------------------
 
+
 def time_call(fn: Runner, seed: int) -> tuple[float, int]:
     """(wall seconds, tokens) of one run."""
     start = time.perf_counter()
@@ -122,8 +135,9 @@ def time_call(fn: Runner, seed: int) -> tuple[float, int]:
     return time.perf_counter() - start, tokens
 
 
-def time_interleaved(runners: dict[str, Runner], repeats: int,
-                     progress: tqdm.tqdm) -> dict[str, list[tuple[float, int]]]:
+def time_interleaved(
+    runners: dict[str, Runner], repeats: int, progress: tqdm.tqdm
+) -> dict[str, list[tuple[float, int]]]:
     """One warm-up per system, then `repeats` rounds; the order rotates per round."""
     names = list(runners)
     for name in names:
@@ -132,7 +146,7 @@ def time_interleaved(runners: dict[str, Runner], repeats: int,
         progress.update()
     timings: dict[str, list[tuple[float, int]]] = {name: [] for name in names}
     for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             progress.set_postfix_str(f"round {r + 1}/{repeats} {name}")
             timings[name].append(time_call(runners[name], r + 1))
@@ -141,6 +155,7 @@ def time_interleaved(runners: dict[str, Runner], repeats: int,
 
 
 # --- RESULTS.md -------------------------------------------------------------------------
+
 
 def results_heading(title: str, flags: Sequence[str]) -> str:
     """`## <title>, <date>[, `<flags>`]`: one section per (script, day, flags), so a rerun
@@ -163,16 +178,26 @@ def write_results(path: pathlib.Path, heading: str, body: str) -> None:
     A section runs from its heading to the next "## " line; other sections are kept
     byte for byte.
     """
-    text = path.read_text(encoding="utf-8") if path.exists() else (
-        "# Benchmark results\n\nWritten by `benchmarks/*.py --write`; newest sections last.\n")
+    text = (
+        path.read_text(encoding="utf-8")
+        if path.exists()
+        else (
+            "# Benchmark results\n\nWritten by `benchmarks/*.py --write`; newest sections last.\n"
+        )
+    )
     section = f"{heading}\n\n{body}"
     lines = text.splitlines(keepends=True)
     start = next((i for i, line in enumerate(lines) if line.rstrip("\n") == heading), None)
     if start is None:
         text = text.rstrip("\n") + "\n\n" + section
     else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-                   len(lines))
-        text = "".join(lines[:start]) + section + ("\n" if end < len(lines) else "") + "".join(
-            lines[end:])
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+        )
+        text = (
+            "".join(lines[:start])
+            + section
+            + ("\n" if end < len(lines) else "")
+            + "".join(lines[end:])
+        )
     path.write_text(text, encoding="utf-8")

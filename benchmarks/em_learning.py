@@ -26,9 +26,16 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def run_seed(seed: int, workdir: pathlib.Path, extra: list[str]) -> list[dict]:
-    cmd = [sys.executable, "-m", "rest_em.main", "--gin_file=arithmetic.gin",
-           f"--workdir={workdir}", f"--gin.EMConfig.seed={seed}", f"--gin.sft_base.seed={seed}",
-           *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rest_em.main",
+        "--gin_file=arithmetic.gin",
+        f"--workdir={workdir}",
+        f"--gin.EMConfig.seed={seed}",
+        f"--gin.sft_base.seed={seed}",
+        *extra,
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     subprocess.run(cmd, check=True, env=env, cwd=REPO)
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -43,12 +50,16 @@ def mean_std(xs: list[float]) -> str:
 def report(runs: dict[int, list[dict]], command: str) -> str:
     seeds = sorted(runs)
     iters = sorted({m["iteration"] for r in runs.values() for m in r})
-    lines = [f"## EM learning on the embedded task, {datetime.date.today()}", "",
-             "Test greedy pass@1 (%) per iteration, mean ± std over seeds "
-             f"{', '.join(map(str, seeds))} (iteration 0 = the base model):", "",
-             "| iteration | test greedy pass@1 | train greedy pass@1 | test pass@8 | test maj@8 |"
-             " level 2 | level 3 | level 4 | level 5 | selected samples |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"## EM learning on the embedded task, {datetime.date.today()}",
+        "",
+        "Test greedy pass@1 (%) per iteration, mean ± std over seeds "
+        f"{', '.join(map(str, seeds))} (iteration 0 = the base model):",
+        "",
+        "| iteration | test greedy pass@1 | train greedy pass@1 | test pass@8 | test maj@8 |"
+        " level 2 | level 3 | level 4 | level 5 | selected samples |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for it in iters:
         rows = [next(m for m in runs[s] if m["iteration"] == it) for s in seeds]
 
@@ -62,15 +73,23 @@ def report(runs: dict[int, list[dict]], command: str) -> str:
             f"{col('test/pass@8')} | {col('test/maj@8')} | {col('test/level_2/greedy_pass@1')} | "
             f"{col('test/level_3/greedy_pass@1')} | {col('test/level_4/greedy_pass@1')} | "
             f"{col('test/level_5/greedy_pass@1')} | "
-            f"{round(statistics.mean(sel)) if sel else '—'} |")
+            f"{round(statistics.mean(sel)) if sel else '—'} |"
+        )
     first = [r[0]["test/greedy_pass@1"] for r in runs.values()]
     last = [r[-1]["test/greedy_pass@1"] for r in runs.values()]
     gains = [b - a for a, b in zip(first, last)]
-    lines += ["", f"Gain of iteration {iters[-1]} over iteration 0: **{mean_std(gains)} points** "
-              f"(per seed: {', '.join(f'{100 * g:.1f}' for g in gains)}). Target: ≥ 15 points.", ""]
-    lines += ["Wall time per phase (s), mean over seeds:", "",
-              "| iteration | " + " | ".join(["base", "generate", "filter", "improve", "evaluate"]) + " |",
-              "|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        f"Gain of iteration {iters[-1]} over iteration 0: **{mean_std(gains)} points** "
+        f"(per seed: {', '.join(f'{100 * g:.1f}' for g in gains)}). Target: ≥ 15 points.",
+        "",
+    ]
+    lines += [
+        "Wall time per phase (s), mean over seeds:",
+        "",
+        "| iteration | " + " | ".join(["base", "generate", "filter", "improve", "evaluate"]) + " |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for it in iters:
         rows = [next(m for m in runs[s] if m["iteration"] == it)["seconds"] for s in seeds]
         cells = []
@@ -78,12 +97,16 @@ def report(runs: dict[int, list[dict]], command: str) -> str:
             vals = [r[phase] for r in rows if phase in r]
             cells.append(f"{statistics.mean(vals):.0f}" if vals else "—")
         lines.append(f"| {it} | " + " | ".join(cells) + " |")
-    lines += ["", f"- Command: `{command}`",
-              f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-              f"python {platform.python_version()}; load average at the end "
-              f"{tuple(round(x, 2) for x in os.getloadavg())}.",
-              "- Every number above is read from the runs' `metrics.jsonl`; the test split is "
-              "never used for any choice (checkpoints are selected on the val split).", ""]
+    lines += [
+        "",
+        f"- Command: `{command}`",
+        f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"python {platform.python_version()}; load average at the end "
+        f"{tuple(round(x, 2) for x in os.getloadavg())}.",
+        "- Every number above is read from the runs' `metrics.jsonl`; the test split is "
+        "never used for any choice (checkpoints are selected on the val split).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -103,8 +126,10 @@ def main() -> None:
     p.add_argument("--gin", action="append", default=[], help="extra NAME=VALUE bindings")
     args = p.parse_args()
     extra = [f"--gin.{b}" for b in args.gin]
-    runs = {s: run_seed(s, pathlib.Path(args.workdir) / f"seed_{s}", extra)
-            for s in (int(x) for x in args.seeds.split(","))}
+    runs = {
+        s: run_seed(s, pathlib.Path(args.workdir) / f"seed_{s}", extra)
+        for s in (int(x) for x in args.seeds.split(","))
+    }
     command = "python benchmarks/em_learning.py " + " ".join(sys.argv[1:])
     text = report(runs, command.strip())
     print(text)

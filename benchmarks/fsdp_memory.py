@@ -54,11 +54,25 @@ MIB = 2.0**20
 
 MODELS = {
     # The sampling / training benchmarks' llama20m (22.7M parameters).
-    "llama20m": dict(vocab_size=32000, hidden_size=256, intermediate_size=768, num_layers=8,
-                     num_heads=8, num_kv_heads=4, max_seq_len=512),
+    "llama20m": dict(
+        vocab_size=32000,
+        hidden_size=256,
+        intermediate_size=768,
+        num_layers=8,
+        num_heads=8,
+        num_kv_heads=4,
+        max_seq_len=512,
+    ),
     # --quick: every sharded dimension still divides 8 ways.
-    "tiny": dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2,
-                 num_heads=4, num_kv_heads=2, max_seq_len=64),
+    "tiny": dict(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        max_seq_len=64,
+    ),
 }
 
 
@@ -87,6 +101,7 @@ MEMORY_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 # --- one configuration (runs in a child process) -------------------------------------
 
+
 def measure(model: str, setup: Setup, batch: int, seq_len: int) -> dict:
     """Builds the real sharded train state and compiles one train step; returns bytes."""
     import jax
@@ -102,8 +117,9 @@ def measure(model: str, setup: Setup, batch: int, seq_len: int) -> dict:
     optimizer = training.make_optimizer(training.OptimizerConfig(), total_steps=100)
     expected = training.train_state_shardings(cfg, optimizer, mesh)
 
-    state = training.init_train_state(model_lib.init_params(cfg, jax.random.key(0), mesh),
-                                      optimizer)
+    state = training.init_train_state(
+        model_lib.init_params(cfg, jax.random.key(0), mesh), optimizer
+    )
     fsdp = "fsdp" if mesh.shape["fsdp"] > 1 else None
 
     def per_device(tree, sh_tree):
@@ -114,30 +130,44 @@ def measure(model: str, setup: Setup, batch: int, seq_len: int) -> dict:
             if x.ndim >= 2:
                 matrices += 1
                 split += bool(fsdp) and any(
-                    fsdp == a or (isinstance(a, tuple) and fsdp in a) for a in sh.spec)
+                    fsdp == a or (isinstance(a, tuple) and fsdp in a) for a in sh.spec
+                )
         return total, matrices, split
 
     params_b, p_mat, p_split = per_device(state.params, expected.params)
     opt_b, o_mat, o_split = per_device(state.opt_state, expected.opt_state)
     step_b, *_ = per_device(state.step, expected.step)
 
-    a, b, l = 1, batch, seq_len
+    a, b, t = 1, batch, seq_len  # micro-batches x batch x time
     batch_abs = training.TrainBatch(
-        *(jax.ShapeDtypeStruct((a, b, l), dt) for dt in (jnp.int32, jnp.int32, jnp.bool_,
-                                                         jnp.float32)),
-        jax.ShapeDtypeStruct((a, b), jnp.float32), jax.ShapeDtypeStruct((a, b, l), jnp.float32))
+        *(
+            jax.ShapeDtypeStruct((a, b, t), dt)
+            for dt in (jnp.int32, jnp.int32, jnp.bool_, jnp.float32)
+        ),
+        jax.ShapeDtypeStruct((a, b), jnp.float32),
+        jax.ShapeDtypeStruct((a, b, t), jnp.float32),
+    )
     step_fn = training.make_train_step(cfg, optimizer, state, mesh)
     compiled = step_fn.lower(state, batch_abs).compile()
     mem = compiled.memory_analysis()
     # The batch's shard per device, from the shardings the compiled step expects.
     batch_sh = compiled.input_shardings[0][1]
-    batch_b = sum(math.prod(sh.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
-                  for x, sh in zip(jax.tree.leaves(batch_abs), jax.tree.leaves(batch_sh)))
+    batch_b = sum(
+        math.prod(sh.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+        for x, sh in zip(jax.tree.leaves(batch_abs), jax.tree.leaves(batch_sh))
+    )
     return {
-        "setup": setup.name, "devices": setup.devices, "mesh": setup.mesh, "remat": setup.remat,
-        "batch": batch, "seq_len": seq_len, "scheduler": setup.scheduler,
+        "setup": setup.name,
+        "devices": setup.devices,
+        "mesh": setup.mesh,
+        "remat": setup.remat,
+        "batch": batch,
+        "seq_len": seq_len,
+        "scheduler": setup.scheduler,
         "num_params": model_lib.count_params(state.params),
-        "params_bytes": params_b, "opt_bytes": opt_b, "step_bytes": step_b,
+        "params_bytes": params_b,
+        "opt_bytes": opt_b,
+        "step_bytes": step_b,
         "matrix_leaves": {"params": p_mat, "opt_state": o_mat},
         "fsdp_split_leaves": {"params": p_split, "opt_state": o_split},
         "batch_bytes": batch_b,
@@ -151,6 +181,7 @@ def measure(model: str, setup: Setup, batch: int, seq_len: int) -> dict:
 
 # --- the driver -------------------------------------------------------------------------
 
+
 def run_setup(model: str, setup: Setup, batch: int, seq_len: int) -> dict:
     env = dict(os.environ)
     flags = [env.get("XLA_FLAGS", ""), f"--xla_force_host_platform_device_count={setup.devices}"]
@@ -159,10 +190,16 @@ def run_setup(model: str, setup: Setup, batch: int, seq_len: int) -> dict:
     env["XLA_FLAGS"] = " ".join(flags).strip()
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    child = json.dumps({"model": model, "setup": dataclasses.asdict(setup), "batch": batch,
-                        "seq_len": seq_len})
-    proc = subprocess.run([sys.executable, __file__, "--child", child], env=env,
-                          capture_output=True, text=True, timeout=1800)
+    child = json.dumps(
+        {"model": model, "setup": dataclasses.asdict(setup), "batch": batch, "seq_len": seq_len}
+    )
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", child],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{setup.name}: the measuring process failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -178,8 +215,9 @@ def summary(rows: list[dict]) -> dict:
     one, fsdp = by["1 device"], by["fsdp=8"]
     out = {
         "state_ratio_compiled": fsdp["state_argument_bytes"] / one["state_argument_bytes"],
-        "state_ratio_shards": ((fsdp["params_bytes"] + fsdp["opt_bytes"])
-                               / (one["params_bytes"] + one["opt_bytes"])),
+        "state_ratio_shards": (
+            (fsdp["params_bytes"] + fsdp["opt_bytes"]) / (one["params_bytes"] + one["opt_bytes"])
+        ),
     }
     if "1 device remat" in by:
         out["remat_temp_ratio_1"] = by["1 device remat"]["temp_bytes"] / one["temp_bytes"]
@@ -191,14 +229,16 @@ def summary(rows: list[dict]) -> dict:
     return out
 
 
-def report(rows: list[dict], summ: dict, notes: list[str], model: str, batch: int,
-           seq_len: int) -> str:
+def report(
+    rows: list[dict], summ: dict, notes: list[str], model: str, batch: int, seq_len: int
+) -> str:
     n = rows[0]["num_params"]
     lines = [
         f"Model `{model}` ({n / 1e6:.1f}M parameters, f32), batch {batch} x {seq_len} tokens, "
         "AdamW; MiB per device. params / opt state: the device's shards of the real state; "
         "the other columns: the compiled train step's `memory_analysis()` (state args = "
-        "arguments minus the batch shard).", "",
+        "arguments minus the batch shard).",
+        "",
         "| mesh | remat | XLA:CPU schedule | params | opt state | state args | arguments | "
         "output | temp | state vs 1 device |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -211,7 +251,8 @@ def report(rows: list[dict], summ: dict, notes: list[str], model: str, batch: in
             f"{r['params_bytes'] / MIB:.2f} | {r['opt_bytes'] / MIB:.2f} | "
             f"{r['state_argument_bytes'] / MIB:.2f} | {r['argument_bytes'] / MIB:.2f} | "
             f"{r['output_bytes'] / MIB:.2f} | {r['temp_bytes'] / MIB:.2f} | "
-            f"{r['state_argument_bytes'] / one['state_argument_bytes']:.3f} |")
+            f"{r['state_argument_bytes'] / one['state_argument_bytes']:.3f} |"
+        )
     fs = next(r for r in rows if r["setup"] == "fsdp=8")
     lines += [
         "",
@@ -225,19 +266,30 @@ def report(rows: list[dict], summ: dict, notes: list[str], model: str, batch: in
         "optimizer-state matrices; what stays whole is the norm scales and step counts.",
     ]
     if "remat_temp_ratio_1" in summ:
-        lines.append(f"- Remat (`ModelConfig.remat=\"block\"`): temp memory x"
-                     f"{summ['remat_temp_ratio_1']:.2f} on 1 device"
-                     + (f", x{summ['remat_temp_ratio_fsdp8']:.2f} under fsdp=8"
-                        if "remat_temp_ratio_fsdp8" in summ else "")
-                     + " (what remains: the logits and the loss's buffers over the "
-                     "vocabulary, outside the decoder layers, and the optimizer update)"
-                     + (f"; x{summ['remat_temp_ratio_1_cpu_default']:.2f} under XLA:CPU's "
-                        "default concurrency-optimised schedule"
-                        if "remat_temp_ratio_1_cpu_default" in summ else "") + ".")
+        lines.append(
+            f'- Remat (`ModelConfig.remat="block"`): temp memory x'
+            f"{summ['remat_temp_ratio_1']:.2f} on 1 device"
+            + (
+                f", x{summ['remat_temp_ratio_fsdp8']:.2f} under fsdp=8"
+                if "remat_temp_ratio_fsdp8" in summ
+                else ""
+            )
+            + " (what remains: the logits and the loss's buffers over the "
+            "vocabulary, outside the decoder layers, and the optimizer update)"
+            + (
+                f"; x{summ['remat_temp_ratio_1_cpu_default']:.2f} under XLA:CPU's "
+                "default concurrency-optimised schedule"
+                if "remat_temp_ratio_1_cpu_default" in summ
+                else ""
+            )
+            + "."
+        )
     lines += [f"- {note}" for note in notes]
-    lines.append("- Gin: `rest_em.run.mesh_shape = (1, 8, 1)` (data, fsdp, tensor) shards "
-                 "sampling and training by `partitioning.LOGICAL_AXIS_RULES`; "
-                 "`rest_em.ModelConfig.remat = \"block\"` turns remat on.")
+    lines.append(
+        "- Gin: `rest_em.run.mesh_shape = (1, 8, 1)` (data, fsdp, tensor) shards "
+        "sampling and training by `partitioning.LOGICAL_AXIS_RULES`; "
+        '`rest_em.ModelConfig.remat = "block"` turns remat on.'
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -262,9 +314,13 @@ def main() -> None:
     p.add_argument("--seq_len", type=int, default=None)
     p.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
-    p.add_argument("--setups", default=None,
-                   help="comma-separated subset of: " + ", ".join(x.name for x in SETUPS)
-                   + " (default: all; '1 device' and 'fsdp=8' are always measured)")
+    p.add_argument(
+        "--setups",
+        default=None,
+        help="comma-separated subset of: "
+        + ", ".join(x.name for x in SETUPS)
+        + " (default: all; '1 device' and 'fsdp=8' are always measured)",
+    )
     p.add_argument("--json", default=None, help="also write the raw rows here")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -284,7 +340,8 @@ def main() -> None:
     seq_len = args.seq_len or (32 if args.quick else 256)
     loads = [_common.load_average()]
     wanted = {"1 device", "fsdp=8"} | (
-        {x.strip() for x in args.setups.split(",")} if args.setups else {x.name for x in SETUPS})
+        {x.strip() for x in args.setups.split(",")} if args.setups else {x.name for x in SETUPS}
+    )
     unknown = wanted - {x.name for x in SETUPS}
     if unknown:
         p.error(f"unknown setups {sorted(unknown)}")
@@ -296,8 +353,9 @@ def main() -> None:
     summ = summary(rows)
     flags = _drop_output_flags(sys.argv[1:])
     command = "python benchmarks/fsdp_memory.py " + shlex.join(flags)
-    text = report(rows, summ, _common.run_notes(command.strip(), tuple(loads)), model, batch,
-                  seq_len)
+    text = report(
+        rows, summ, _common.run_notes(command.strip(), tuple(loads)), model, batch, seq_len
+    )
     print(text)
     print("SUMMARY " + json.dumps(summ))
     if args.json:

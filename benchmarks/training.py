@@ -110,22 +110,54 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # The embedded arithmetic task's model (gin_configs/arithmetic.gin): byte vocabulary,
     # ~0.87M params; batch 64 as its SFT / M-step fit.
-    "task": Preset({"vocab_size": 259, "hidden_size": 128, "intermediate_size": 384,
-                    "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
-                    "max_position_embeddings": 128, "tie_word_embeddings": False},
-                   batch=64, seq_len=64, steps=3),
+    "task": Preset(
+        {
+            "vocab_size": 259,
+            "hidden_size": 128,
+            "intermediate_size": 384,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 128,
+            "tie_word_embeddings": False,
+        },
+        batch=64,
+        seq_len=64,
+        steps=3,
+    ),
     # ~22.7M params, 14.5M of them in per-token matmuls: a small subword-vocabulary Llama
     # (the sampling benchmark's llama20m).
-    "llama20m": Preset({"vocab_size": 32000, "hidden_size": 256, "intermediate_size": 768,
-                        "num_hidden_layers": 8, "num_attention_heads": 8,
-                        "num_key_value_heads": 4, "max_position_embeddings": 512,
-                        "tie_word_embeddings": False},
-                       batch=8, seq_len=256, steps=1),
+    "llama20m": Preset(
+        {
+            "vocab_size": 32000,
+            "hidden_size": 256,
+            "intermediate_size": 768,
+            "num_hidden_layers": 8,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 4,
+            "max_position_embeddings": 512,
+            "tie_word_embeddings": False,
+        },
+        batch=8,
+        seq_len=256,
+        steps=1,
+    ),
     # Smoke-test size for --quick.
-    "tiny": Preset({"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
-                    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                    "max_position_embeddings": 64, "tie_word_embeddings": False},
-                   batch=4, seq_len=32, steps=1),
+    "tiny": Preset(
+        {
+            "vocab_size": 256,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 64,
+            "tie_word_embeddings": False,
+        },
+        batch=4,
+        seq_len=32,
+        steps=1,
+    ),
 }
 
 OURS = "ours"
@@ -145,13 +177,23 @@ def system_label(key: str, torch_threads: Sequence[int]) -> str:
         return TORCH_LABEL
     n = int(key.split("/")[1])
     return f"{TORCH_LABEL}, {n} thread{'s' if n > 1 else ''}"
-OPTIMIZER = training.OptimizerConfig(learning_rate=1e-4, warmup_steps=0, schedule="constant",
-                                     weight_decay=0.0, b1=0.9, b2=0.95, eps=1e-8,
-                                     clip_norm=1.0)
+
+
+OPTIMIZER = training.OptimizerConfig(
+    learning_rate=1e-4,
+    warmup_steps=0,
+    schedule="constant",
+    weight_decay=0.0,
+    b1=0.9,
+    b2=0.95,
+    eps=1e-8,
+    clip_norm=1.0,
+)
 LOSS_RTOL = 1e-4  # step-0 losses of the two systems must agree this closely
 
 
 # --- workload ------------------------------------------------------------------------
+
 
 def make_workload(batch: int, seq_len: int, vocab: int, seed: int) -> training.TrainBatch:
     """`make_batch` of `batch` unpadded rows: L+1 random ids in [3, vocab) each, a prompt of
@@ -174,8 +216,9 @@ def train_flops(cfg: model_lib.ModelConfig, batch: int, seq_len: int) -> float:
     return 6.0 * matmul_params(cfg) * tokens + 12.0 * cfg.num_layers * attn_width * causal_keys
 
 
-def build_hf_checkpoint(hf_config: dict[str, Any], directory: pathlib.Path, seed: int,
-                        attn_implementation: str) -> transformers.LlamaForCausalLM:
+def build_hf_checkpoint(
+    hf_config: dict[str, Any], directory: pathlib.Path, seed: int, attn_implementation: str
+) -> transformers.LlamaForCausalLM:
     """A random-init f32 Llama (torch.manual_seed(seed)), saved to `directory`."""
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(**hf_config, attn_implementation=attn_implementation)
@@ -186,6 +229,7 @@ def build_hf_checkpoint(hf_config: dict[str, Any], directory: pathlib.Path, seed
 
 # --- runners: `seed -> tokens` of `steps` optimizer updates; each records its losses --
 
+
 @dataclasses.dataclass
 class System:
     run: Runner
@@ -193,17 +237,27 @@ class System:
     compiles: Callable[[], int] | None = None  # how often ours has compiled its step
 
 
-def torch_system(hf: transformers.LlamaForCausalLM, batch: training.TrainBatch, steps: int,
-                 adamw_impl: str, threads: int) -> System:
+def torch_system(
+    hf: transformers.LlamaForCausalLM,
+    batch: training.TrainBatch,
+    steps: int,
+    adamw_impl: str,
+    threads: int,
+) -> System:
     """The reference loop a PyTorch user writes: zero_grad, forward, CE, backward, clip, step.
 
     Trains `hf` in place; `threads` is set (torch.set_num_threads) at the start of each run.
     """
     hf.train()
     impl = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[adamw_impl]
-    opt = torch.optim.AdamW(hf.parameters(), lr=OPTIMIZER.learning_rate,
-                            betas=(OPTIMIZER.b1, OPTIMIZER.b2), eps=OPTIMIZER.eps,
-                            weight_decay=OPTIMIZER.weight_decay, **impl)
+    opt = torch.optim.AdamW(
+        hf.parameters(),
+        lr=OPTIMIZER.learning_rate,
+        betas=(OPTIMIZER.b1, OPTIMIZER.b2),
+        eps=OPTIMIZER.eps,
+        weight_decay=OPTIMIZER.weight_decay,
+        **impl,
+    )
     inputs = torch.from_numpy(np.asarray(batch.inputs_BxL, np.int64))
     attention_mask = torch.from_numpy(np.asarray(batch.valid_BxL, np.int64))
     labels = np.where(np.asarray(batch.loss_mask_BxL) > 0, np.asarray(batch.targets_BxL), -100)
@@ -217,8 +271,7 @@ def torch_system(hf: transformers.LlamaForCausalLM, batch: training.TrainBatch, 
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             logits = hf(input_ids=inputs, attention_mask=attention_mask, use_cache=False).logits
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels,
-                                   ignore_index=-100)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels, ignore_index=-100)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(hf.parameters(), OPTIMIZER.clip_norm)
             opt.step()
@@ -228,8 +281,9 @@ def torch_system(hf: transformers.LlamaForCausalLM, batch: training.TrainBatch, 
     return System(run, losses)
 
 
-def ours_system(cfg: model_lib.ModelConfig, params: Any, batch: training.TrainBatch,
-                steps: int) -> System:
+def ours_system(
+    cfg: model_lib.ModelConfig, params: Any, batch: training.TrainBatch, steps: int
+) -> System:
     """`make_train_step` as `training.fit` calls it; the state lives across runs."""
     optimizer = training.make_optimizer(OPTIMIZER, total_steps=1_000_000)
     state = training.init_train_state(params, optimizer)
@@ -240,8 +294,9 @@ def ours_system(cfg: model_lib.ModelConfig, params: Any, batch: training.TrainBa
     device = jax.tree.leaves(params)[0].sharding
     state = jax.device_put(state, device)
     step_fn = training.make_train_step(cfg, optimizer, state)
-    stacked = jax.device_put(jax.tree.map(lambda x: np.asarray(x)[None], batch),
-                             device)  # [A=1, B, L]
+    stacked = jax.device_put(
+        jax.tree.map(lambda x: np.asarray(x)[None], batch), device
+    )  # [A=1, B, L]
     tokens = int(np.asarray(batch.inputs_BxL).size)
     losses: list[float] = []
 
@@ -262,6 +317,7 @@ def ours_system(cfg: model_lib.ModelConfig, params: Any, batch: training.TrainBa
 
 # --- results ------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class Row:
     config_name: str
@@ -270,7 +326,7 @@ class Row:
     system: str
     steps: int
     seconds: list[float] = dataclasses.field(default_factory=list)
-    tokens: int = 0    # per timed run
+    tokens: int = 0  # per timed run
     flops: float = 0.0  # per timed run
     first_loss: float = math.nan
 
@@ -291,43 +347,70 @@ class ConfigInfo:
     completion_fraction: float
 
 
-def bench_config(name: str, preset: Preset, directory: pathlib.Path,
-                 args: argparse.Namespace, progress: tqdm.tqdm) -> tuple[list[Row], ConfigInfo]:
-    hf = build_hf_checkpoint({**preset.hf_config, **args.model_overrides}, directory, args.seed,
-                             args.hf_attention)
+def bench_config(
+    name: str,
+    preset: Preset,
+    directory: pathlib.Path,
+    args: argparse.Namespace,
+    progress: tqdm.tqdm,
+) -> tuple[list[Row], ConfigInfo]:
+    hf = build_hf_checkpoint(
+        {**preset.hf_config, **args.model_overrides}, directory, args.seed, args.hf_attention
+    )
     cfg, params = checkpoints.load_hf_checkpoint(directory, dtype="float32")
     batch_size = args.batch_size or preset.batch
     seq_len = args.seq_len or preset.seq_len
     if seq_len > cfg.max_seq_len:
-        raise ValueError(f"{name}: --seq_len {seq_len} > max_position_embeddings "
-                         f"{cfg.max_seq_len}")
+        raise ValueError(f"{name}: --seq_len {seq_len} > max_position_embeddings {cfg.max_seq_len}")
     steps = args.steps or preset.steps
     batch = make_workload(batch_size, seq_len, cfg.vocab_size, args.seed)
-    systems = {torch_key(n): torch_system(copy.deepcopy(hf) if i else hf, batch, steps,
-                                          args.torch_adamw, n)
-               for i, n in enumerate(args.threads)}
+    systems = {
+        torch_key(n): torch_system(
+            copy.deepcopy(hf) if i else hf, batch, steps, args.torch_adamw, n
+        )
+        for i, n in enumerate(args.threads)
+    }
     systems[OURS] = ours_system(cfg, params, batch, steps)
     del params  # ours' state holds its own copy
-    timings = _common.time_interleaved({k: s.run for k, s in systems.items()}, args.repeats,
-                                       progress)
+    timings = _common.time_interleaved(
+        {k: s.run for k, s in systems.items()}, args.repeats, progress
+    )
     compiles = systems[OURS].compiles()
     if compiles != 1:
-        raise RuntimeError(f"{name}: rest_em's train_step compiled {compiles} times; the "
-                           "timed runs must reuse the warm-up's executable")
+        raise RuntimeError(
+            f"{name}: rest_em's train_step compiled {compiles} times; the "
+            "timed runs must reuse the warm-up's executable"
+        )
     first = {k: s.losses[0] for k, s in systems.items()}
     for key, loss in first.items():
         if not math.isclose(first[OURS], loss, rel_tol=LOSS_RTOL):
-            raise RuntimeError(f"{name}: step-0 losses differ (ours {first[OURS]!r}, {key} "
-                               f"{loss!r}): the systems do not train the same model, batch "
-                               "and loss")
+            raise RuntimeError(
+                f"{name}: step-0 losses differ (ours {first[OURS]!r}, {key} "
+                f"{loss!r}): the systems do not train the same model, batch "
+                "and loss"
+            )
     flops = train_flops(cfg, batch_size, seq_len) * steps
     rows = []
     for system, runs in timings.items():
-        rows.append(Row(name, batch_size, seq_len, system, steps,
-                        seconds=[s for s, _ in runs], tokens=runs[0][1], flops=flops,
-                        first_loss=first[system]))
-    info = ConfigInfo(name, sum(p.numel() for p in hf.parameters()), matmul_params(cfg),
-                      float(np.asarray(batch.loss_mask_BxL).mean()))
+        rows.append(
+            Row(
+                name,
+                batch_size,
+                seq_len,
+                system,
+                steps,
+                seconds=[s for s, _ in runs],
+                tokens=runs[0][1],
+                flops=flops,
+                first_loss=first[system],
+            )
+        )
+    info = ConfigInfo(
+        name,
+        sum(p.numel() for p in hf.parameters()),
+        matmul_params(cfg),
+        float(np.asarray(batch.loss_mask_BxL).mean()),
+    )
     return rows, info
 
 
@@ -335,8 +418,10 @@ def format_table(rows: Sequence[Row], peak: float, torch_threads: Sequence[int])
     """Markdown: one line per (config, system); ratios against torch on the first
     `torch_threads` entry (by default the usable cores)."""
     lines = [
-        ("| model | batch x length | system | tokens/s (median) | ours / torch | ms / step | "
-         "model GFLOP/s | % of matmul peak | runs (s) |"),
+        (
+            "| model | batch x length | system | tokens/s (median) | ours / torch | ms / step | "
+            "model GFLOP/s | % of matmul peak | runs (s) |"
+        ),
         "|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     base = torch_key(torch_threads[0])
@@ -346,83 +431,143 @@ def format_table(rows: Sequence[Row], peak: float, torch_threads: Sequence[int])
         achieved = r.flops / r.median_s
         runs = ", ".join(f"{s:.3g}" for s in r.seconds)
         lines.append(
-            f"| {r.config_name} | {r.batch} x {r.seq_len} | {system_label(r.system, torch_threads)} | "
+            f"| {r.config_name} | {r.batch} x {r.seq_len} | "
+            f"{system_label(r.system, torch_threads)} | "
             f"{r.tokens_per_s:,.0f} | {ratio:.2f} | {1e3 * r.median_s / r.steps:.1f} | "
-            f"{achieved / 1e9:.1f} | {100 * achieved / peak:.1f} | {runs} |")
+            f"{achieved / 1e9:.1f} | {100 * achieved / peak:.1f} | {runs} |"
+        )
     return "\n".join(lines)
 
 
-def report(rows: Sequence[Row], infos: Sequence[ConfigInfo], peak: float,
-           args: argparse.Namespace, command: str, wall_s: float,
-           loads: tuple[tuple[float, ...], ...]) -> str:
+def report(
+    rows: Sequence[Row],
+    infos: Sequence[ConfigInfo],
+    peak: float,
+    args: argparse.Namespace,
+    command: str,
+    wall_s: float,
+    loads: tuple[tuple[float, ...], ...],
+) -> str:
     by_config = {i.name: i for i in infos}
     models = "; ".join(
         f"{i.name}: {i.params / 1e6:.2f}M params ({i.matmul_params / 1e6:.2f}M in matmuls), "
-        f"{100 * i.completion_fraction:.0f}% of positions are loss targets" for i in infos)
+        f"{100 * i.completion_fraction:.0f}% of positions are loss targets"
+        for i in infos
+    )
     losses = "; ".join(
         f"{name}: ours {r_ours.first_loss:.6f}, torch {r_torch.first_loss:.6f}"
         for name in by_config
-        for r_ours in rows if r_ours.config_name == name and r_ours.system == OURS
+        for r_ours in rows
+        if r_ours.config_name == name and r_ours.system == OURS
         for r_torch in rows
-        if r_torch.config_name == name and r_torch.system == torch_key(args.threads[0]))
+        if r_torch.config_name == name and r_torch.system == torch_key(args.threads[0])
+    )
     steps = ", ".join(f"{r.config_name} {r.steps}" for r in rows if r.system == OURS)
     threads = " and ".join(str(n) for n in args.threads)
-    adamw = {"default": "default implementation (per-tensor loop on CPU)",
-             "foreach": "foreach=True", "fused": "fused=True"}[args.torch_adamw]
+    adamw = {
+        "default": "default implementation (per-tensor loop on CPU)",
+        "foreach": "foreach=True",
+        "fused": "fused=True",
+    }[args.torch_adamw]
     notes = [
         *_common.run_notes(command, loads),
         f"Models (random init, seed {args.seed}, float32): {models}.",
-        (f"Workload: unpadded rows of exactly `length` input tokens, prompts of random length "
-         f"in [length/8, length/2] (numpy seed {args.seed}); consecutive steps per timed run: "
-         f"{steps}; median of {args.repeats} interleaved runs after one warm-up run each; "
-         "tokens/s counts every input position (batch x length per step)."),
-        (f"Optimizer (both): AdamW lr {OPTIMIZER.learning_rate:g}, betas ({OPTIMIZER.b1}, "
-         f"{OPTIMIZER.b2}), eps {OPTIMIZER.eps:g}, weight decay {OPTIMIZER.weight_decay:g}, "
-         f"global-norm clip {OPTIMIZER.clip_norm:g}; torch.optim.AdamW {adamw}."),
-        (f"Same model, batch and loss: first-step losses (from the shared weights) {losses} "
-         f"(checked to agree within rel. {LOSS_RTOL:g})."),
-        (f"Matmul peak measured in this run ({PEAK_SIZE}x{PEAK_SIZE} f32, jitted): "
-         f"{peak / 1e9:.0f} GFLOP/s. Model FLOPs per step = 6 * N_matmul * batch * length "
-         "+ 12 * layers * heads * head_dim * batch * length * (length + 1) / 2 (causal keys "
-         "only; embedding lookup, norms and the optimizer update not counted)."),
-        (f"PyTorch: eager mode, {threads} threads (OMP_WAIT_POLICY="
-         f"{os.environ.get('OMP_WAIT_POLICY')}), HF attention "
-         f"implementation {args.hf_attention}, forward with attention_mask and "
-         "use_cache=False. rest_em: `training.make_train_step` (jit, state donated), timed "
-         "until the new state is ready."),
+        (
+            f"Workload: unpadded rows of exactly `length` input tokens, prompts of random length "
+            f"in [length/8, length/2] (numpy seed {args.seed}); consecutive steps per timed run: "
+            f"{steps}; median of {args.repeats} interleaved runs after one warm-up run each; "
+            "tokens/s counts every input position (batch x length per step)."
+        ),
+        (
+            f"Optimizer (both): AdamW lr {OPTIMIZER.learning_rate:g}, betas ({OPTIMIZER.b1}, "
+            f"{OPTIMIZER.b2}), eps {OPTIMIZER.eps:g}, weight decay {OPTIMIZER.weight_decay:g}, "
+            f"global-norm clip {OPTIMIZER.clip_norm:g}; torch.optim.AdamW {adamw}."
+        ),
+        (
+            f"Same model, batch and loss: first-step losses (from the shared weights) {losses} "
+            f"(checked to agree within rel. {LOSS_RTOL:g})."
+        ),
+        (
+            f"Matmul peak measured in this run ({PEAK_SIZE}x{PEAK_SIZE} f32, jitted): "
+            f"{peak / 1e9:.0f} GFLOP/s. Model FLOPs per step = 6 * N_matmul * batch * length "
+            "+ 12 * layers * heads * head_dim * batch * length * (length + 1) / 2 (causal keys "
+            "only; embedding lookup, norms and the optimizer update not counted)."
+        ),
+        (
+            f"PyTorch: eager mode, {threads} threads (OMP_WAIT_POLICY="
+            f"{os.environ.get('OMP_WAIT_POLICY')}), HF attention "
+            f"implementation {args.hf_attention}, forward with attention_mask and "
+            "use_cache=False. rest_em: `training.make_train_step` (jit, state donated), timed "
+            "until the new state is ready."
+        ),
         f"Total wall time {wall_s / 60:.1f} min.",
     ]
-    return format_table(rows, peak, args.threads) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    return (
+        format_table(rows, peak, args.threads) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    )
 
 
 # --- driver -----------------------------------------------------------------------------
 
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", default="task,llama20m",
-                   help=f"comma-separated presets from {sorted(PRESETS)}")
-    p.add_argument("--model_overrides", default="{}", type=json.loads,
-                   help='JSON dict of HF config fields applied to every preset, e.g. '
-                        '\'{"num_hidden_layers": 4}\'')
-    p.add_argument("--batch_size", type=int, default=None,
-                   help="rows per step for every preset (default: each preset's own)")
-    p.add_argument("--seq_len", type=int, default=None,
-                   help="tokens per row for every preset (default: each preset's own)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="consecutive steps per timed run (default: each preset's own)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--configs", default="task,llama20m", help=f"comma-separated presets from {sorted(PRESETS)}"
+    )
+    p.add_argument(
+        "--model_overrides",
+        default="{}",
+        type=json.loads,
+        help="JSON dict of HF config fields applied to every preset, e.g. "
+        "'{\"num_hidden_layers\": 4}'",
+    )
+    p.add_argument(
+        "--batch_size",
+        type=int,
+        default=None,
+        help="rows per step for every preset (default: each preset's own)",
+    )
+    p.add_argument(
+        "--seq_len",
+        type=int,
+        default=None,
+        help="tokens per row for every preset (default: each preset's own)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="consecutive steps per timed run (default: each preset's own)",
+    )
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", default=str(usable_cores()),
-                   help="torch.set_num_threads (default: the cores this process may use, "
-                        "which XLA's CPU client uses too); a comma-separated list times torch "
-                        "once per entry (e.g. 2,1), ratios are against the first")
-    p.add_argument("--hf_attention", default="sdpa", choices=("sdpa", "eager"),
-                   help="attn_implementation of the HF model")
-    p.add_argument("--torch_adamw", default="default", choices=("default", "foreach", "fused"),
-                   help="torch.optim.AdamW implementation")
+    p.add_argument(
+        "--threads",
+        default=str(usable_cores()),
+        help="torch.set_num_threads (default: the cores this process may use, "
+        "which XLA's CPU client uses too); a comma-separated list times torch "
+        "once per entry (e.g. 2,1), ratios are against the first",
+    )
+    p.add_argument(
+        "--hf_attention",
+        default="sdpa",
+        choices=("sdpa", "eager"),
+        help="attn_implementation of the HF model",
+    )
+    p.add_argument(
+        "--torch_adamw",
+        default="default",
+        choices=("default", "foreach", "fused"),
+        help="torch.optim.AdamW implementation",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run (overrides the flags above): tiny model, 1 step, 1 repeat")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run (overrides the flags above): tiny model, 1 step, 1 repeat",
+    )
     p.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
     args = p.parse_args(argv)
@@ -448,12 +593,15 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[ConfigInfo], float]:
     rows: list[Row] = []
     infos: list[ConfigInfo] = []
     total = len(args.configs) * (len(args.threads) + 1) * (args.repeats + 1)
-    with tempfile.TemporaryDirectory() as tmp, tqdm.tqdm(total=total, desc="runs",
-                                                         file=sys.stderr) as progress:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        tqdm.tqdm(total=total, desc="runs", file=sys.stderr) as progress,
+    ):
         for name in args.configs:
             progress.set_description(name)
-            config_rows, info = bench_config(name, PRESETS[name], pathlib.Path(tmp) / name,
-                                             args, progress)
+            config_rows, info = bench_config(
+                name, PRESETS[name], pathlib.Path(tmp) / name, args, progress
+            )
             rows += config_rows
             infos.append(info)
     torch.set_num_threads(args.threads[0])  # what the machine description reports
@@ -472,8 +620,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     load_start = _common.load_average()
     start = time.perf_counter()
     rows, infos, peak = run(args)
-    body = report(rows, infos, peak, args, command, time.perf_counter() - start,
-                  (load_start, _common.load_average()))
+    body = report(
+        rows,
+        infos,
+        peak,
+        args,
+        command,
+        time.perf_counter() - start,
+        (load_start, _common.load_average()),
+    )
     print(body)
     if args.write:
         heading = results_heading(flags)

@@ -21,7 +21,8 @@ smaller model (Fig. 6); 5. ReST vs ReST^EM in-task and on the transfer split (Fi
 6. number of training problems, gains per difficulty level (Fig. 8); 7. three iterations
 vs one iteration with 3x the samples; 8. per-step negatives (Setlur et al. 2024): test
 accuracy vs number of training problems for SFT, positives only, positives + per-step
-negatives and per-step DPO, and the data-efficiency multipliers. Plus the Table-1 summary of every variant.
+negatives and per-step DPO, and the data-efficiency multipliers. Plus the Table-1 summary
+of every variant.
 """
 
 from __future__ import annotations
@@ -46,8 +47,11 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "testdata" / "tiny_arithmetic.gin"
 
-SMALL = ["--gin.rest_em.ModelConfig.hidden_size=64", "--gin.rest_em.ModelConfig.intermediate_size=192",
-         "--gin.rest_em.ModelConfig.num_layers=2"]
+SMALL = [
+    "--gin.rest_em.ModelConfig.hidden_size=64",
+    "--gin.rest_em.ModelConfig.intermediate_size=192",
+    "--gin.rest_em.ModelConfig.num_layers=2",
+]
 ONE = ["--gin.EMConfig.num_iterations=1"]
 
 
@@ -57,66 +61,137 @@ class Run:
 
     name: str
     args: tuple[str, ...]
-    after: tuple[str, ...] = ()     # runs that must finish first (same seed)
-    base_from: str | None = None    # copy this run's base model (same model + seed)
+    after: tuple[str, ...] = ()  # runs that must finish first (same seed)
+    base_from: str | None = None  # copy this run's base model (same model + seed)
 
 
 def runs_of(quick: bool) -> list[Run]:
-    passk = ["--gin.EMConfig.eval_num_samples=4", "--gin.EMConfig.eval_ks=(1, 2, 4)"] if quick else \
-        ["--gin.EMConfig.eval_num_samples=16", "--gin.EMConfig.eval_ks=(1, 2, 4, 8, 16)"]
+    passk = (
+        ["--gin.EMConfig.eval_num_samples=4", "--gin.EMConfig.eval_ks=(1, 2, 4)"]
+        if quick
+        else ["--gin.EMConfig.eval_num_samples=16", "--gin.EMConfig.eval_ks=(1, 2, 4, 8, 16)"]
+    )
     transfer = ["--gin.EMConfig.eval_splits=('test', 'transfer')"]
     if quick:
         transfer.append("--gin.arithmetic_task.num_transfer=16")
-    small = SMALL if not quick else ["--gin.rest_em.ModelConfig.hidden_size=16",
-                                     "--gin.rest_em.ModelConfig.intermediate_size=32"]
-    teacher = ["--gin_file=variants/distill.gin",
-               "--gin.rest_em.run.teacher_model=@teacher/rest_em.ModelConfig()",
-               "--gin.teacher/rest_em.ModelConfig.hidden_size=" + ("32" if quick else "128"),
-               "--gin.teacher/rest_em.ModelConfig.intermediate_size=" + ("64" if quick else "384"),
-               "--gin.teacher/rest_em.ModelConfig.num_layers=" + ("2" if quick else "4")]
+    small = (
+        SMALL
+        if not quick
+        else [
+            "--gin.rest_em.ModelConfig.hidden_size=16",
+            "--gin.rest_em.ModelConfig.intermediate_size=32",
+        ]
+    )
+    teacher = [
+        "--gin_file=variants/distill.gin",
+        "--gin.rest_em.run.teacher_model=@teacher/rest_em.ModelConfig()",
+        "--gin.teacher/rest_em.ModelConfig.hidden_size=" + ("32" if quick else "128"),
+        "--gin.teacher/rest_em.ModelConfig.intermediate_size=" + ("64" if quick else "384"),
+        "--gin.teacher/rest_em.ModelConfig.num_layers=" + ("2" if quick else "4"),
+    ]
     three = [] if not quick else ["--gin.EMConfig.num_iterations=3"]
     # Runs whose pass@k / maj@k no study reads draw 1 evaluation sample per problem (cost).
     lean = ["--gin.EMConfig.eval_num_samples=1", "--gin.EMConfig.eval_ks=(1,)"]
     train = (12, 24) if quick else (188, 375, 750)
     # Rollouts cost K per prefix: on 2 CPU cores the study uses K=3 and 4 negatives per
     # problem (the paper: K=5, up to 8), for 188-750 problems.
-    negatives = ("--gin_file=variants/step_negatives.gin",
-                 "--gin.StepNegativesConfig.max_per_problem=4",
-                 "--gin.StepNegativesConfig.num_rollouts=" + ("2" if quick else "3"))
+    negatives = (
+        "--gin_file=variants/step_negatives.gin",
+        "--gin.StepNegativesConfig.max_per_problem=4",
+        "--gin.StepNegativesConfig.num_rollouts=" + ("2" if quick else "3"),
+    )
     samples = "12" if quick else "48"
     # In priority order (the study runs them run-major over seeds): the paper's studies
     # 1-7 first, then the Table-1-only rows, then study 8.
     return [
         Run("restem", (*three, *passk, *transfer)),
-        Run("sft_human", ("--gin_file=variants/sft_human.gin", *transfer, *lean), ("restem",),
-            "restem"),
-        Run("one_per_problem", (*ONE, "--gin.EMConfig.max_per_problem=1", *lean), ("restem",),
-            "restem"),
-        Run("one_iter_3x", (*ONE, f"--gin.EMConfig.num_samples={samples}", *lean), ("restem",),
-            "restem"),
-        *[Run(f"train_{n}", (*ONE, f"--gin.arithmetic_task.num_train={n}", *lean), ("restem",),
-              "restem") for n in sorted(train, key=lambda n: n != train[1])],
+        Run(
+            "sft_human",
+            ("--gin_file=variants/sft_human.gin", *transfer, *lean),
+            ("restem",),
+            "restem",
+        ),
+        Run(
+            "one_per_problem",
+            (*ONE, "--gin.EMConfig.max_per_problem=1", *lean),
+            ("restem",),
+            "restem",
+        ),
+        Run(
+            "one_iter_3x",
+            (*ONE, f"--gin.EMConfig.num_samples={samples}", *lean),
+            ("restem",),
+            "restem",
+        ),
+        *[
+            Run(
+                f"train_{n}",
+                (*ONE, f"--gin.arithmetic_task.num_train={n}", *lean),
+                ("restem",),
+                "restem",
+            )
+            for n in sorted(train, key=lambda n: n != train[1])
+        ],
         Run("small_restem", (*small, *three)),
-        Run("small_sft_human", (*small, "--gin_file=variants/sft_human.gin"),
-            ("small_restem",), "small_restem"),
+        Run(
+            "small_sft_human",
+            (*small, "--gin_file=variants/sft_human.gin"),
+            ("small_restem",),
+            "small_restem",
+        ),
         Run("small_distill", (*small, *teacher), ("restem", "small_restem"), "small_restem"),
-        Run("rest", ("--gin_file=variants/rest.gin", *three, *transfer, *lean), ("restem",), "restem"),
+        Run(
+            "rest",
+            ("--gin_file=variants/rest.gin", *three, *transfer, *lean),
+            ("restem",),
+            "restem",
+        ),
         Run("rft", ("--gin_file=variants/rft.gin", *lean), ("restem",), "restem"),
         Run("star", ("--gin_file=variants/star.gin", *three, *lean), ("restem",), "restem"),
         # 8. Per-step negatives (Setlur et al. 2024): data efficiency, 1 iteration each.
-        *[Run(f"sft_human_{n}", ("--gin_file=variants/sft_human.gin",
-                                 f"--gin.arithmetic_task.num_train={n}", *lean), ("restem",), "restem")
-          for n in train],
-        *[Run(f"negatives_{n}", (*ONE, *negatives, f"--gin.arithmetic_task.num_train={n}", *lean),
-              ("restem",), "restem") for n in train],
+        *[
+            Run(
+                f"sft_human_{n}",
+                (
+                    "--gin_file=variants/sft_human.gin",
+                    f"--gin.arithmetic_task.num_train={n}",
+                    *lean,
+                ),
+                ("restem",),
+                "restem",
+            )
+            for n in train
+        ],
+        *[
+            Run(
+                f"negatives_{n}",
+                (*ONE, *negatives, f"--gin.arithmetic_task.num_train={n}", *lean),
+                ("restem",),
+                "restem",
+            )
+            for n in train
+        ],
         # The same rollouts' budget with the other objective: per-step DPO.
-        *[Run(f"dpo_{n}", (*ONE, *negatives, "--gin_file=variants/step_dpo.gin",
-                           f"--gin.arithmetic_task.num_train={n}", *lean), ("restem",), "restem")
-          for n in train],
+        *[
+            Run(
+                f"dpo_{n}",
+                (
+                    *ONE,
+                    *negatives,
+                    "--gin_file=variants/step_dpo.gin",
+                    f"--gin.arithmetic_task.num_train={n}",
+                    *lean,
+                ),
+                ("restem",),
+                "restem",
+            )
+            for n in train
+        ],
     ]
 
 
 # --- running ----------------------------------------------------------------------------
+
 
 def _done(workdir: pathlib.Path) -> bool:
     return (workdir / "DONE").exists()
@@ -137,9 +212,16 @@ def execute(run: Run, seed: int, root: pathlib.Path, base_config: str, log) -> N
     args = list(run.args)
     if any(a.startswith("--gin_file=variants/distill.gin") for a in args):
         args.append(f"--gin.TEACHER_WORKDIR='{root / f'seed_{seed}' / 'restem'}'")
-    cmd = [sys.executable, "-m", "rest_em.main", f"--gin_file={base_config}",
-           f"--workdir={workdir}", f"--gin.EMConfig.seed={seed}", f"--gin.sft_base.seed={seed}",
-           *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rest_em.main",
+        f"--gin_file={base_config}",
+        f"--workdir={workdir}",
+        f"--gin.EMConfig.seed={seed}",
+        f"--gin.sft_base.seed={seed}",
+        *args,
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t = time.time()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -151,8 +233,9 @@ def execute(run: Run, seed: int, root: pathlib.Path, base_config: str, log) -> N
     log(f"seed {seed} {run.name}: start")
     # The run's output goes to a file, not a pipe: it outlives a killed study process.
     with (workdir / "run.log").open("a") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         pid_file.write_text(str(proc.pid))
         proc.wait()
     if proc.returncode != 0:
@@ -167,12 +250,15 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except OSError:
         return False
-    return pathlib.Path(f"/proc/{pid}/stat").exists() and \
-        pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    return (
+        pathlib.Path(f"/proc/{pid}/stat").exists()
+        and pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    )
 
 
-def execute_all(seeds: list[int], runs: list[Run], root: pathlib.Path, base_config: str,
-                jobs: int) -> None:
+def execute_all(
+    seeds: list[int], runs: list[Run], root: pathlib.Path, base_config: str, jobs: int
+) -> None:
     """Runs every (seed, run) with up to `jobs` processes, respecting `after`."""
     lock = threading.Lock()
 
@@ -190,7 +276,9 @@ def execute_all(seeds: list[int], runs: list[Run], root: pathlib.Path, base_conf
             for s, r in ready[: jobs - len(running)]:
                 pending.remove((s, r))
                 running[pool.submit(execute, r, s, root, base_config, log)] = (s, r.name)
-            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            done, _ = concurrent.futures.wait(
+                running, return_when=concurrent.futures.FIRST_COMPLETED
+            )
             for f in done:
                 f.result()  # a failed run stops the study with its stderr
                 finished.add(running.pop(f))
@@ -245,6 +333,7 @@ def num_params(config: dict[str, object], scope: str = "") -> int:
     embedding; per layer two norms, the q/k/v/o projections (and q/k/v biases) and the
     gated MLP; the final norm and the head unless tied. (The test checks it against the
     model's own count.)"""
+
     def get(name, default=None):
         return config.get(f"{scope}ModelConfig.{name}", default)
 
@@ -274,8 +363,12 @@ def pct(xs: list[float]) -> str:
 
 def bar(ax, items: list[tuple[str, list[float]]]) -> None:
     """Bars of mean accuracy (%) over seeds with their std as error bars."""
-    ax.bar([label for label, _ in items], [statistics.mean(v) * 100 for _, v in items],
-           yerr=[statistics.stdev(v) * 100 if len(v) > 1 else 0 for _, v in items], capsize=3)
+    ax.bar(
+        [label for label, _ in items],
+        [statistics.mean(v) * 100 for _, v in items],
+        yerr=[statistics.stdev(v) * 100 if len(v) > 1 else 0 for _, v in items],
+        capsize=3,
+    )
 
 
 def verdict(diffs: list[float]) -> str:
@@ -290,8 +383,10 @@ def verdict(diffs: list[float]) -> str:
 
 def pyplot():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -314,8 +409,16 @@ class Context:
     rel: str  # fig_dir as the report links it
 
     @classmethod
-    def load(cls, root: pathlib.Path, seeds: list[int], *, planned: Sequence[str],
-             config_file: str, fig_dir: pathlib.Path, rel: str) -> Context:
+    def load(
+        cls,
+        root: pathlib.Path,
+        seeds: list[int],
+        *,
+        planned: Sequence[str],
+        config_file: str,
+        fig_dir: pathlib.Path,
+        rel: str,
+    ) -> Context:
         h = {(s, r): history(root, s, r) for s in seeds for r in _names(root, s)}
         configs = {r: read_config(root / f"seed_{seeds[0]}" / r) for r in _names(root, seeds[0])}
         return cls(root, seeds, h, configs, tuple(planned), config_file, fig_dir, rel)
@@ -353,8 +456,11 @@ class Context:
 
     def planned_sizes(self, prefix: str) -> list[int]:
         """The training-set sizes of the planned runs named `{prefix}_{n}`."""
-        return sorted(int(n.rsplit("_", 1)[1]) for n in self.planned
-                      if n.startswith(prefix + "_") and n.rsplit("_", 1)[1].isdigit())
+        return sorted(
+            int(n.rsplit("_", 1)[1])
+            for n in self.planned
+            if n.startswith(prefix + "_") and n.rsplit("_", 1)[1].isdigit()
+        )
 
     def fig(self, name: str) -> str:
         """Saves the current figure; returns its Markdown link."""
@@ -392,16 +498,21 @@ class Section:
 def table1(ctx: Context) -> Section:
     base = ctx.get("restem", T, 0)
     name = pathlib.Path(ctx.config_file).name
-    lines = ["Test greedy pass@1 (%) of the final model, mean ± std over seeds; iteration 0 is "
-             "the base model (SFT on worked solutions of easy problems).", "",
-             "| variant | configuration | iterations | test pass@1 | gain over base (points) |",
-             "|---|---|---:|---:|---:|"]
-    rows = [("base model", f"{name}, iteration 0", "restem", 0),
-            ("SFT on human solutions", "variants/sft_human.gin", "sft_human", -1),
-            ("RFT", "variants/rft.gin", "rft", -1),
-            ("STaR (greedy + rationalization)", "variants/star.gin", "star", -1),
-            ("ReST", "variants/rest.gin", "rest", -1),
-            ("ReST^EM", name, "restem", -1)]
+    lines = [
+        "Test greedy pass@1 (%) of the final model, mean ± std over seeds; iteration 0 is "
+        "the base model (SFT on worked solutions of easy problems).",
+        "",
+        "| variant | configuration | iterations | test pass@1 | gain over base (points) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    rows = [
+        ("base model", f"{name}, iteration 0", "restem", 0),
+        ("SFT on human solutions", "variants/sft_human.gin", "sft_human", -1),
+        ("RFT", "variants/rft.gin", "rft", -1),
+        ("STaR (greedy + rationalization)", "variants/star.gin", "star", -1),
+        ("ReST", "variants/rest.gin", "rest", -1),
+        ("ReST^EM", name, "restem", -1),
+    ]
     for label, conf, run, it in rows:
         vals = ctx.opt(run, T, it)
         if vals is None:
@@ -425,18 +536,32 @@ def iterations(ctx: Context) -> Section:
     ax.set_xlabel("iteration")
     ax.set_ylabel("test greedy pass@1 (%)")
     ax.legend(fontsize=8)
-    lines = [ctx.fig("fig1_iterations"), "",
-             "| iteration | ReST^EM | ReST | STaR |", "|---:|---:|---:|---:|"]
+    lines = [
+        ctx.fig("fig1_iterations"),
+        "",
+        "| iteration | ReST^EM | ReST | STaR |",
+        "|---:|---:|---:|---:|",
+    ]
     for i in ctx.iters("restem"):
         cells = [ctx.opt(r, T, i) for r in ("restem", "rest", "star")]
         lines.append(f"| {i} | " + " | ".join(pct(c) if c else "—" for c in cells) + " |")
-    lines += ["", "SFT on the human-written solutions of the same training problems: "
-              f"{pct(sft)}.", ""]
+    lines += [
+        "",
+        f"SFT on the human-written solutions of the same training problems: {pct(sft)}.",
+        "",
+    ]
     d = [a - b for a, b in zip(restem, sft)]
-    return Section(lines, [("1. ReST^EM vs human-data SFT (Fig. 2/3)",
-                            "ReST^EM on model samples beats SFT on human-written solutions",
-                            f"ReST^EM {pct(restem)} vs SFT {pct(sft)} (difference {pct(d)} points)",
-                            verdict(d))])
+    return Section(
+        lines,
+        [
+            (
+                "1. ReST^EM vs human-data SFT (Fig. 2/3)",
+                "ReST^EM on model samples beats SFT on human-written solutions",
+                f"ReST^EM {pct(restem)} vs SFT {pct(sft)} (difference {pct(d)} points)",
+                verdict(d),
+            )
+        ],
+    )
 
 
 def train_vs_test(ctx: Context) -> Section:
@@ -449,8 +574,12 @@ def train_vs_test(ctx: Context) -> Section:
     ax.set_xlabel("iteration")
     ax.set_ylabel("greedy pass@1 (%)")
     ax.legend(fontsize=8)
-    lines = [ctx.fig("fig2_train_test"), "",
-             "| iteration | train | test | gap (train − test) |", "|---:|---:|---:|---:|"]
+    lines = [
+        ctx.fig("fig2_train_test"),
+        "",
+        "| iteration | train | test | gap (train − test) |",
+        "|---:|---:|---:|---:|",
+    ]
     gaps = {}
     for i in ctx.iters("restem"):
         tr, te = ctx.get("restem", "train/greedy_pass@1", i), ctx.get("restem", T, i)
@@ -458,17 +587,27 @@ def train_vs_test(ctx: Context) -> Section:
         lines.append(f"| {i} | {pct(tr)} | {pct(te)} | {pct(gaps[i])} |")
     last = ctx.iters("restem")[-1]
     d = [b - a for a, b in zip(gaps[1], gaps[last])]
-    return Section(lines + [""], [(
-        "2. Over-fitting gap (Fig. 4)",
-        "train accuracy rises faster than test over iterations (the gap grows)",
-        f"gap {pct(gaps[1])} after iteration 1, {pct(gaps[last])} after {last}", verdict(d))])
+    return Section(
+        lines + [""],
+        [
+            (
+                "2. Over-fitting gap (Fig. 4)",
+                "train accuracy rises faster than test over iterations (the gap grows)",
+                f"gap {pct(gaps[1])} after iteration 1, {pct(gaps[last])} after {last}",
+                verdict(d),
+            )
+        ],
+    )
 
 
 def pass_at_k(ctx: Context) -> Section:
     """3. pass@k and maj@k of the base and the last ReST^EM model."""
     ctx.require("restem")
-    ks = sorted(int(k.split("@")[1]) for k in ctx.h[(ctx.seeds[0], "restem")][0]
-                if k.startswith("test/pass@"))
+    ks = sorted(
+        int(k.split("@")[1])
+        for k in ctx.h[(ctx.seeds[0], "restem")][0]
+        if k.startswith("test/pass@")
+    )
     plt = pyplot()
     _, ax = plt.subplots(figsize=(5.5, 3.6))
     for it, label in ((0, "base"), (-1, "ReST^EM")):
@@ -479,69 +618,114 @@ def pass_at_k(ctx: Context) -> Section:
     ax.set_xlabel("k (samples, temperature 1.0)")
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=8)
-    lines = [ctx.fig("fig3_pass_at_k"), "",
-             "| k | base pass@k | ReST^EM pass@k | base maj@k | ReST^EM maj@k |",
-             "|---:|---:|---:|---:|---:|"]
+    lines = [
+        ctx.fig("fig3_pass_at_k"),
+        "",
+        "| k | base pass@k | ReST^EM pass@k | base maj@k | ReST^EM maj@k |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for k in ks:
-        lines.append(f"| {k} | {pct(ctx.get('restem', f'test/pass@{k}', 0))} | "
-                     f"{pct(ctx.get('restem', f'test/pass@{k}'))} | "
-                     f"{pct(ctx.get('restem', f'test/maj@{k}', 0))} | "
-                     f"{pct(ctx.get('restem', f'test/maj@{k}'))} |")
+        lines.append(
+            f"| {k} | {pct(ctx.get('restem', f'test/pass@{k}', 0))} | "
+            f"{pct(ctx.get('restem', f'test/pass@{k}'))} | "
+            f"{pct(ctx.get('restem', f'test/maj@{k}', 0))} | "
+            f"{pct(ctx.get('restem', f'test/maj@{k}'))} |"
+        )
     claims = []
-    for kind, finding in (("pass", "ReST^EM improves pass@k at every k, incl. large k"),
-                          ("maj", "ReST^EM improves majority voting")):
+    for kind, finding in (
+        ("pass", "ReST^EM improves pass@k at every k, incl. large k"),
+        ("maj", "ReST^EM improves majority voting"),
+    ):
         key = f"test/{kind}@{ks[-1]}"
         before, after = ctx.get("restem", key, 0), ctx.get("restem", key)
-        claims.append((f"3. {kind}@k (Fig. 5)", finding,
-                       f"{kind}@{ks[-1]} {pct(before)} → {pct(after)}",
-                       verdict([a - b for a, b in zip(after, before)])))
+        claims.append(
+            (
+                f"3. {kind}@k (Fig. 5)",
+                finding,
+                f"{kind}@{ks[-1]} {pct(before)} → {pct(after)}",
+                verdict([a - b for a, b in zip(after, before)]),
+            )
+        )
     return Section(lines + [""], claims)
 
 
 def apples_to_apples(ctx: Context) -> Section:
     """4. Human vs model data on the same problems; distillation into a smaller model."""
-    ctx.require("restem", "sft_human", "one_per_problem", "small_sft_human", "small_restem",
-                "small_distill")
+    ctx.require(
+        "restem", "sft_human", "one_per_problem", "small_sft_human", "small_restem", "small_distill"
+    )
     sft, one = ctx.get("sft_human", T), ctx.get("one_per_problem", T)
     restem, restem1, last = ctx.get("restem", T), ctx.get("restem", T, 1), ctx.iters("restem")[-1]
     small = {r: ctx.get(r, T) for r in ("small_sft_human", "small_restem", "small_distill")}
-    student = (f"{ctx.cfg('small_restem', 'ModelConfig.hidden_size')} wide, "
-               f"{ctx.cfg('small_restem', 'ModelConfig.num_layers')} layers")
+    student = (
+        f"{ctx.cfg('small_restem', 'ModelConfig.hidden_size')} wide, "
+        f"{ctx.cfg('small_restem', 'ModelConfig.num_layers')} layers"
+    )
     plt = pyplot()
     _, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.4))
-    bar(ax1, [("human SFT", sft), ("1 model sol./problem", one), ("ReST^EM it. 1", restem1),
-              (f"ReST^EM it. {last}", restem)])
+    bar(
+        ax1,
+        [
+            ("human SFT", sft),
+            ("1 model sol./problem", one),
+            ("ReST^EM it. 1", restem1),
+            (f"ReST^EM it. {last}", restem),
+        ],
+    )
     ax1.set_ylabel("test greedy pass@1 (%)")
     ax1.set_title("same problems, default model", fontsize=9)
     ax1.tick_params(axis="x", labelsize=7, rotation=20)
-    bar(ax2, [("human SFT", small["small_sft_human"]), ("ReST^EM", small["small_restem"]),
-              ("distilled", small["small_distill"])])
+    bar(
+        ax2,
+        [
+            ("human SFT", small["small_sft_human"]),
+            ("ReST^EM", small["small_restem"]),
+            ("distilled", small["small_distill"]),
+        ],
+    )
     ax2.set_title(f"small student ({student})", fontsize=9)
     ax2.tick_params(axis="x", labelsize=7)
-    lines = [ctx.fig("fig4_apples_to_apples"), "",
-             "| M-step data (default model, from its base) | test pass@1 |", "|---|---:|",
-             f"| human-written solutions, 1 per problem | {pct(sft)} |",
-             f"| model solutions, 1 per problem (1 iteration) | {pct(one)} |",
-             f"| model solutions, up to {ctx.cfg('restem', 'EMConfig.max_per_problem')} per "
-             f"problem (1 iteration) | {pct(restem1)} |",
-             f"| ReST^EM, {last} iterations | {pct(restem)} |", "",
-             f"| small student ({student}) | test pass@1 |", "|---|---:|",
-             f"| its base model | {pct(ctx.get('small_restem', T, 0))} |",
-             f"| SFT on human solutions | {pct(small['small_sft_human'])} |",
-             f"| its own ReST^EM ({ctx.iters('small_restem')[-1]} iterations) | "
-             f"{pct(small['small_restem'])} |",
-             f"| distilled: trained on the default model's ReST^EM samples (1 iteration) | "
-             f"{pct(small['small_distill'])} |", ""]
+    lines = [
+        ctx.fig("fig4_apples_to_apples"),
+        "",
+        "| M-step data (default model, from its base) | test pass@1 |",
+        "|---|---:|",
+        f"| human-written solutions, 1 per problem | {pct(sft)} |",
+        f"| model solutions, 1 per problem (1 iteration) | {pct(one)} |",
+        f"| model solutions, up to {ctx.cfg('restem', 'EMConfig.max_per_problem')} per "
+        f"problem (1 iteration) | {pct(restem1)} |",
+        f"| ReST^EM, {last} iterations | {pct(restem)} |",
+        "",
+        f"| small student ({student}) | test pass@1 |",
+        "|---|---:|",
+        f"| its base model | {pct(ctx.get('small_restem', T, 0))} |",
+        f"| SFT on human solutions | {pct(small['small_sft_human'])} |",
+        f"| its own ReST^EM ({ctx.iters('small_restem')[-1]} iterations) | "
+        f"{pct(small['small_restem'])} |",
+        f"| distilled: trained on the default model's ReST^EM samples (1 iteration) | "
+        f"{pct(small['small_distill'])} |",
+        "",
+    ]
     d_one = [a - b for a, b in zip(one, sft)]
     d_distill = [a - b for a, b in zip(small["small_distill"], small["small_sft_human"])]
-    return Section(lines, [
-        ("4. Model vs human data (Fig. 6)",
-         "one model-generated solution per problem beats one human solution per problem",
-         f"{pct(one)} vs {pct(sft)}", verdict(d_one)),
-        ("4. Distillation (Fig. 6)",
-         "a smaller model trained on a larger model's filtered samples beats it trained on human "
-         "data", f"{pct(small['small_distill'])} vs {pct(small['small_sft_human'])}",
-         verdict(d_distill))])
+    return Section(
+        lines,
+        [
+            (
+                "4. Model vs human data (Fig. 6)",
+                "one model-generated solution per problem beats one human solution per problem",
+                f"{pct(one)} vs {pct(sft)}",
+                verdict(d_one),
+            ),
+            (
+                "4. Distillation (Fig. 6)",
+                "a smaller model trained on a larger model's filtered samples beats it trained "
+                "on human data",
+                f"{pct(small['small_distill'])} vs {pct(small['small_sft_human'])}",
+                verdict(d_distill),
+            ),
+        ],
+    )
 
 
 def rest_vs_restem(ctx: Context) -> Section:
@@ -557,19 +741,32 @@ def rest_vs_restem(ctx: Context) -> Section:
         ax.set_xlabel("iteration")
     ax1.set_ylabel("greedy pass@1 (%)")
     ax1.legend(fontsize=8)
-    lines = [ctx.fig("fig5_rest_vs_restem"), "",
-             "| iteration | ReST^EM test | ReST test | ReST^EM transfer | ReST transfer |",
-             "|---:|---:|---:|---:|---:|"]
+    lines = [
+        ctx.fig("fig5_rest_vs_restem"),
+        "",
+        "| iteration | ReST^EM test | ReST test | ReST^EM transfer | ReST transfer |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for i in ctx.iters("restem"):
-        lines.append(f"| {i} | {pct(ctx.get('restem', T, i))} | {pct(ctx.get('rest', T, i))} | "
-                     f"{pct(ctx.get('restem', X, i))} | {pct(ctx.get('rest', X, i))} |")
+        lines.append(
+            f"| {i} | {pct(ctx.get('restem', T, i))} | {pct(ctx.get('rest', T, i))} | "
+            f"{pct(ctx.get('restem', X, i))} | {pct(ctx.get('rest', X, i))} |"
+        )
     d = [a - b for a, b in zip(ctx.get("restem", X), ctx.get("rest", X))]
-    return Section(lines + [""], [(
-        "5. ReST vs ReST^EM (Fig. 7)",
-        "restarting each M-step from the base (ReST^EM) transfers better than continued "
-        "fine-tuning (ReST), which over-fits",
-        f"transfer {pct(ctx.get('restem', X))} (ReST^EM) vs {pct(ctx.get('rest', X))} (ReST); "
-        f"in-task {pct(ctx.get('restem', T))} vs {pct(ctx.get('rest', T))}", verdict(d))])
+    return Section(
+        lines + [""],
+        [
+            (
+                "5. ReST vs ReST^EM (Fig. 7)",
+                "restarting each M-step from the base (ReST^EM) transfers better than continued "
+                "fine-tuning (ReST), which over-fits",
+                f"transfer {pct(ctx.get('restem', X))} (ReST^EM) vs "
+                f"{pct(ctx.get('rest', X))} (ReST); "
+                f"in-task {pct(ctx.get('restem', T))} vs {pct(ctx.get('rest', T))}",
+                verdict(d),
+            )
+        ],
+    )
 
 
 def problems_and_levels(ctx: Context) -> Section:
@@ -585,41 +782,79 @@ def problems_and_levels(ctx: Context) -> Section:
     last = ctx.iters("restem")[-1]
     plt = pyplot()
     _, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.4))
-    ax1.errorbar(ns, [statistics.mean(by_n[n]) * 100 for n in ns],
-                 yerr=[statistics.stdev(by_n[n]) * 100 if len(ctx.seeds) > 1 else 0 for n in ns],
-                 fmt="-o", capsize=3, label="1 ReST^EM iteration")
-    ax1.axhline(statistics.mean(ctx.get("restem", T, 0)) * 100, color="gray", ls="--",
-                label="base")
+    ax1.errorbar(
+        ns,
+        [statistics.mean(by_n[n]) * 100 for n in ns],
+        yerr=[statistics.stdev(by_n[n]) * 100 if len(ctx.seeds) > 1 else 0 for n in ns],
+        fmt="-o",
+        capsize=3,
+        label="1 ReST^EM iteration",
+    )
+    ax1.axhline(statistics.mean(ctx.get("restem", T, 0)) * 100, color="gray", ls="--", label="base")
     ax1.set_xscale("log")
     ax1.set_xlabel("training problems")
     ax1.set_ylabel("test greedy pass@1 (%)")
     ax1.legend(fontsize=8)
-    levels = sorted(int(k.split("_")[1].split("/")[0]) for k in ctx.h[(ctx.seeds[0], "restem")][0]
-                    if k.startswith("test/level_") and k.endswith("greedy_pass@1"))
-    lv = {lvl: (ctx.get("restem", f"test/level_{lvl}/greedy_pass@1", 0),
-                ctx.get("restem", f"test/level_{lvl}/greedy_pass@1")) for lvl in levels}
+    levels = sorted(
+        int(k.split("_")[1].split("/")[0])
+        for k in ctx.h[(ctx.seeds[0], "restem")][0]
+        if k.startswith("test/level_") and k.endswith("greedy_pass@1")
+    )
+    lv = {
+        lvl: (
+            ctx.get("restem", f"test/level_{lvl}/greedy_pass@1", 0),
+            ctx.get("restem", f"test/level_{lvl}/greedy_pass@1"),
+        )
+        for lvl in levels
+    }
     w = 0.38
-    ax2.bar([x - w / 2 for x in levels], [statistics.mean(a) * 100 for a, _ in lv.values()], w,
-            label="base")
-    ax2.bar([x + w / 2 for x in levels], [statistics.mean(b) * 100 for _, b in lv.values()], w,
-            label="ReST^EM")
+    ax2.bar(
+        [x - w / 2 for x in levels],
+        [statistics.mean(a) * 100 for a, _ in lv.values()],
+        w,
+        label="base",
+    )
+    ax2.bar(
+        [x + w / 2 for x in levels],
+        [statistics.mean(b) * 100 for _, b in lv.values()],
+        w,
+        label="ReST^EM",
+    )
     ax2.set_xlabel("difficulty level (operations)")
     ax2.legend(fontsize=8)
-    lines = [ctx.fig("fig6_problems_and_levels"), "",
-             "| training problems | test pass@1 after 1 iteration |", "|---:|---:|"]
+    lines = [
+        ctx.fig("fig6_problems_and_levels"),
+        "",
+        "| training problems | test pass@1 after 1 iteration |",
+        "|---:|---:|",
+    ]
     lines += [f"| {n} | {pct(by_n[n])} |" for n in ns]
-    lines += ["", f"| level | base | ReST^EM ({last} iterations) | gain (points) |",
-              "|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        f"| level | base | ReST^EM ({last} iterations) | gain (points) |",
+        "|---:|---:|---:|---:|",
+    ]
     gain = {lvl: [y - x for x, y in zip(a, b)] for lvl, (a, b) in lv.items()}
     lines += [f"| {lvl} | {pct(a)} | {pct(b)} | {pct(gain[lvl])} |" for lvl, (a, b) in lv.items()]
     d = [a - b for a, b in zip(by_n[full], by_n[ns[0]])]
     worst = min(levels, key=lambda lvl: statistics.mean(lv[lvl][1]) - statistics.mean(lv[lvl][0]))
-    return Section(lines + [""], [
-        ("6. Number of problems (Fig. 8)", "more training problems give a better model",
-         f"{ns[0]} problems: {pct(by_n[ns[0]])}; {full}: {pct(by_n[full])}", verdict(d)),
-        ("6. Per-level gains (Fig. 8)", "ReST^EM improves every difficulty level",
-         "gains per level " + ", ".join(f"L{lvl} {pct(gain[lvl])}" for lvl in levels),
-         verdict(gain[worst]) + f" (weakest: level {worst})")])
+    return Section(
+        lines + [""],
+        [
+            (
+                "6. Number of problems (Fig. 8)",
+                "more training problems give a better model",
+                f"{ns[0]} problems: {pct(by_n[ns[0]])}; {full}: {pct(by_n[full])}",
+                verdict(d),
+            ),
+            (
+                "6. Per-level gains (Fig. 8)",
+                "ReST^EM improves every difficulty level",
+                "gains per level " + ", ".join(f"L{lvl} {pct(gain[lvl])}" for lvl in levels),
+                verdict(gain[worst]) + f" (weakest: level {worst})",
+            ),
+        ],
+    )
 
 
 def iterations_vs_samples(ctx: Context) -> Section:
@@ -635,18 +870,31 @@ def iterations_vs_samples(ctx: Context) -> Section:
     _, ax = plt.subplots(figsize=(4.5, 3.2))
     bar(ax, [("1 it.", restem1), (f"1 it., {r}x samples", x3), (f"{last} it.", restem)])
     ax.set_ylabel("test greedy pass@1 (%)")
-    lines = [ctx.fig("fig7_iterations_vs_samples"), "",
-             "| setting | E-step samples | test pass@1 |", "|---|---:|---:|",
-             f"| 1 iteration | {samples1} | {pct(restem1)} |",
-             f"| 1 iteration, {r}× samples | {samples3} | {pct(x3)} |",
-             f"| {last} iterations | {last} × {samples1} | {pct(restem)} |", ""]
+    lines = [
+        ctx.fig("fig7_iterations_vs_samples"),
+        "",
+        "| setting | E-step samples | test pass@1 |",
+        "|---|---:|---:|",
+        f"| 1 iteration | {samples1} | {pct(restem1)} |",
+        f"| 1 iteration, {r}× samples | {samples3} | {pct(x3)} |",
+        f"| {last} iterations | {last} × {samples1} | {pct(restem)} |",
+        "",
+    ]
     d = [a - b for a, b in zip(restem, x3)]
     words = {1: "One", 2: "Two", 3: "Three", 4: "Four", 5: "Five"}
-    return Section(lines, [(
-        "7. Iterations vs samples", "iterating helps beyond drawing more samples once: "
-        f"{last} iterations beat 1 iteration with {r}× the samples", f"{pct(restem)} vs {pct(x3)}",
-        verdict(d))], title=f"7. {words.get(last, last)} iterations vs one iteration with {r}× "
-                            "the samples")
+    return Section(
+        lines,
+        [
+            (
+                "7. Iterations vs samples",
+                "iterating helps beyond drawing more samples once: "
+                f"{last} iterations beat 1 iteration with {r}× the samples",
+                f"{pct(restem)} vs {pct(x3)}",
+                verdict(d),
+            )
+        ],
+        title=f"7. {words.get(last, last)} iterations vs one iteration with {r}× the samples",
+    )
 
 
 def equivalent_problems(acc: float, curve: list[tuple[int, float]]) -> tuple[float, str]:
@@ -654,9 +902,10 @@ def equivalent_problems(acc: float, curve: list[tuple[int, float]]) -> tuple[flo
     reach `acc`: linear interpolation in log n over the curve's running maximum; beyond
     its ends the answer is a bound ("<" or ">")."""
     import math
+
     ns = [n for n, _ in curve]
     best, env = -1.0, []
-    for n, a in curve:
+    for _, a in curve:
         best = max(best, a)
         env.append(best)
     if acc <= env[0]:
@@ -681,14 +930,20 @@ def step_negatives(ctx: Context) -> Section:
     full = ctx.cfg("restem", "arithmetic_task.num_train")
     neg, dpo_run = f"negatives_{sizes[0]}", f"dpo_{sizes[0]}"
     beta, clip = ctx.cfg(neg, "StepNegativesConfig.beta"), ctx.cfg(neg, "StepNegativesConfig.clip")
-    neg_note = (f"up to {ctx.cfg(neg, 'StepNegativesConfig.max_per_problem')} negatives per "
-                f"problem and K={ctx.cfg(neg, 'StepNegativesConfig.num_rollouts')} best-of-K "
-                "rollouts per prefix")
+    neg_note = (
+        f"up to {ctx.cfg(neg, 'StepNegativesConfig.max_per_problem')} negatives per "
+        f"problem and K={ctx.cfg(neg, 'StepNegativesConfig.num_rollouts')} best-of-K "
+        "rollouts per prefix"
+    )
     curves = {
-        "SFT on human solutions": {**{n: ctx.get(f"sft_human_{n}", T) for n in sizes},
-                                   full: ctx.get("sft_human", T)},
-        "positives only (RFT / ReST^EM it. 1)": {**{n: ctx.get(f"train_{n}", T) for n in sizes},
-                                                 full: ctx.get("restem", T, 1)},
+        "SFT on human solutions": {
+            **{n: ctx.get(f"sft_human_{n}", T) for n in sizes},
+            full: ctx.get("sft_human", T),
+        },
+        "positives only (RFT / ReST^EM it. 1)": {
+            **{n: ctx.get(f"train_{n}", T) for n in sizes},
+            full: ctx.get("restem", T, 1),
+        },
         "positives + per-step negatives": {n: ctx.get(f"negatives_{n}", T) for n in sizes},
         "positives, then per-step DPO": {n: ctx.get(f"dpo_{n}", T) for n in sizes},
     }
@@ -697,35 +952,52 @@ def step_negatives(ctx: Context) -> Section:
     _, ax = plt.subplots(figsize=(5.5, 3.6))
     for (label, c), style in zip(curves.items(), ("--s", "-o", "-^", ":v")):
         ns = sorted(c)
-        ax.errorbar(ns, [statistics.mean(c[n]) * 100 for n in ns],
-                    yerr=[statistics.stdev(c[n]) * 100 if len(c[n]) > 1 else 0 for n in ns],
-                    fmt=style, capsize=3, label=label)
+        ax.errorbar(
+            ns,
+            [statistics.mean(c[n]) * 100 for n in ns],
+            yerr=[statistics.stdev(c[n]) * 100 if len(c[n]) > 1 else 0 for n in ns],
+            fmt=style,
+            capsize=3,
+            label=label,
+        )
     ax.set_xscale("log")
     ax.set_xlabel("training problems")
     ax.set_ylabel("test greedy pass@1 (%)")
     ax.legend(fontsize=7)
     labels = list(curves)
-    L = [ctx.fig("fig8_step_negatives"), "",
-         "One iteration from the same base model for every point; per-step negatives "
-         f"(`gin_configs/variants/step_negatives.gin`): weights exp(A/β), β={beta:g}, clipped at "
-         f"{clip:g}, with {neg_note} (the paper: up to 8 negatives, K=5; reduced here to fit the "
-         "CPU budget of the study). Per-step DPO (`gin_configs/variants/step_dpo.gin`, "
-         f"β={ctx.cfg(dpo_run, 'StepNegativesConfig.dpo_beta'):g}) uses the same rollouts for "
-         "first-pit pairs, after a fit on the positives, and keeps its params only if D_val "
-         f"improves. The full-size points ({full} problems) of SFT and positives only are the "
-         "`sft_human` and `restem` iteration-1 runs.", "",
-         "| training problems | " + " | ".join(labels) + " |", "|---:|---:|---:|---:|---:|"]
+    L = [
+        ctx.fig("fig8_step_negatives"),
+        "",
+        "One iteration from the same base model for every point; per-step negatives "
+        f"(`gin_configs/variants/step_negatives.gin`): weights exp(A/β), β={beta:g}, clipped at "
+        f"{clip:g}, with {neg_note} (the paper: up to 8 negatives, K=5; reduced here to fit the "
+        "CPU budget of the study). Per-step DPO (`gin_configs/variants/step_dpo.gin`, "
+        f"β={ctx.cfg(dpo_run, 'StepNegativesConfig.dpo_beta'):g}) uses the same rollouts for "
+        "first-pit pairs, after a fit on the positives, and keeps its params only if D_val "
+        f"improves. The full-size points ({full} problems) of SFT and positives only are the "
+        "`sft_human` and `restem` iteration-1 runs.",
+        "",
+        "| training problems | " + " | ".join(labels) + " |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for n in sorted(curves[labels[0]]):
-        L.append(f"| {n} | " + " | ".join(pct(curves[k][n]) if n in curves[k] else "—"
-                                          for k in labels) + " |")
+        L.append(
+            f"| {n} | "
+            + " | ".join(pct(curves[k][n]) if n in curves[k] else "—" for k in labels)
+            + " |"
+        )
     ref, pos_curve = mean[labels[0]], mean[labels[1]]
-    L += ["", "Data-efficiency multipliers: the number of problems a reference method needs to "
-          "reach a method's accuracy (read off the reference's mean curve, interpolated in "
-          "log n; ≤ / > when the accuracy lies outside the reference's range, so the value is "
-          "a bound), divided by the method's number of problems:", "",
-          "| training problems | positives only, vs SFT | + per-step negatives, vs SFT | "
-          "+ per-step negatives, vs positives only | per-step DPO, vs positives only |",
-          "|---:|---:|---:|---:|---:|"]
+    L += [
+        "",
+        "Data-efficiency multipliers: the number of problems a reference method needs to "
+        "reach a method's accuracy (read off the reference's mean curve, interpolated in "
+        "log n; ≤ / > when the accuracy lies outside the reference's range, so the value is "
+        "a bound), divided by the method's number of problems:",
+        "",
+        "| training problems | positives only, vs SFT | + per-step negatives, vs SFT | "
+        "+ per-step negatives, vs positives only | per-step DPO, vs positives only |",
+        "|---:|---:|---:|---:|---:|",
+    ]
 
     def multiplier(acc: float, curve, n: int) -> str:
         eq, how = equivalent_problems(acc, curve)
@@ -738,8 +1010,10 @@ def step_negatives(ctx: Context) -> Section:
         mult["neg"].append(multiplier(negs, ref, n))
         mult["neg_pos"].append(multiplier(negs, pos_curve, n))
         mult["dpo_pos"].append(multiplier(dpo, pos_curve, n))
-        L.append(f"| {n} | {mult['pos'][-1]} | {mult['neg'][-1]} | {mult['neg_pos'][-1]} | "
-                 f"{mult['dpo_pos'][-1]} |")
+        L.append(
+            f"| {n} | {mult['pos'][-1]} | {mult['neg'][-1]} | {mult['neg_pos'][-1]} | "
+            f"{mult['dpo_pos'][-1]} |"
+        )
     cost = []
     for n in sizes:
         rows = ctx.rows(f"negatives_{n}", 1)
@@ -751,47 +1025,75 @@ def step_negatives(ctx: Context) -> Section:
         dpo = ctx.rows(f"dpo_{n}", 1)
         t_dpo = statistics.mean(r["seconds"].get("dpo", 0.0) for r in dpo)
         pairs = statistics.mean(r.get("negatives/num_pairs", 0.0) for r in dpo) / n
-        cost.append(f"| {n} | {samp:.0f} | {roll:.0f} | {t_gen:.0f} | {t_roll:.0f} | {t_imp:.0f} "
-                    f"| {pairs:.1f} | {t_dpo:.0f} |")
+        cost.append(
+            f"| {n} | {samp:.0f} | {roll:.0f} | {t_gen:.0f} | {t_roll:.0f} | {t_imp:.0f} "
+            f"| {pairs:.1f} | {t_dpo:.0f} |"
+        )
     # What the curves do not show by themselves: where the base model lies, and how many
     # optimizer steps each M-step took (the negatives add rows, so their M-step runs longer).
     base = statistics.mean(ctx.get(f"negatives_{sizes[0]}", T, 0))
     below = [n for n in sizes if statistics.mean(curves[labels[1]][n]) < base]
 
     def steps(run: str) -> str:
-        return "/".join(f"{statistics.mean(ctx.get(f'{run}_{n}', 'num_train_steps')):.0f}"
-                        for n in sizes)
+        return "/".join(
+            f"{statistics.mean(ctx.get(f'{run}_{n}', 'num_train_steps')):.0f}" for n in sizes
+        )
 
-    L += ["", f"The base model (iteration 0) scores {100 * base:.1f}. "
-          + (f"One M-step on {', '.join(map(str, below))} problems leaves positives only "
-             "*below* it: a short M-step from the base damages this model before it helps. "
-             if below else "")
-          + f"M-step optimizer steps for {'/'.join(map(str, sizes))} problems: positives only "
-          f"{steps('train')}, + per-step negatives {steps('negatives')} (the negatives add "
-          "rows, so part of their gain at small sizes may come from the longer M-step), "
-          f"per-step DPO {steps('dpo')} on the positives, then its DPO phase."]
-    L += ["", "The cost of the rollouts (means over seeds; E-step, rollouts and M-step of the "
-          "per-step-negatives runs, then the DPO runs' pairs and DPO phase, whose E-step and "
-          "rollouts cost the same):", "",
-          "| training problems | E-step samples / problem | rollouts / problem | E-step (s) | "
-          "rollouts (s) | M-step (s) | DPO pairs / problem | DPO phase (s) |",
-          "|---:|---:|---:|---:|---:|---:|---:|---:|", *cost, ""]
+    L += [
+        "",
+        f"The base model (iteration 0) scores {100 * base:.1f}. "
+        + (
+            f"One M-step on {', '.join(map(str, below))} problems leaves positives only "
+            "*below* it: a short M-step from the base damages this model before it helps. "
+            if below
+            else ""
+        )
+        + f"M-step optimizer steps for {'/'.join(map(str, sizes))} problems: positives only "
+        f"{steps('train')}, + per-step negatives {steps('negatives')} (the negatives add "
+        "rows, so part of their gain at small sizes may come from the longer M-step), "
+        f"per-step DPO {steps('dpo')} on the positives, then its DPO phase.",
+    ]
+    L += [
+        "",
+        "The cost of the rollouts (means over seeds; E-step, rollouts and M-step of the "
+        "per-step-negatives runs, then the DPO runs' pairs and DPO phase, whose E-step and "
+        "rollouts cost the same):",
+        "",
+        "| training problems | E-step samples / problem | rollouts / problem | E-step (s) | "
+        "rollouts (s) | M-step (s) | DPO pairs / problem | DPO phase (s) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *cost,
+        "",
+    ]
     d_pos = [a - b for n in sizes for a, b in zip(curves[labels[1]][n], curves[labels[0]][n])]
     d_neg = [a - b for n in sizes for a, b in zip(curves[labels[2]][n], curves[labels[1]][n])]
     d_dpo = [a - b for n in sizes for a, b in zip(curves[labels[3]][n], curves[labels[1]][n])]
-    return Section(L, [
-        ("8. Positives vs SFT (Setlur Fig. 1)", "self-generated positives are ≈2× as "
-         "data-efficient as SFT on human solutions",
-         "multiplier by size: " + ", ".join(mult["pos"]),
-         verdict(d_pos) + " (vs SFT, all sizes)"),
-        ("8. + per-step negatives (Setlur Fig. 1)", "adding per-step negatives makes the same "
-         "problems worth ≈8× the data", "multiplier by size vs positives only: " +
-         ", ".join(mult["neg_pos"]) + "; vs SFT: " + ", ".join(mult["neg"]),
-         verdict(d_neg) + " (vs positives only, all sizes)"),
-        ("8. Per-step DPO (Setlur Sec. 5)", "per-step DPO on first-pit pairs improves over "
-         "positives only", "multiplier by size vs positives only: " + ", ".join(mult["dpo_pos"]),
-         verdict(d_dpo) + " (vs positives only, all sizes)"),
-    ])
+    return Section(
+        L,
+        [
+            (
+                "8. Positives vs SFT (Setlur Fig. 1)",
+                "self-generated positives are ≈2× as data-efficient as SFT on human solutions",
+                "multiplier by size: " + ", ".join(mult["pos"]),
+                verdict(d_pos) + " (vs SFT, all sizes)",
+            ),
+            (
+                "8. + per-step negatives (Setlur Fig. 1)",
+                "adding per-step negatives makes the same problems worth ≈8× the data",
+                "multiplier by size vs positives only: "
+                + ", ".join(mult["neg_pos"])
+                + "; vs SFT: "
+                + ", ".join(mult["neg"]),
+                verdict(d_neg) + " (vs positives only, all sizes)",
+            ),
+            (
+                "8. Per-step DPO (Setlur Sec. 5)",
+                "per-step DPO on first-pit pairs improves over positives only",
+                "multiplier by size vs positives only: " + ", ".join(mult["dpo_pos"]),
+                verdict(d_dpo) + " (vs positives only, all sizes)",
+            ),
+        ],
+    )
 
 
 # (short name for the "Incomplete" note, the section's title, the study)
@@ -800,12 +1102,21 @@ STUDIES = (
     ("1.", "1. Test accuracy vs iteration (paper Fig. 2/3)", iterations),
     ("2.", "2. Train vs test accuracy per iteration (paper Fig. 4)", train_vs_test),
     ("3.", "3. pass@k and maj@k, base vs ReST^EM (paper Fig. 5)", pass_at_k),
-    ("4.", "4. Human vs model-generated data on the same problems; distillation (paper Fig. 6)",
-     apples_to_apples),
-    ("5.", "5. ReST vs ReST^EM, in-task and on the held-out transfer split (paper Fig. 7)",
-     rest_vs_restem),
-    ("6.", "6. Number of training problems; gains per difficulty level (paper Fig. 8)",
-     problems_and_levels),
+    (
+        "4.",
+        "4. Human vs model-generated data on the same problems; distillation (paper Fig. 6)",
+        apples_to_apples,
+    ),
+    (
+        "5.",
+        "5. ReST vs ReST^EM, in-task and on the held-out transfer split (paper Fig. 7)",
+        rest_vs_restem,
+    ),
+    (
+        "6.",
+        "6. Number of training problems; gains per difficulty level (paper Fig. 8)",
+        problems_and_levels,
+    ),
     ("7.", "7. Iterations vs one iteration with more samples", iterations_vs_samples),
     ("8.", "8. Per-step negatives: data efficiency (Setlur et al. 2024)", step_negatives),
 )
@@ -813,25 +1124,30 @@ STUDIES = (
 
 # --- the report ---------------------------------------------------------------------------
 
+
 def intro(ctx: Context) -> str:
     """The report's first paragraph; the task and model as the reference run had them."""
     if ctx.has("restem"):
         c = ctx.configs["restem"]
-        task = (f"a {approx(num_params(c))}-parameter byte-level model whose base is trained on "
-                f"worked solutions of {span(c['arithmetic_task.sft_levels'])}-step problems, "
-                f"improved on {span(c['arithmetic_task.levels'])}-step problems with only the "
-                "checker as feedback")
+        task = (
+            f"a {approx(num_params(c))}-parameter byte-level model whose base is trained on "
+            f"worked solutions of {span(c['arithmetic_task.sft_levels'])}-step problems, "
+            f"improved on {span(c['arithmetic_task.levels'])}-step problems with only the "
+            "checker as feedback"
+        )
         test = f" ({ctx.h[(ctx.seeds[0], 'restem')][0]['test/num_problems']} problems)"
     else:
         task, test = "its reference run `restem` has not finished", ""
-    return ("ReST^EM (Singh et al. 2023, arXiv 2312.06585) and its baselines on the embedded "
-            f"multi-step arithmetic task (`{ctx.config_file}`: {task}). "
-            f"Seeds {', '.join(map(str, ctx.seeds))}: each seed changes the base model's init and "
-            "data order and the loop's sampling, selection and M-step order; the problems "
-            "stay the same. All numbers are test greedy pass@1 (%) on the held-out test split"
-            f"{test} unless said otherwise, mean ± std over seeds. A claim counts as reproduced "
-            "when the paired difference (per seed; per seed and size in study 8) has the paper's "
-            "sign in every pair; partly when only on average.")
+    return (
+        "ReST^EM (Singh et al. 2023, arXiv 2312.06585) and its baselines on the embedded "
+        f"multi-step arithmetic task (`{ctx.config_file}`: {task}). "
+        f"Seeds {', '.join(map(str, ctx.seeds))}: each seed changes the base model's init and "
+        "data order and the loop's sampling, selection and M-step order; the problems "
+        "stay the same. All numbers are test greedy pass@1 (%) on the held-out test split"
+        f"{test} unless said otherwise, mean ± std over seeds. A claim counts as reproduced "
+        "when the paired difference (per seed; per seed and size in study 8) has the paper's "
+        "sign in every pair; partly when only on average."
+    )
 
 
 def report(ctx: Context, command: str, wall_s: float) -> str:
@@ -853,20 +1169,34 @@ def report(ctx: Context, command: str, wall_s: float) -> str:
             continue
         body += [f"## {section.title or title}", "", *section.lines]
         claims += section.claims
-    head = ["# Reproducing the paper on the embedded task", "", intro(ctx), "",
-            "## The paper's claims and ours", "",
-            "| study | paper's finding | our measurement | reproduced? |", "|---|---|---|---|"]
+    head = [
+        "# Reproducing the paper on the embedded task",
+        "",
+        intro(ctx),
+        "",
+        "## The paper's claims and ours",
+        "",
+        "| study | paper's finding | our measurement | reproduced? |",
+        "|---|---|---|---|",
+    ]
     head += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in claims]
     if missing:
-        head += ["", f"**Incomplete:** the runs of {', '.join(missing)} had not finished when this "
-                 "report was built; `python experiments/reproduce_paper.py` runs them (resuming) "
-                 "and rebuilds it."]
-    head += ["", f"- Regenerate: `{command}` (wall time of this run: {wall_s / 60:.0f} min; "
-             "the runs resume, so a re-run only rebuilds this file).",
-             f"- Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-             f"{platform.python_version()}, {datetime.date.today()}.",
-             "- Checkpoints are selected on the val split; the test and transfer splits are never "
-             "used for a choice.", ""]
+        head += [
+            "",
+            f"**Incomplete:** the runs of {', '.join(missing)} had not finished when this "
+            "report was built; `python experiments/reproduce_paper.py` runs them (resuming) "
+            "and rebuilds it.",
+        ]
+    head += [
+        "",
+        f"- Regenerate: `{command}` (wall time of this run: {wall_s / 60:.0f} min; "
+        "the runs resume, so a re-run only rebuilds this file).",
+        f"- Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, {datetime.date.today()}.",
+        "- Checkpoints are selected on the val split; the test and transfer splits are never "
+        "used for a choice.",
+        "",
+    ]
     return "\n".join(head + body)
 
 
@@ -877,10 +1207,17 @@ def main() -> None:
     p.add_argument("--out", default=str(REPO / "docs"), help="RESULTS.md and figures/ go here")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel")
     p.add_argument("--quick", action="store_true", help="the tiny test config (seconds per run)")
-    p.add_argument("--report_only", action="store_true",
-                   help="rebuild the report from the finished runs; start nothing")
-    p.add_argument("--readme", action=argparse.BooleanOptionalAction, default=None,
-                   help="rewrite README.md's claims table (default: when --out is docs/)")
+    p.add_argument(
+        "--report_only",
+        action="store_true",
+        help="rebuild the report from the finished runs; start nothing",
+    )
+    p.add_argument(
+        "--readme",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="rewrite README.md's claims table (default: when --out is docs/)",
+    )
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.readme is None:
@@ -888,17 +1225,32 @@ def main() -> None:
     root = pathlib.Path(args.workdir)
     t = time.time()
     if not args.report_only:
-        execute_all(seeds, runs_of(args.quick), root,
-                    str(TINY) if args.quick else "arithmetic.gin", args.jobs)
+        execute_all(
+            seeds,
+            runs_of(args.quick),
+            root,
+            str(TINY) if args.quick else "arithmetic.gin",
+            args.jobs,
+        )
     wall = time.time() - t
-    walls = [float((root / f"seed_{s}" / r.name / "DONE").read_text()) for s in seeds
-             for r in runs_of(args.quick) if (root / f"seed_{s}" / r.name / "DONE").exists()]
+    walls = [
+        float((root / f"seed_{s}" / r.name / "DONE").read_text())
+        for s in seeds
+        for r in runs_of(args.quick)
+        if (root / f"seed_{s}" / r.name / "DONE").exists()
+    ]
     out = pathlib.Path(args.out)
     command = "python experiments/reproduce_paper.py" + "".join(f" {a}" for a in sys.argv[1:])
-    ctx = Context.load(root, seeds, planned=[r.name for r in runs_of(args.quick)],
-                       config_file=str((TINY if args.quick else REPO / "gin_configs" /
-                                        "arithmetic.gin").relative_to(REPO)),
-                       fig_dir=out / "figures", rel="figures")
+    ctx = Context.load(
+        root,
+        seeds,
+        planned=[r.name for r in runs_of(args.quick)],
+        config_file=str(
+            (TINY if args.quick else REPO / "gin_configs" / "arithmetic.gin").relative_to(REPO)
+        ),
+        fig_dir=out / "figures",
+        rel="figures",
+    )
     text = report(ctx, command, max(wall, sum(walls) / max(args.jobs, 1)))
     out.mkdir(parents=True, exist_ok=True)
     (out / "RESULTS.md").write_text(text + "\n")

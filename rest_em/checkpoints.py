@@ -53,11 +53,19 @@ SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
 )
-_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                "qwen2": "Qwen2ForCausalLM"}
-_HF_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
-              "torch.float32": "float32", "torch.bfloat16": "bfloat16",
-              "torch.float16": "float16"}
+_MODEL_TYPES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+}
+_HF_DTYPES = {
+    "float32": "float32",
+    "bfloat16": "bfloat16",
+    "float16": "float16",
+    "torch.float32": "float32",
+    "torch.bfloat16": "bfloat16",
+    "torch.float16": "float16",
+}
 # Buffers some exporters write that carry no learned weights.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -73,11 +81,13 @@ def _read_json(path: pathlib.Path) -> dict[str, Any]:
         with open(path, encoding="utf-8") as f:
             value = json.load(f)
     except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
-        raise CheckpointError(f"{path}: unreadable ({e}); the file is damaged or "
-                              f"incomplete: {_REDOWNLOAD}") from e
+        raise CheckpointError(
+            f"{path}: unreadable ({e}); the file is damaged or incomplete: {_REDOWNLOAD}"
+        ) from e
     if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, found "
-                              f"{type(value).__name__}: {_REDOWNLOAD}")
+        raise CheckpointError(
+            f"{path}: expected a JSON object, found {type(value).__name__}: {_REDOWNLOAD}"
+        )
     return value
 
 
@@ -89,9 +99,11 @@ def _hf_config_dict(config: Mapping[str, Any] | PathLike) -> tuple[dict[str, Any
     if path.is_dir():
         path = path / "config.json"
     if not path.is_file():
-        raise CheckpointError(f"{path}: no Hugging Face config.json; a checkpoint directory "
-                              "holds config.json and model.safetensors (or shards listed in "
-                              "model.safetensors.index.json), as save_pretrained writes them")
+        raise CheckpointError(
+            f"{path}: no Hugging Face config.json; a checkpoint directory "
+            "holds config.json and model.safetensors (or shards listed in "
+            "model.safetensors.index.json), as save_pretrained writes them"
+        )
     return _read_json(path), str(path)
 
 
@@ -100,8 +112,9 @@ def _architecture(hf: Mapping[str, Any]) -> str:
     arch = archs[0] if archs else _MODEL_TYPES.get(hf.get("model_type", ""), None)
     if arch not in SUPPORTED_ARCHITECTURES:
         found = archs or f"model_type={hf.get('model_type')!r}"
-        raise CheckpointError(f"unsupported architecture {found}; supported: "
-                              f"{list(SUPPORTED_ARCHITECTURES)}")
+        raise CheckpointError(
+            f"unsupported architecture {found}; supported: {list(SUPPORTED_ARCHITECTURES)}"
+        )
     return arch
 
 
@@ -123,10 +136,15 @@ def _rope(hf: Mapping[str, Any]) -> tuple[float, tuple[float, float, float, int]
     if kind == "default":
         return theta, None
     if kind == "llama3":
-        original = scaling.get("original_max_position_embeddings",
-                               hf.get("max_position_embeddings"))
-        return theta, (float(scaling["factor"]), float(scaling["low_freq_factor"]),
-                       float(scaling["high_freq_factor"]), int(original))
+        original = scaling.get(
+            "original_max_position_embeddings", hf.get("max_position_embeddings")
+        )
+        return theta, (
+            float(scaling["factor"]),
+            float(scaling["low_freq_factor"]),
+            float(scaling["high_freq_factor"]),
+            int(original),
+        )
     raise CheckpointError(f"unsupported rope type {kind!r}; supported: 'default', 'llama3'")
 
 
@@ -142,13 +160,16 @@ def _sliding_window(hf: Mapping[str, Any], arch: str, num_layers: int) -> int | 
         return None
     types = hf.get("layer_types") or [
         "sliding_attention" if i >= hf.get("max_window_layers", 28) else "full_attention"
-        for i in range(num_layers)]
+        for i in range(num_layers)
+    ]
     if all(t == "full_attention" for t in types):
         return None
     if all(t == "sliding_attention" for t in types):
         return int(window)
-    raise CheckpointError(f"Qwen2 with sliding window on only some layers ({types}) is not "
-                          "supported: ModelConfig has one sliding_window for all layers")
+    raise CheckpointError(
+        f"Qwen2 with sliding window on only some layers ({types}) is not "
+        "supported: ModelConfig has one sliding_window for all layers"
+    )
 
 
 def config_from_hf(config: Mapping[str, Any] | PathLike, **overrides: Any) -> ModelConfig:
@@ -164,11 +185,13 @@ def config_from_hf(config: Mapping[str, Any] | PathLike, **overrides: Any) -> Mo
     except CheckpointError as e:
         raise CheckpointError(f"{where}: {e}") from None
     except KeyError as e:
-        raise CheckpointError(f"{where}: no {e.args[0]!r} field; the config is incomplete: "
-                              f"{_REDOWNLOAD}") from None
+        raise CheckpointError(
+            f"{where}: no {e.args[0]!r} field; the config is incomplete: {_REDOWNLOAD}"
+        ) from None
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{where}: a field has an invalid value ({e}): "
-                              f"{_REDOWNLOAD}") from None
+        raise CheckpointError(
+            f"{where}: a field has an invalid value ({e}): {_REDOWNLOAD}"
+        ) from None
     fields.update(overrides)
     return ModelConfig(**fields)
 
@@ -181,14 +204,18 @@ def _config_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
         raise CheckpointError("mlp_bias=True is not supported")
     if arch == "LlamaForCausalLM" and hf.get("attention_bias", False):
         # HF Llama's attention_bias also adds an o_proj bias, which our model lacks.
-        raise CheckpointError("Llama attention_bias=True (q/k/v AND o_proj biases) is not "
-                              "supported; only Qwen2-style q/k/v biases are")
+        raise CheckpointError(
+            "Llama attention_bias=True (q/k/v AND o_proj biases) is not "
+            "supported; only Qwen2-style q/k/v biases are"
+        )
     num_layers = int(hf["num_hidden_layers"])
     theta, llama3 = _rope(hf)
     raw_dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
     if str(raw_dtype) not in _HF_DTYPES:
-        raise CheckpointError(f"unsupported checkpoint dtype {raw_dtype!r}; "
-                              f"expected one of {sorted(set(_HF_DTYPES.values()))}")
+        raise CheckpointError(
+            f"unsupported checkpoint dtype {raw_dtype!r}; "
+            f"expected one of {sorted(set(_HF_DTYPES.values()))}"
+        )
     dtype = _HF_DTYPES[str(raw_dtype)]
     fields = dict(
         vocab_size=int(hf["vocab_size"]),
@@ -225,30 +252,46 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         if arch != "LlamaForCausalLM":
             raise ValueError(f"llama3 rope scaling cannot be exported as {arch}")
         factor, low, high, original = cfg.rope_llama3_scaling
-        rope.update(rope_type="llama3", factor=factor, low_freq_factor=low,
-                    high_freq_factor=high, original_max_position_embeddings=original)
+        rope.update(
+            rope_type="llama3",
+            factor=factor,
+            low_freq_factor=low,
+            high_freq_factor=high,
+            original_max_position_embeddings=original,
+        )
     hf = {
-        "architectures": [arch], "model_type": model_type, "hidden_act": "silu",
-        "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_layers,
-        "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
+        "architectures": [arch],
+        "model_type": model_type,
+        "hidden_act": "silu",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
         "max_position_embeddings": cfg.max_seq_len,
-        "rms_norm_eps": cfg.rms_norm_eps, "tie_word_embeddings": cfg.tie_embeddings,
-        "rope_parameters": rope, "dtype": cfg.param_dtype,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "rope_parameters": rope,
+        "dtype": cfg.param_dtype,
     }
     if cfg.head_dim is not None:
         hf["head_dim"] = cfg.head_dim
     if arch == "MistralForCausalLM":
         hf["sliding_window"] = cfg.sliding_window
     if arch == "Qwen2ForCausalLM":
-        hf.update(sliding_window=cfg.sliding_window,
-                  use_sliding_window=cfg.sliding_window is not None, max_window_layers=0)
+        hf.update(
+            sliding_window=cfg.sliding_window,
+            use_sliding_window=cfg.sliding_window is not None,
+            max_window_layers=0,
+        )
     if arch == "LlamaForCausalLM":
         hf.update(attention_bias=False, mlp_bias=False)
     return hf
 
 
 # --- name / layout table -----------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class _Tensor:
@@ -292,26 +335,68 @@ def _layout(cfg: ModelConfig) -> list[_Tensor]:
     for i in range(cfg.num_layers):
         ours, hf = f"layer_{i}", f"model.layers.{i}."
         out += [
-            _Tensor((ours, "attn_norm", "scale"), hf + "input_layernorm.weight", (d,),
-                    _identity, _identity),
-            _Tensor((ours, "mlp_norm", "scale"), hf + "post_attention_layernorm.weight",
-                    (d,), _identity, _identity),
+            _Tensor(
+                (ours, "attn_norm", "scale"),
+                hf + "input_layernorm.weight",
+                (d,),
+                _identity,
+                _identity,
+            ),
+            _Tensor(
+                (ours, "mlp_norm", "scale"),
+                hf + "post_attention_layernorm.weight",
+                (d,),
+                _identity,
+                _identity,
+            ),
         ]
         for name, n in (("q", h), ("k", k), ("v", k)):
-            out.append(_Tensor((ours, "attn", f"{name}_kernel"),
-                               hf + f"self_attn.{name}_proj.weight", (n * hd, d), *in_proj(n)))
+            out.append(
+                _Tensor(
+                    (ours, "attn", f"{name}_kernel"),
+                    hf + f"self_attn.{name}_proj.weight",
+                    (n * hd, d),
+                    *in_proj(n),
+                )
+            )
             if cfg.qkv_bias:
-                out.append(_Tensor((ours, "attn", f"{name}_bias"),
-                                   hf + f"self_attn.{name}_proj.bias", (n * hd,), *bias(n)))
+                out.append(
+                    _Tensor(
+                        (ours, "attn", f"{name}_bias"),
+                        hf + f"self_attn.{name}_proj.bias",
+                        (n * hd,),
+                        *bias(n),
+                    )
+                )
         out += [
-            _Tensor((ours, "attn", "o_kernel"), hf + "self_attn.o_proj.weight", (d, h * hd),
-                    lambda w: w.T.reshape(h, hd, d), lambda w: w.reshape(h * hd, d).T),
-            _Tensor((ours, "mlp", "gate_kernel"), hf + "mlp.gate_proj.weight", (f, d),
-                    _transpose, _transpose),
-            _Tensor((ours, "mlp", "up_kernel"), hf + "mlp.up_proj.weight", (f, d),
-                    _transpose, _transpose),
-            _Tensor((ours, "mlp", "down_kernel"), hf + "mlp.down_proj.weight", (d, f),
-                    _transpose, _transpose),
+            _Tensor(
+                (ours, "attn", "o_kernel"),
+                hf + "self_attn.o_proj.weight",
+                (d, h * hd),
+                lambda w: w.T.reshape(h, hd, d),
+                lambda w: w.reshape(h * hd, d).T,
+            ),
+            _Tensor(
+                (ours, "mlp", "gate_kernel"),
+                hf + "mlp.gate_proj.weight",
+                (f, d),
+                _transpose,
+                _transpose,
+            ),
+            _Tensor(
+                (ours, "mlp", "up_kernel"),
+                hf + "mlp.up_proj.weight",
+                (f, d),
+                _transpose,
+                _transpose,
+            ),
+            _Tensor(
+                (ours, "mlp", "down_kernel"),
+                hf + "mlp.down_proj.weight",
+                (d, f),
+                _transpose,
+                _transpose,
+            ),
         ]
     if not cfg.tie_embeddings:
         out.append(_Tensor(("lm_head",), "lm_head.weight", (v, d), _transpose, _transpose))
@@ -333,11 +418,18 @@ def _tree_set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 # --- safetensors reading -----------------------------------------------------
 
 _ST_DTYPES = {
-    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16), "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F64": np.dtype(np.float64),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
     "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
-    "I64": np.dtype(np.int64), "I32": np.dtype(np.int32), "I16": np.dtype(np.int16),
-    "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
+    "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8),
+    "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
 }
 
 
@@ -357,9 +449,11 @@ def _read_header(file: pathlib.Path) -> dict[str, _Entry]:
     """The tensors of one safetensors file; CheckpointError unless the header is whole and
     every tensor's bytes lie inside the file (a truncated download fails here, not later
     inside a device callback)."""
+
     def corrupt(what: str) -> CheckpointError:
-        return CheckpointError(f"{file}: {what}: the file is damaged or was not fully "
-                               f"written; {_REDOWNLOAD}")
+        return CheckpointError(
+            f"{file}: {what}: the file is damaged or was not fully written; {_REDOWNLOAD}"
+        )
 
     try:
         size = file.stat().st_size
@@ -369,8 +463,10 @@ def _read_header(file: pathlib.Path) -> dict[str, _Entry]:
                 raise corrupt(f"not a safetensors file ({size} bytes, too short)")
             n = int.from_bytes(size_bytes, "little")
             if 8 + n > size:
-                raise corrupt(f"not a safetensors file, or truncated (the header claims "
-                              f"{n} bytes, the file has {size})")
+                raise corrupt(
+                    f"not a safetensors file, or truncated (the header claims "
+                    f"{n} bytes, the file has {size})"
+                )
             header = json.loads(fh.read(n))
     except OSError as e:
         raise CheckpointError(f"{file}: cannot read ({e})") from e
@@ -387,13 +483,20 @@ def _read_header(file: pathlib.Path) -> dict[str, _Entry]:
             continue
         try:
             start, stop = (int(x) for x in info["data_offsets"])
-            entry = _Entry(file, str(info["dtype"]), tuple(int(d) for d in info["shape"]),
-                           base + start, base + stop)
+            entry = _Entry(
+                file,
+                str(info["dtype"]),
+                tuple(int(d) for d in info["shape"]),
+                base + start,
+                base + stop,
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise corrupt(f"bad header entry for tensor {name} ({e!r})") from e
         if not base <= entry.start <= entry.stop <= size:
-            raise corrupt(f"tensor {name} lies at bytes [{entry.start}, {entry.stop}) "
-                          f"but the file has {size} (truncated?)")
+            raise corrupt(
+                f"tensor {name} lies at bytes [{entry.start}, {entry.stop}) "
+                f"but the file has {size} (truncated?)"
+            )
         entries[name] = entry
     return entries
 
@@ -403,24 +506,31 @@ def _safetensors_files(path: pathlib.Path) -> list[pathlib.Path]:
     if index.is_file():
         weight_map = _read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not all(
-                isinstance(v, str) for v in weight_map.values()):
-            raise CheckpointError(f"{index}: no \"weight_map\" of tensor name -> shard file; "
-                                  f"the index is damaged: {_REDOWNLOAD}")
+            isinstance(v, str) for v in weight_map.values()
+        ):
+            raise CheckpointError(
+                f'{index}: no "weight_map" of tensor name -> shard file; '
+                f"the index is damaged: {_REDOWNLOAD}"
+            )
         files = [path / n for n in sorted(set(weight_map.values()))]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
-            raise CheckpointError(f"{index} lists {len(missing)} shard file(s) that are not "
-                                  f"in {path}: {missing}; the download is incomplete: "
-                                  f"{_REDOWNLOAD}")
+            raise CheckpointError(
+                f"{index} lists {len(missing)} shard file(s) that are not "
+                f"in {path}: {missing}; the download is incomplete: "
+                f"{_REDOWNLOAD}"
+            )
         return files
     if (path / "model.safetensors").is_file():
         return [path / "model.safetensors"]
     files = sorted(path.glob("*.safetensors"))
     if not files:
-        raise CheckpointError(f"{path}: no *.safetensors files (nor "
-                              f"model.safetensors.index.json); the weights are missing: "
-                              f"{_REDOWNLOAD} (only safetensors weights are read, not "
-                              f"pytorch_model.bin)")
+        raise CheckpointError(
+            f"{path}: no *.safetensors files (nor "
+            f"model.safetensors.index.json); the weights are missing: "
+            f"{_REDOWNLOAD} (only safetensors weights are read, not "
+            f"pytorch_model.bin)"
+        )
     return files
 
 
@@ -436,41 +546,59 @@ class _Reader:
         if e.file not in self._maps:
             self._maps[e.file] = np.memmap(e.file, dtype=np.uint8, mode="r")
         dtype = _ST_DTYPES[e.dtype]
-        raw = self._maps[e.file][e.start:e.stop]
+        raw = self._maps[e.file][e.start : e.stop]
         return raw.view(dtype).reshape(e.shape)
 
 
-def _check_entries(entries: Mapping[str, _Entry], layout: list[_Tensor], cfg: ModelConfig,
-                   path: pathlib.Path) -> None:
+def _check_entries(
+    entries: Mapping[str, _Entry], layout: list[_Tensor], cfg: ModelConfig, path: pathlib.Path
+) -> None:
     """Fails before any data is read if names, shapes or dtypes do not fit `cfg`."""
     expected = {t.hf_name: t.hf_shape for t in layout}
     missing = [n for n in expected if n not in entries]
     if missing:
-        hint = (" (config says tie_word_embeddings=false, so lm_head.weight is required)"
-                if "lm_head.weight" in missing else "")
-        raise CheckpointError(f"checkpoint {path} is missing {len(missing)} tensor(s): "
-                              f"{missing}{hint}; the checkpoint is incomplete or its "
-                              "config.json does not describe its weights")
+        hint = (
+            " (config says tie_word_embeddings=false, so lm_head.weight is required)"
+            if "lm_head.weight" in missing
+            else ""
+        )
+        raise CheckpointError(
+            f"checkpoint {path} is missing {len(missing)} tensor(s): "
+            f"{missing}{hint}; the checkpoint is incomplete or its "
+            "config.json does not describe its weights"
+        )
     tolerated = {"lm_head.weight"} if cfg.tie_embeddings else set()  # a tied copy
-    extra = sorted(n for n in entries if n not in expected and n not in tolerated
-                   and not n.endswith(_IGNORED_SUFFIXES))
+    extra = sorted(
+        n
+        for n in entries
+        if n not in expected and n not in tolerated and not n.endswith(_IGNORED_SUFFIXES)
+    )
     if extra:
-        raise CheckpointError(f"checkpoint {path} has {len(extra)} tensor(s) the "
-                              f"{cfg.num_layers}-layer config does not use: {extra}")
-    bad = [f"{n}: expected {shape}, found {entries[n].shape}"
-           for n, shape in expected.items() if entries[n].shape != shape]
+        raise CheckpointError(
+            f"checkpoint {path} has {len(extra)} tensor(s) the "
+            f"{cfg.num_layers}-layer config does not use: {extra}"
+        )
+    bad = [
+        f"{n}: expected {shape}, found {entries[n].shape}"
+        for n, shape in expected.items()
+        if entries[n].shape != shape
+    ]
     if bad:
-        raise CheckpointError(f"checkpoint {path} has tensors of the wrong shape for its "
-                              f"config.json: {bad}")
+        raise CheckpointError(
+            f"checkpoint {path} has tensors of the wrong shape for its config.json: {bad}"
+        )
     for n in expected:
         e = entries[n]
         if e.dtype not in _FLOAT_TAGS:
-            raise CheckpointError(f"{n} in {e.file} has dtype {e.dtype}; expected one of "
-                                  f"{list(_FLOAT_TAGS)}")
+            raise CheckpointError(
+                f"{n} in {e.file} has dtype {e.dtype}; expected one of {list(_FLOAT_TAGS)}"
+            )
         if e.stop - e.start != math.prod(e.shape) * _ST_DTYPES[e.dtype].itemsize:
-            raise CheckpointError(f"{n} in {e.file}: byte range does not match shape "
-                                  f"{e.shape} and dtype {e.dtype}: the file is damaged; "
-                                  f"{_REDOWNLOAD}")
+            raise CheckpointError(
+                f"{n} in {e.file}: byte range does not match shape "
+                f"{e.shape} and dtype {e.dtype}: the file is damaged; "
+                f"{_REDOWNLOAD}"
+            )
 
 
 def _default_sharding() -> Sharding:
@@ -480,8 +608,9 @@ def _default_sharding() -> Sharding:
     return SingleDeviceSharding(device)
 
 
-def _place(t: _Tensor, read: _Reader, shape: tuple[int, ...], dtype: Any,
-           sharding: Sharding) -> jax.Array:
+def _place(
+    t: _Tensor, read: _Reader, shape: tuple[int, ...], dtype: Any, sharding: Sharding
+) -> jax.Array:
     """One parameter as a global array; each shard reads only its own block.
 
     Shards with the same index (replicas) share one host buffer, so the host holds at
@@ -516,11 +645,15 @@ def load_hf_checkpoint(
     """
     path = pathlib.Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"{path}: no such checkpoint directory (a Hugging Face "
-                              "checkpoint is a directory with config.json and *.safetensors)")
+        raise CheckpointError(
+            f"{path}: no such checkpoint directory (a Hugging Face "
+            "checkpoint is a directory with config.json and *.safetensors)"
+        )
     if not (path / "config.json").is_file():
-        raise CheckpointError(f"{path}: no config.json in this Hugging Face checkpoint "
-                              f"directory; the checkpoint is incomplete: {_REDOWNLOAD}")
+        raise CheckpointError(
+            f"{path}: no config.json in this Hugging Face checkpoint "
+            f"directory; the checkpoint is incomplete: {_REDOWNLOAD}"
+        )
     overrides = dict(config_overrides or {})
     if dtype is not None:
         overrides.setdefault("dtype", dtype)
@@ -531,9 +664,11 @@ def load_hf_checkpoint(
     for file in _safetensors_files(path):
         for name, entry in _read_header(file).items():
             if name in entries:
-                raise CheckpointError(f"tensor {name} appears in both "
-                                      f"{entries[name].file} and {file}; remove the stray "
-                                      "file or add a model.safetensors.index.json")
+                raise CheckpointError(
+                    f"tensor {name} appears in both "
+                    f"{entries[name].file} and {file}; remove the stray "
+                    "file or add a model.safetensors.index.json"
+                )
             entries[name] = entry
     layout = _layout(cfg)
     _check_entries(entries, layout, cfg, path)
@@ -547,8 +682,11 @@ def load_hf_checkpoint(
     params: Params = {}
     for t in layout:
         target = _tree_get(abstract, t.path)
-        _tree_set(params, t.path, _place(t, read, target.shape, target.dtype,
-                                         _tree_get(shardings, t.path)))
+        _tree_set(
+            params,
+            t.path,
+            _place(t, read, target.shape, target.dtype, _tree_get(shardings, t.path)),
+        )
     if jax.tree.structure(params) != jax.tree.structure(abstract):
         raise AssertionError("checkpoint layout table does not cover the model's params")
     return cfg, params
@@ -570,13 +708,13 @@ def save_hf_checkpoint(path: PathLike, cfg: ModelConfig, params: Params) -> None
     path = pathlib.Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = dict(_hf_tensors(cfg, params))
-    safetensors.numpy.save_file(tensors, str(path / "model.safetensors"),
-                                metadata={"format": "pt"})
+    safetensors.numpy.save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
     with open(path / "config.json", "w", encoding="utf-8") as f:
         json.dump(config_to_hf(cfg), f, indent=2)
 
 
 # --- orbax ---------------------------------------------------------------------
+
 
 def save_params(path: PathLike, params: Params, *, force: bool = False) -> None:
     """Saves a params pytree with orbax; returns once the checkpoint is committed.
@@ -606,8 +744,10 @@ def restore_params(
     """
     path = pathlib.Path(path).absolute()
     if mesh is not None and cfg is None:
-        raise ValueError("restoring into a mesh needs cfg (for the logical axes); or "
-                         "pass abstract ShapeDtypeStructs that carry shardings")
+        raise ValueError(
+            "restoring into a mesh needs cfg (for the logical axes); or "
+            "pass abstract ShapeDtypeStructs that carry shardings"
+        )
     _check_orbax_dir(path)
     if abstract is None and cfg is not None:
         abstract = model.abstract_params(cfg)
@@ -621,16 +761,20 @@ def restore_params(
                 raise CheckpointError(
                     f"{path}: incomplete orbax checkpoint (cannot read the tree of its "
                     "arrays from _METADATA and manifest.ocdbt); the save did not finish or "
-                    "files were removed: save it again, or restore from another checkpoint")
-            abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
-                                    metadata.item_metadata.tree)
+                    "files were removed: save it again, or restore from another checkpoint"
+                )
+            abstract = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), metadata.item_metadata.tree
+            )
         if mesh is not None:
             shardings = model.param_shardings(cfg, mesh, rules)
         else:
             shardings = jax.tree.map(
-                lambda x: getattr(x, "sharding", None) or _default_sharding(), abstract)
-        target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                              abstract, shardings)
+                lambda x: getattr(x, "sharding", None) or _default_sharding(), abstract
+            )
+        target = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
+        )
         try:
             return ckptr.restore(path, target)
         except (OSError, ValueError) as e:  # tensorstore reports damage as ValueError
@@ -640,19 +784,27 @@ def restore_params(
 def _check_orbax_dir(path: pathlib.Path) -> None:
     if path.is_dir():
         if not any(path.iterdir()):
-            raise CheckpointError(f"{path}: empty directory, not an orbax checkpoint; save "
-                                  "it again, or restore from another checkpoint")
+            raise CheckpointError(
+                f"{path}: empty directory, not an orbax checkpoint; save "
+                "it again, or restore from another checkpoint"
+            )
         return
     if path.exists():
-        raise CheckpointError(f"{path}: not a directory; an orbax checkpoint (save_params) "
-                              "is a directory")
+        raise CheckpointError(
+            f"{path}: not a directory; an orbax checkpoint (save_params) is a directory"
+        )
     prefix = path.name + ".orbax-checkpoint-tmp"  # orbax saves there, then renames
-    tmp = sorted(p.name for p in path.parent.iterdir()
-                 if p.name.startswith(prefix)) if path.parent.is_dir() else []
+    tmp = (
+        sorted(p.name for p in path.parent.iterdir() if p.name.startswith(prefix))
+        if path.parent.is_dir()
+        else []
+    )
     if tmp:
-        raise CheckpointError(f"{path}: no checkpoint, only an unfinished save ({tmp[0]}): "
-                              "the process writing it stopped before it completed; save "
-                              "it again (the temporary directory can be deleted)")
+        raise CheckpointError(
+            f"{path}: no checkpoint, only an unfinished save ({tmp[0]}): "
+            "the process writing it stopped before it completed; save "
+            "it again (the temporary directory can be deleted)"
+        )
     raise CheckpointError(f"{path}: no orbax checkpoint at this path")
 
 
@@ -662,9 +814,13 @@ def _orbax_error(path: pathlib.Path, e: Exception) -> CheckpointError:
     if len(first) > 300:
         first = first[:300] + "..."
     if "shape" in first or "structure" in first:
-        return CheckpointError(f"{path}: the orbax checkpoint does not fit the requested "
-                               f"params ({first}); it was saved for another model config: "
-                               "pass the config it was saved with")
-    return CheckpointError(f"{path}: unreadable or incomplete orbax checkpoint ({first}); "
-                           "files are missing or damaged (an interrupted save or copy?): "
-                           "save it again, or restore from another checkpoint")
+        return CheckpointError(
+            f"{path}: the orbax checkpoint does not fit the requested "
+            f"params ({first}); it was saved for another model config: "
+            "pass the config it was saved with"
+        )
+    return CheckpointError(
+        f"{path}: unreadable or incomplete orbax checkpoint ({first}); "
+        "files are missing or damaged (an interrupted save or copy?): "
+        "save it again, or restore from another checkpoint"
+    )

@@ -23,10 +23,15 @@ def demo(argv) -> None:
         FLAGS.gin_file = ["arithmetic.gin"]
     if not FLAGS.workdir:
         FLAGS.workdir = "runs/demo"
-    print(f"ReST^EM on the embedded arithmetic task; artifacts in {FLAGS.workdir}/ "
-          "(metrics.jsonl, accuracy.png, tensorboard/)", flush=True)
+    print(
+        f"ReST^EM on the embedded arithmetic task; artifacts in {FLAGS.workdir}/ "
+        "(metrics.jsonl, accuracy.png, tensorboard/)",
+        flush=True,
+    )
     launcher.main(argv)
-    print(f"\nplot: {FLAGS.workdir}/accuracy.png   TensorBoard: tensorboard --logdir {FLAGS.workdir}")
+    print(
+        f"\nplot: {FLAGS.workdir}/accuracy.png   TensorBoard: tensorboard --logdir {FLAGS.workdir}"
+    )
 
 
 if __name__ == "__main__":

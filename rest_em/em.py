@@ -45,10 +45,9 @@ from typing import Any
 import jax
 import tqdm
 
-from rest_em import errors, estep, evaluation, filtering, fingerprint, mstep, partitioning
+from rest_em import errors, estep, evaluation, filtering, fingerprint, mstep, partitioning, training
 from rest_em import metrics as metrics_lib
 from rest_em import model as model_lib
-from rest_em import training
 from rest_em import workdir as workdir_lib
 from rest_em.estep import Scored, generate_and_score, prompt_ids  # noqa: F401 (public here too)
 from rest_em.evaluation import evaluate  # noqa: F401 (public here too)
@@ -68,23 +67,23 @@ class EMConfig:
     problem, every M-step from the base model."""
 
     num_iterations: int = 3
-    num_samples: int = 32            # E-step samples per training problem
+    num_samples: int = 32  # E-step samples per training problem
     temperature: float = 0.7
-    top_k: int = 40                  # 0 = the whole vocabulary
+    top_k: int = 40  # 0 = the whole vocabulary
     top_p: float = 1.0
     max_new_tokens: int = 128
-    max_per_problem: int = 10        # the paper's cap on solutions per problem
+    max_per_problem: int = 10  # the paper's cap on solutions per problem
     dedup: bool = True
-    from_base: bool = True           # ReST^EM: every M-step starts from the base model
-    chunk_size: int = 256            # problems per sampler call (= per E-step shard)
-    eval_num_samples: int = 8        # samples per test problem for pass@k / maj@k
+    from_base: bool = True  # ReST^EM: every M-step starts from the base model
+    chunk_size: int = 256  # problems per sampler call (= per E-step shard)
+    eval_num_samples: int = 8  # samples per test problem for pass@k / maj@k
     eval_ks: tuple[int, ...] = (1, 4, 8)
-    train_eval_size: int = 500       # training problems scored greedily (train-test gap)
-    val_size: int | None = None      # validation problems for checkpoint selection
+    train_eval_size: int = 500  # training problems scored greedily (train-test gap)
+    val_size: int | None = None  # validation problems for checkpoint selection
     eval_splits: tuple[str, ...] = ("test",)  # splits with greedy + sampled evaluation
-    estep: str = "sample"            # "sample" (ReST^EM) or "greedy" (STaR: 1 solution)
-    rationalize: bool = False        # STaR: unsolved problems re-sampled with a hint
-    data: str = "model"              # an entry of estep.SOURCES: "model" or "human" (SFT)
+    estep: str = "sample"  # "sample" (ReST^EM) or "greedy" (STaR: 1 solution)
+    rationalize: bool = False  # STaR: unsolved problems re-sampled with a hint
+    data: str = "model"  # an entry of estep.SOURCES: "model" or "human" (SFT)
     step_negatives: StepNegativesConfig | None = None  # + per-step negatives (Setlur 2024)
     # The M-step's start model competes in its validation-based selection (one more D_val
     # evaluation): an M-step that never beats it keeps it. Off by default (the paper's
@@ -100,17 +99,28 @@ class EMConfig:
                 raise errors.ConfigError(f"EMConfig: {msg}")
 
         need(self.num_iterations >= 0, f"num_iterations must be >= 0, got {self.num_iterations}")
-        need(self.num_samples >= 1 and self.eval_num_samples >= 1,
-             "num_samples and eval_num_samples must be >= 1")
-        need(self.temperature > 0, "temperature must be > 0 (it is the E-step's and pass@k's; "
-             "estep='greedy' selects greedy E-step decoding)")
+        need(
+            self.num_samples >= 1 and self.eval_num_samples >= 1,
+            "num_samples and eval_num_samples must be >= 1",
+        )
+        need(
+            self.temperature > 0,
+            "temperature must be > 0 (it is the E-step's and pass@k's; "
+            "estep='greedy' selects greedy E-step decoding)",
+        )
         need(self.top_k >= 0, f"top_k must be >= 0 (0 = no top-k), got {self.top_k}")
-        need(self.estep in ("sample", "greedy"), f"estep={self.estep!r}; expected 'sample' "
-             "or 'greedy'")
-        need(self.data in estep.SOURCES, f"data={self.data!r}; expected one of "
-             f"{sorted(estep.SOURCES)}")
-        need(self.step_negatives is None or self.data == "model",
-             "step_negatives needs model samples (data='model')")
+        need(
+            self.estep in ("sample", "greedy"),
+            f"estep={self.estep!r}; expected 'sample' or 'greedy'",
+        )
+        need(
+            self.data in estep.SOURCES,
+            f"data={self.data!r}; expected one of {sorted(estep.SOURCES)}",
+        )
+        need(
+            self.step_negatives is None or self.data == "model",
+            "step_negatives needs model samples (data='model')",
+        )
         need("test" in self.eval_splits, f"eval_splits={self.eval_splits!r} must include 'test'")
 
 
@@ -119,8 +129,13 @@ def with_gold(problems: Sequence[Problem], split: str) -> list[Problem]:
     kept = [p for p in problems if p.answer is not None and str(p.answer).strip()]
     if len(kept) < len(problems):
         missing = [p.problem_id for p in problems if p not in kept]
-        log.warning("%s: %d problems have no gold answer and are skipped (ids %s%s)", split,
-                    len(missing), missing[:20], " ..." if len(missing) > 20 else "")
+        log.warning(
+            "%s: %d problems have no gold answer and are skipped (ids %s%s)",
+            split,
+            len(missing),
+            missing[:20],
+            " ..." if len(missing) > 20 else "",
+        )
     return kept
 
 
@@ -141,13 +156,27 @@ class Splits:
         evals = {s: with_gold(task.load(s), s) for s in cfg.eval_splits}
         return cls(train, val, evals, train[: cfg.train_eval_size])
 
+    def named(self) -> dict[str, list[Problem]]:
+        """split -> problems, for the fingerprint."""
+        return {"train": self.train, "val": self.val, **self.evals}
+
+    def by_id(self) -> dict[int, Problem]:
+        return {p.problem_id: p for p in self.train}
+
     def to_evaluate(self) -> dict[str, tuple[list[Problem], bool]]:
         """split -> (problems, sampled): train greedy only, evaluation splits sampled too."""
         return {"train": (self.train_eval, False), **{s: (p, True) for s, p in self.evals.items()}}
 
 
 class _Timer(dict):
-    """Seconds per phase: `with timer("generate"): ...`."""
+    """Seconds per phase: `with timer("generate"): ...`; `pop_all()` hands them to the
+    iteration's metrics and starts afresh (the base's seconds go to the first iteration
+    this process runs)."""
+
+    def pop_all(self) -> dict[str, float]:
+        out = dict(self)
+        self.clear()
+        return out
 
     @contextlib.contextmanager
     def __call__(self, name: str):
@@ -156,11 +185,20 @@ class _Timer(dict):
         self[name] = self.get(name, 0.0) + time.time() - t
 
 
-def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
-        make_base_params: Callable[[], Any], workdir: str | pathlib.Path, cfg: EMConfig,
-        mesh=None, teacher: Teacher | None = None, config: Mapping[str, Any] | None = None,
-        on_config_change: str = "refuse", on_start: Callable[[], None] | None = None
-        ) -> list[dict]:
+def run(
+    *,
+    task: Task,
+    tokenizer: Tokenizer,
+    model_cfg: model_lib.ModelConfig,
+    make_base_params: Callable[[], Any],
+    workdir: str | pathlib.Path,
+    cfg: EMConfig,
+    mesh=None,
+    teacher: Teacher | None = None,
+    config: Mapping[str, Any] | None = None,
+    on_config_change: str = "refuse",
+    on_start: Callable[[], None] | None = None,
+) -> list[dict]:
     """Runs (or resumes) the EM loop in `workdir`; returns the metrics of every iteration.
 
     Args:
@@ -177,53 +215,49 @@ def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
       on_start: called once the fingerprint is accepted, before any work (the launcher
         writes config.gin there).
     """
-    if partitioning.is_multiprocess() and mesh is None:
-        raise ValueError(f"{jax.process_count()} processes: run() needs a mesh over every "
-                         "process's devices (e.g. partitioning.make_mesh(-1, 1, 1))")
+    _check_mesh(mesh)
     paths, root = workdir_lib.RunPaths(pathlib.Path(workdir)), jax.random.key(cfg.seed)
+    parts = dict(task=task, tokenizer=tokenizer, cfg=cfg, mesh=mesh)  # what every phase reads
+    learner = dict(model_cfg=model_cfg, **parts)
     splits = Splits.load(task, cfg)
-    fingerprint.check(paths, fingerprint.of_run(
-        cfg=cfg, model_cfg=model_cfg, task=task, tokenizer=tokenizer, teacher=teacher,
-        config=config, splits={"train": splits.train, "val": splits.val, **splits.evals}),
-        on_config_change=on_config_change)
+    fp = fingerprint.of_run(teacher=teacher, config=config, splits=splits.named(), **learner)
+    fingerprint.check(paths, fp, on_config_change=on_config_change)  # before any work
     if on_start is not None:
         on_start()
-    codec = workdir_lib.params_codec(_abstract_params(model_cfg, mesh))
-    t0 = time.time()
-    base = workdir_lib.unit(paths.base, make_base_params, codec)
-    base_seconds, params, history, wrote = time.time() - t0, base, [], False
+    codec, timer = workdir_lib.params_codec(_abstract_params(model_cfg, mesh)), _Timer()
+    with timer("base"):
+        base = workdir_lib.unit(paths.base, make_base_params, codec)
+    params, history, wrote = base, [], False
     for it in range(cfg.num_iterations + 1):
-        ipaths = paths.iteration(it)
+        ipaths, key = paths.iteration(it), jax.random.fold_in(root, it)
         if workdir_lib.exists(ipaths.marker):
             history.append(workdir_lib.read_json(ipaths.marker))
             params = None  # restored below if a later iteration needs it
             continue
         if params is None:
             params = codec.read(paths.iteration(it - 1).params)
-        key, timer = jax.random.fold_in(root, it), _Timer(base=base_seconds) if it == 0 else _Timer()
         m: dict[str, Any] = {"iteration": it}
         if it > 0:
             with timer("generate"):  # E-step: sample from the last model (or the teacher), score
                 policy = teacher or estep.Policy(model_cfg, params)
-                records, counts = estep.generate(policy, splits.train, paths=ipaths, task=task,
-                                                 tokenizer=tokenizer, cfg=cfg, key=key, mesh=mesh)
+                records, counts = estep.generate(
+                    policy, splits.train, paths=ipaths, key=key, **parts
+                )
             with timer("filter"):  # the M-step dataset: verified, capped per problem
-                selected = _select(records, ipaths, cfg)
-            params, improve_metrics = mstep.improve(mstep.Inputs(  # M-step, from the base
-                start=base if cfg.from_base else params, policy=policy, records=records,
-                selected=selected, problems={p.problem_id: p for p in splits.train},
-                paths=ipaths, key=key, val_reward=_val_reward(splits.val, task, tokenizer,
-                                                              model_cfg, cfg, key, mesh),
-                task=task, tokenizer=tokenizer, model_cfg=model_cfg, cfg=cfg, mesh=mesh),
-                codec)
+                selected, selection = _select(records, ipaths, cfg)
+            start = base if cfg.from_base else params  # M-step: fine-tune from the base
+            val = _val_reward(splits.val, key=key, **learner)
+            inputs = mstep.Inputs(
+                start, policy, records, selected, splits.by_id(), ipaths, key, val, **learner
+            )
+            params, improve_metrics = mstep.improve(inputs, codec)
             timer.update(improve_metrics.pop("seconds"))
-            m.update(counts, num_selected=len(selected),
-                     num_problems_solved=len({s.problem_id for s in selected}), **improve_metrics)
+            m.update(counts, **selection, **improve_metrics)
         with timer("evaluate"):  # train (greedy: the train-test gap), test (pass@k, maj@k)
-            m.update(evaluation.evaluate_splits(
-                params, splits.to_evaluate(), paths=ipaths, task=task, tokenizer=tokenizer,
-                model_cfg=model_cfg, cfg=cfg, key=jax.random.fold_in(root, 10_000 + it), mesh=mesh))
-        m["seconds"] = dict(timer)
+            key = jax.random.fold_in(root, 10_000 + it)
+            evals = evaluation.evaluate_splits(params, splits.to_evaluate(), ipaths, key, **learner)
+            m.update(evals)
+        m["seconds"] = timer.pop_all()
         workdir_lib.write_json(ipaths.marker, m)  # the iteration is done
         history.append(m)
         _report(paths, history)
@@ -233,23 +267,42 @@ def run(*, task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
     return history
 
 
-def _select(records: Sequence[filtering.Sample], paths: workdir_lib.IterationPaths,
-            cfg: EMConfig) -> list[filtering.Sample]:
-    """The filter as a unit of work (iter_NNN/selected.jsonl)."""
-    rows = workdir_lib.unit(paths.selected, lambda: [dataclasses.asdict(s) for s in filtering.select(
-        records, max_per_problem=cfg.max_per_problem, seed=cfg.seed * 1_000_003 + paths.number,
-        dedup=cfg.dedup)], workdir_lib.JSONL)
-    return [filtering.Sample(**r) for r in rows]
+def _check_mesh(mesh) -> None:
+    if partitioning.is_multiprocess() and mesh is None:
+        raise ValueError(
+            f"{jax.process_count()} processes: run() needs a mesh over every "
+            "process's devices (e.g. partitioning.make_mesh(-1, 1, 1))"
+        )
 
 
-def _val_reward(val: Sequence[Problem], task: Task, tokenizer: Tokenizer,
-                model_cfg: model_lib.ModelConfig, cfg: EMConfig, key: jax.Array,
-                mesh) -> Callable[[Any], float]:
+def _select(
+    records: Sequence[filtering.Sample], paths: workdir_lib.IterationPaths, cfg: EMConfig
+) -> tuple[list[filtering.Sample], dict[str, int]]:
+    """The filter as a unit of work (iter_NNN/selected.jsonl), and its statistics (the
+    selection is cheap and deterministic: a resumed run recomputes them)."""
+    kept, stats = filtering.select_with_stats(
+        records,
+        max_per_problem=cfg.max_per_problem,
+        seed=cfg.seed * 1_000_003 + paths.number,
+        dedup=cfg.dedup,
+    )
+    rows = workdir_lib.unit(
+        paths.selected, lambda: [dataclasses.asdict(s) for s in kept], workdir_lib.JSONL
+    )
+    selection = {
+        "num_selected": stats.num_selected,
+        "num_problems_solved": stats.num_problems_solved,
+        "num_duplicates_dropped": stats.num_duplicates_dropped,
+    }
+    return [filtering.Sample(**r) for r in rows], selection
+
+
+def _val_reward(val: Sequence[Problem], **kwargs: Any) -> Callable[[Any], float]:
     """Greedy pass@1 on D_val: the M-step's checkpoint selection."""
+
     def reward(params: Any) -> float:
-        return evaluate(params, val, task=task, tokenizer=tokenizer, model_cfg=model_cfg,
-                        cfg=cfg, key=key, prefix="val", sampled=False,
-                        mesh=mesh)["val/greedy_pass@1"]
+        return evaluate(params, val, prefix="val", sampled=False, **kwargs)["val/greedy_pass@1"]
+
     return reward
 
 
@@ -257,10 +310,13 @@ def _report(paths: workdir_lib.RunPaths, history: Sequence[dict]) -> None:
     metrics_lib.MetricsWriter(paths.root).write_all(history)
     if partitioning.is_main_process():
         tqdm.tqdm.write(_one_line(history[-1]))
+
+
 def _one_line(m: dict) -> str:
     keys = ("num_selected", "train/greedy_pass@1", "test/greedy_pass@1")
-    parts = [f"{k}={m[k]:.3f}" if isinstance(m.get(k), float) else f"{k}={m[k]}"
-             for k in keys if k in m]
+    parts = [
+        f"{k}={m[k]:.3f}" if isinstance(m.get(k), float) else f"{k}={m[k]}" for k in keys if k in m
+    ]
     secs = ", ".join(f"{k} {v:.0f}s" for k, v in m["seconds"].items())
     return f"iteration {m['iteration']}: " + " ".join(parts) + f"  ({secs})"
 
@@ -268,8 +324,10 @@ def _one_line(m: dict) -> str:
 def final_table(history: Sequence[dict]) -> str:
     """The terminal summary: one row per iteration."""
     cols = ["iteration", "num_correct", "num_selected", "train/greedy_pass@1", "test/greedy_pass@1"]
-    ks = sorted({k for m in history for k in m if k.startswith(("test/pass@", "test/maj@"))},
-                key=lambda k: (k.split("@")[0], int(k.split("@")[1])))
+    ks = sorted(
+        {k for m in history for k in m if k.startswith(("test/pass@", "test/maj@"))},
+        key=lambda k: (k.split("@")[0], int(k.split("@")[1])),
+    )
     cols += ks
     lines = [" | ".join(cols), " | ".join("---" for _ in cols)]
     for m in history:
@@ -286,29 +344,47 @@ def _abstract_params(model_cfg: model_lib.ModelConfig, mesh=None) -> Any:
     abstract = model_lib.abstract_params(model_cfg)
     if mesh is None:
         return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
-    return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-                        abstract, model_lib.param_shardings(model_cfg, mesh))
+    return jax.tree.map(
+        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+        abstract,
+        model_lib.param_shardings(model_cfg, mesh),
+    )
 
 
-def final_params(workdir: str | pathlib.Path, model_cfg: model_lib.ModelConfig,
-                 mesh=None) -> Any:
+def final_params(workdir: str | pathlib.Path, model_cfg: model_lib.ModelConfig, mesh=None) -> Any:
     """The params of a run's last completed iteration (its base if none): a teacher.
     With `mesh`, restored into the model's shardings on it."""
     paths = workdir_lib.RunPaths(pathlib.Path(workdir))
     done = [i.params for i in paths.completed() if i.params.exists()]
     path = done[-1] if done else paths.base
     if not path.exists():
-        raise errors.CheckpointError(f"{paths.root}: no completed iteration or base params to "
-                                     "load (is it the workdir of a finished run?)")
+        raise errors.CheckpointError(
+            f"{paths.root}: no completed iteration or base params to "
+            "load (is it the workdir of a finished run?)"
+        )
     return workdir_lib.params_codec(_abstract_params(model_cfg, mesh)).read(path)
 
 
 def load_history(workdir: str | pathlib.Path) -> list[dict]:
     """Metrics of the completed iterations of a workdir, in order."""
-    return [workdir_lib.read_json(i.marker)
-            for i in workdir_lib.RunPaths(pathlib.Path(workdir)).completed()]
+    return [
+        workdir_lib.read_json(i.marker)
+        for i in workdir_lib.RunPaths(pathlib.Path(workdir)).completed()
+    ]
 
 
-__all__ = ["EMConfig", "Scored", "Splits", "StepNegativesConfig", "Teacher", "evaluate",
-           "final_params", "final_table", "generate_and_score", "load_history", "prompt_ids",
-           "run", "with_gold"]
+__all__ = [
+    "EMConfig",
+    "Scored",
+    "Splits",
+    "StepNegativesConfig",
+    "Teacher",
+    "evaluate",
+    "final_params",
+    "final_table",
+    "generate_and_score",
+    "load_history",
+    "prompt_ids",
+    "run",
+    "with_gold",
+]

@@ -43,14 +43,19 @@ class Scored:
     answers: list[str | None]
 
 
-def prompt_ids(task: Task, tokenizer: Tokenizer, problem: Problem,
-               prompt_fn: Callable[[Problem], str] | None = None) -> list[int]:
+def prompt_ids(
+    task: Task,
+    tokenizer: Tokenizer,
+    problem: Problem,
+    prompt_fn: Callable[[Problem], str] | None = None,
+) -> list[int]:
     ids = tokenizer.encode((prompt_fn or task.prompt)(problem))
     return ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + ids
 
 
-def score_problems(task: Task, problems: Sequence[Problem],
-                   completions: Sequence[list[str]]) -> list[list[str]]:
+def score_problems(
+    task: Task, problems: Sequence[Problem], completions: Sequence[list[str]]
+) -> list[list[str]]:
     """`task.score` of each problem's completions (one call per problem). With several
     processes each scores its contiguous share of the problems; all get every status."""
 
@@ -60,11 +65,21 @@ def score_problems(task: Task, problems: Sequence[Problem],
     return partitioning.split_over_processes(score)(problems, completions)
 
 
-def _shard_rows(chunk: Sequence[Problem], comps: Sequence[list[str]],
-                statuses: Sequence[list[str]], task: Task) -> list[dict]:
-    return [{"problem_id": p.problem_id, "sample_index": j, "completion": c, "status": s,
-             "reward": float(s == "correct"), "answer": task.extract(c)}
-            for p, cs, ss in zip(chunk, comps, statuses) for j, (c, s) in enumerate(zip(cs, ss))]
+def _shard_rows(
+    chunk: Sequence[Problem], comps: Sequence[list[str]], statuses: Sequence[list[str]], task: Task
+) -> list[dict]:
+    return [
+        {
+            "problem_id": p.problem_id,
+            "sample_index": j,
+            "completion": c,
+            "status": s,
+            "reward": float(s == "correct"),
+            "answer": task.extract(c),
+        }
+        for p, cs, ss in zip(chunk, comps, statuses)
+        for j, (c, s) in enumerate(zip(cs, ss))
+    ]
 
 
 def _scored(chunk: Sequence[Problem], rows: Sequence[dict]) -> list[Scored]:
@@ -74,17 +89,32 @@ def _scored(chunk: Sequence[Problem], rows: Sequence[dict]) -> list[Scored]:
     out = []
     for p in chunk:
         rs = sorted(by_id[p.problem_id], key=lambda r: r["sample_index"])
-        out.append(Scored(p, [r["completion"] for r in rs], [r["status"] for r in rs],
-                          [r["answer"] for r in rs]))
+        out.append(
+            Scored(
+                p,
+                [r["completion"] for r in rs],
+                [r["status"] for r in rs],
+                [r["answer"] for r in rs],
+            )
+        )
     return out
 
 
-def generate_and_score(params: Any, problems: Sequence[Problem], *, task: Task,
-                       tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig,
-                       sampling_cfg: sampling.SamplingConfig, key: jax.Array,
-                       chunk_size: int, mesh=None, desc: str = "",
-                       shard_dir: pathlib.Path | None = None,
-                       prompt_fn: Callable[[Problem], str] | None = None) -> list[Scored]:
+def generate_and_score(
+    params: Any,
+    problems: Sequence[Problem],
+    *,
+    task: Task,
+    tokenizer: Tokenizer,
+    model_cfg: model_lib.ModelConfig,
+    sampling_cfg: sampling.SamplingConfig,
+    key: jax.Array,
+    chunk_size: int,
+    mesh=None,
+    desc: str = "",
+    shard_dir: pathlib.Path | None = None,
+    prompt_fn: Callable[[Problem], str] | None = None,
+) -> list[Scored]:
     """Samples and scores `problems` in chunks of `chunk_size` (one sampler shape).
 
     With `shard_dir`, each chunk's results are a unit of work there (`workdir.unit`):
@@ -95,23 +125,38 @@ def generate_and_score(params: Any, problems: Sequence[Problem], *, task: Task,
     out: list[Scored] = []
     starts = range(0, len(problems), chunk_size)
     for shard, start in enumerate(tqdm.tqdm(starts, desc=desc, leave=False, dynamic_ncols=True)):
-        chunk = list(problems[start: start + chunk_size])
+        chunk = list(problems[start : start + chunk_size])
 
         def compute(chunk=chunk) -> list[dict]:
             # Pad the last chunk with copies of its first problem: one compiled shape.
-            padded = (chunk + [chunk[0]] * (chunk_size - len(chunk))
-                      if len(problems) > chunk_size else chunk)
+            padded = (
+                chunk + [chunk[0]] * (chunk_size - len(chunk))
+                if len(problems) > chunk_size
+                else chunk
+            )
             res = sampling.sample(
-                params, [prompt_ids(task, tokenizer, p, prompt_fn) for p in padded],
-                model_cfg=model_cfg, cfg=sampling_cfg, key=key,
-                problem_ids=[p.problem_id for p in padded], mesh=mesh)
-            comps = [[tokenizer.decode(res.tokens_BxNxT[b, j, : res.lengths_BxN[b, j]])
-                      for j in range(sampling_cfg.num_samples)] for b in range(len(chunk))]
+                params,
+                [prompt_ids(task, tokenizer, p, prompt_fn) for p in padded],
+                model_cfg=model_cfg,
+                cfg=sampling_cfg,
+                key=key,
+                problem_ids=[p.problem_id for p in padded],
+                mesh=mesh,
+            )
+            comps = [
+                [
+                    tokenizer.decode(res.tokens_BxNxT[b, j, : res.lengths_BxN[b, j]])
+                    for j in range(sampling_cfg.num_samples)
+                ]
+                for b in range(len(chunk))
+            ]
             return _shard_rows(chunk, comps, score_problems(task, chunk, comps), task)
 
-        rows = (compute() if shard_dir is None else
-                workdir_lib.unit(workdir_lib.shard(shard_dir, shard), compute,
-                                 workdir_lib.JSONL))
+        rows = (
+            compute()
+            if shard_dir is None
+            else workdir_lib.unit(workdir_lib.shard(shard_dir, shard), compute, workdir_lib.JSONL)
+        )
         out += _scored(chunk, rows)
     return out
 
@@ -123,22 +168,40 @@ Counts = dict[str, int]
 
 
 def _counts(num_problems: int, statuses: Sequence[str]) -> Counts:
-    return {"num_problems": num_problems, "num_samples": len(statuses),
-            "num_correct": statuses.count("correct"),
-            "num_no_answer": statuses.count("no_answer"),
-            "num_checker_errors": statuses.count("checker_error") + statuses.count("timeout")}
+    return {
+        "num_problems": num_problems,
+        "num_samples": len(statuses),
+        "num_correct": statuses.count("correct"),
+        "num_no_answer": statuses.count("no_answer"),
+        "num_checker_errors": statuses.count("checker_error") + statuses.count("timeout"),
+    }
 
 
 def _records(task: Task, scored: Sequence[Scored], offset: int) -> Records:
-    return [filtering.Sample(problem_id=s.problem.problem_id, sample_index=offset + j,
-                             prompt=task.prompt(s.problem), completion=c,
-                             reward=float(st == "correct"))
-            for s in scored for j, (c, st) in enumerate(zip(s.completions, s.statuses))]
+    return [
+        filtering.Sample(
+            problem_id=s.problem.problem_id,
+            sample_index=offset + j,
+            prompt=task.prompt(s.problem),
+            completion=c,
+            reward=float(st == "correct"),
+        )
+        for s in scored
+        for j, (c, st) in enumerate(zip(s.completions, s.statuses))
+    ]
 
 
-def model_samples(policy: Policy, train: Sequence[Problem], *, paths: workdir_lib.IterationPaths,
-                  task: Task, tokenizer: Tokenizer, cfg: Any, key: jax.Array,
-                  mesh=None) -> tuple[Records, Counts]:
+def model_samples(
+    policy: Policy,
+    train: Sequence[Problem],
+    *,
+    paths: workdir_lib.IterationPaths,
+    task: Task,
+    tokenizer: Tokenizer,
+    cfg: Any,
+    key: jax.Array,
+    mesh=None,
+) -> tuple[Records, Counts]:
     """`num_samples` samples per problem from `policy` (estep="greedy": one greedy
     solution, STaR). With `rationalize`, problems without a correct sample are sampled
     again from the hinted prompt and the correct ones kept with the plain prompt (STaR),
@@ -146,40 +209,86 @@ def model_samples(policy: Policy, train: Sequence[Problem], *, paths: workdir_li
     greedy = cfg.estep == "greedy"
     e_cfg = sampling.SamplingConfig(
         num_samples=1 if greedy else cfg.num_samples,
-        temperature=0.0 if greedy else cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-        max_new_tokens=cfg.max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-    common = dict(task=task, tokenizer=tokenizer, model_cfg=policy.model_cfg,
-                  sampling_cfg=e_cfg, chunk_size=cfg.chunk_size, mesh=mesh)
+        temperature=0.0 if greedy else cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        eos_id=tokenizer.eos_id,
+        pad_id=tokenizer.pad_id,
+    )
+    common = dict(
+        task=task,
+        tokenizer=tokenizer,
+        model_cfg=policy.model_cfg,
+        sampling_cfg=e_cfg,
+        chunk_size=cfg.chunk_size,
+        mesh=mesh,
+    )
     it = paths.number
-    scored = generate_and_score(policy.params, train, key=jax.random.fold_in(key, 0),
-                                desc=f"iter {it} E-step", shard_dir=paths.samples, **common)
-    workdir_lib.write_json(paths.manifest, {
-        "shards": sorted(p.name for p in paths.samples.glob("shard_*.jsonl")),
-        "num_problems": len(train), "num_samples": e_cfg.num_samples})
+    scored = generate_and_score(
+        policy.params,
+        train,
+        key=jax.random.fold_in(key, 0),
+        desc=f"iter {it} E-step",
+        shard_dir=paths.samples,
+        **common,
+    )
+    workdir_lib.write_json(
+        paths.manifest,
+        {
+            "shards": sorted(p.name for p in paths.samples.glob("shard_*.jsonl")),
+            "num_problems": len(train),
+            "num_samples": e_cfg.num_samples,
+        },
+    )
     records = _records(task, scored, 0)
     counts = _counts(len(train), [st for s in scored for st in s.statuses])
     if cfg.rationalize:
         if task.hint_prompt is None:
             raise ValueError(f"rationalize=True, but task {task.name!r} has no hint_prompt")
         unsolved = [s.problem for s in scored if "correct" not in s.statuses]
-        hinted = generate_and_score(policy.params, unsolved, key=jax.random.fold_in(key, 1),
-                                    desc=f"iter {it} rationalize", shard_dir=paths.rationalized,
-                                    prompt_fn=task.hint_prompt, **common) if unsolved else []
+        hinted = (
+            generate_and_score(
+                policy.params,
+                unsolved,
+                key=jax.random.fold_in(key, 1),
+                desc=f"iter {it} rationalize",
+                shard_dir=paths.rationalized,
+                prompt_fn=task.hint_prompt,
+                **common,
+            )
+            if unsolved
+            else []
+        )
         extra = _records(task, hinted, e_cfg.num_samples)
         records += extra
         counts["num_rationalized"] = sum(r.reward > 0 for r in extra)
     return records, counts
 
 
-def human_solutions(policy: Policy, train: Sequence[Problem], *, task: Task,
-                    **_: Any) -> tuple[Records, Counts]:
+def human_solutions(
+    policy: Policy, train: Sequence[Problem], *, task: Task, **_: Any
+) -> tuple[Records, Counts]:
     """The train split's reference solutions, reward 1 (no sampling): SFT on human data."""
     del policy
-    records = [filtering.Sample(problem_id=p.problem_id, sample_index=0, prompt=task.prompt(p),
-                                completion=task.target(p), reward=1.0)
-               for p in train if p.solution]
-    return records, {"num_problems": len(train), "num_samples": 0, "num_correct": len(records),
-                     "num_no_answer": 0, "num_checker_errors": 0}
+    records = [
+        filtering.Sample(
+            problem_id=p.problem_id,
+            sample_index=0,
+            prompt=task.prompt(p),
+            completion=task.target(p),
+            reward=1.0,
+        )
+        for p in train
+        if p.solution
+    ]
+    return records, {
+        "num_problems": len(train),
+        "num_samples": 0,
+        "num_correct": len(records),
+        "num_no_answer": 0,
+        "num_checker_errors": 0,
+    }
 
 
 SOURCES: dict[str, Callable[..., tuple[Records, Counts]]] = {
@@ -188,14 +297,32 @@ SOURCES: dict[str, Callable[..., tuple[Records, Counts]]] = {
 }
 
 
-def generate(policy: Policy, train: Sequence[Problem], *, paths: workdir_lib.IterationPaths,
-             task: Task, tokenizer: Tokenizer, cfg: Any, key: jax.Array,
-             mesh=None) -> tuple[Records, Counts]:
+def generate(
+    policy: Policy,
+    train: Sequence[Problem],
+    *,
+    paths: workdir_lib.IterationPaths,
+    task: Task,
+    tokenizer: Tokenizer,
+    cfg: Any,
+    key: jax.Array,
+    mesh=None,
+) -> tuple[Records, Counts]:
     """The E-step: candidate M-step data (every scored sample, reward 1 if correct) and
     its counts, from `SOURCES[cfg.data]`."""
-    return SOURCES[cfg.data](policy, train, paths=paths, task=task, tokenizer=tokenizer,
-                             cfg=cfg, key=key, mesh=mesh)
+    return SOURCES[cfg.data](
+        policy, train, paths=paths, task=task, tokenizer=tokenizer, cfg=cfg, key=key, mesh=mesh
+    )
 
 
-__all__ = ["Policy", "SOURCES", "Scored", "generate", "generate_and_score", "human_solutions",
-           "model_samples", "prompt_ids", "score_problems"]
+__all__ = [
+    "Policy",
+    "SOURCES",
+    "Scored",
+    "generate",
+    "generate_and_score",
+    "human_solutions",
+    "model_samples",
+    "prompt_ids",
+    "score_problems",
+]

@@ -7,6 +7,7 @@ answers); `evaluate` produces those inputs with the sampler and the task's check
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -44,10 +45,14 @@ def maj_at_k(answers: Sequence[str | None], correct: Sequence[bool], k: int) -> 
     return float(any(a == voted and ok for a, ok in zip(answers[:k], correct[:k])))
 
 
-def summarize(*, greedy_correct: Sequence[bool], sample_correct: Sequence[Sequence[bool]] | None = None,
-              sample_answers: Sequence[Sequence[str | None]] | None = None,
-              levels: Sequence[int | None] | None = None, ks: Sequence[int] = (1, 4, 8)
-              ) -> dict[str, float]:
+def summarize(
+    *,
+    greedy_correct: Sequence[bool],
+    sample_correct: Sequence[Sequence[bool]] | None = None,
+    sample_answers: Sequence[Sequence[str | None]] | None = None,
+    levels: Sequence[int | None] | None = None,
+    ks: Sequence[int] = (1, 4, 8),
+) -> dict[str, float]:
     """Flat metrics, fractions in [0, 1]: `greedy_pass@1`, `pass@k`, `maj@k`, each also
     per difficulty as `level_<L>/<metric>`. ks above the number of samples are skipped;
     `num_problems` counts the problems scored."""
@@ -59,11 +64,18 @@ def summarize(*, greedy_correct: Sequence[bool], sample_correct: Sequence[Sequen
             for k in ks:
                 if k > n:
                     continue
-                out[f"pass@{k}"] = float(np.mean(
-                    [pass_at_k(len(sample_correct[i]), int(sum(sample_correct[i])), k) for i in idx]))
+                out[f"pass@{k}"] = float(
+                    np.mean(
+                        [
+                            pass_at_k(len(sample_correct[i]), int(sum(sample_correct[i])), k)
+                            for i in idx
+                        ]
+                    )
+                )
                 if sample_answers is not None:
-                    out[f"maj@{k}"] = float(np.mean(
-                        [maj_at_k(sample_answers[i], sample_correct[i], k) for i in idx]))
+                    out[f"maj@{k}"] = float(
+                        np.mean([maj_at_k(sample_answers[i], sample_correct[i], k) for i in idx])
+                    )
         return out
 
     all_idx = list(range(len(greedy_correct)))
@@ -84,9 +96,20 @@ def summarize(*, greedy_correct: Sequence[bool], sample_correct: Sequence[Sequen
 
 # --- evaluating a model with the sampler ------------------------------------------------
 
-def evaluate(params: Any, problems: Sequence[Any], *, task: Any, tokenizer: Any,
-             model_cfg: Any, cfg: Any, key: Any, prefix: str, sampled: bool,
-             mesh: Any = None) -> dict[str, float]:
+
+def evaluate(
+    params: Any,
+    problems: Sequence[Any],
+    *,
+    task: Any,
+    tokenizer: Any,
+    model_cfg: Any,
+    cfg: Any,
+    key: Any,
+    prefix: str,
+    sampled: bool,
+    mesh: Any = None,
+) -> dict[str, float]:
     """Greedy pass@1 (and, if `sampled`, pass@k and maj@k with `cfg.eval_num_samples`
     samples at the E-step's temperature) with per-level breakdowns, keys `<prefix>/...`.
     `cfg` is an EMConfig (max_new_tokens, chunk_size, temperature, top_k, top_p, eval_ks)."""
@@ -95,36 +118,63 @@ def evaluate(params: Any, problems: Sequence[Any], *, task: Any, tokenizer: Any,
     from rest_em import estep, sampling
 
     greedy_cfg = sampling.SamplingConfig(
-        num_samples=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens,
-        eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-    common = dict(task=task, tokenizer=tokenizer, model_cfg=model_cfg, key=key,
-                  chunk_size=cfg.chunk_size, mesh=mesh)
-    greedy = estep.generate_and_score(params, problems, sampling_cfg=greedy_cfg,
-                                      desc=f"eval {prefix} greedy", **common)
+        num_samples=1,
+        temperature=0.0,
+        max_new_tokens=cfg.max_new_tokens,
+        eos_id=tokenizer.eos_id,
+        pad_id=tokenizer.pad_id,
+    )
+    common = dict(
+        task=task,
+        tokenizer=tokenizer,
+        model_cfg=model_cfg,
+        key=key,
+        chunk_size=cfg.chunk_size,
+        mesh=mesh,
+    )
+    greedy = estep.generate_and_score(
+        params, problems, sampling_cfg=greedy_cfg, desc=f"eval {prefix} greedy", **common
+    )
     samples = None
     if sampled:
-        sample_cfg = dataclasses.replace(greedy_cfg, num_samples=cfg.eval_num_samples,
-                                         temperature=cfg.temperature, top_k=cfg.top_k,
-                                         top_p=cfg.top_p)
-        samples = estep.generate_and_score(params, problems, sampling_cfg=sample_cfg,
-                                           desc=f"eval {prefix} samples", **common)
+        sample_cfg = dataclasses.replace(
+            greedy_cfg,
+            num_samples=cfg.eval_num_samples,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+        )
+        samples = estep.generate_and_score(
+            params, problems, sampling_cfg=sample_cfg, desc=f"eval {prefix} samples", **common
+        )
     results = summarize(
         greedy_correct=[s.statuses[0] == "correct" for s in greedy],
-        sample_correct=None if samples is None else
-        [[st == "correct" for st in s.statuses] for s in samples],
+        sample_correct=None
+        if samples is None
+        else [[st == "correct" for st in s.statuses] for s in samples],
         sample_answers=None if samples is None else [s.answers for s in samples],
-        levels=[p.level for p in problems], ks=cfg.eval_ks)
+        levels=[p.level for p in problems],
+        ks=cfg.eval_ks,
+    )
     return {f"{prefix}/{k}": v for k, v in results.items()}
 
 
-def evaluate_splits(params: Any, splits: Mapping[str, tuple[Sequence[Any], bool]], *,
-                    paths: Any, **kwargs: Any) -> dict[str, float]:
+def evaluate_splits(
+    params: Any,
+    splits: Mapping[str, tuple[Sequence[Any], bool]],
+    paths: Any,
+    key: Any,
+    **kwargs: Any,
+) -> dict[str, float]:
     """`evaluate` on each (problems, sampled) split, each a unit of work
-    (iter_NNN/eval_<split>.json), merged into one dict."""
+    (`paths.eval(split)`: iter_NNN/eval_<split>.json), merged into one dict; `kwargs` are
+    `evaluate`'s (task, tokenizer, model_cfg, cfg, mesh)."""
     from rest_em import workdir
 
     out: dict[str, float] = {}
     for split, (problems, sampled) in splits.items():
-        out.update(workdir.unit(paths.eval(split), lambda: evaluate(
-            params, problems, prefix=split, sampled=sampled, **kwargs)))
+        compute = functools.partial(
+            evaluate, params, problems, prefix=split, sampled=sampled, key=key, **kwargs
+        )
+        out.update(workdir.unit(paths.eval(split), compute))
     return out

@@ -26,31 +26,53 @@ log = logging.getLogger(__name__)
 BaseFn = Callable[[Task, Tokenizer, model_lib.ModelConfig, Any], Any]
 
 
-def sft_base(task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig, mesh=None, *,
-             fit: training.FitConfig = training.FitConfig(), split: str = "sft",
-             seed: int = 0) -> Any:
+def sft_base(
+    task: Task,
+    tokenizer: Tokenizer,
+    model_cfg: model_lib.ModelConfig,
+    mesh=None,
+    *,
+    fit: training.FitConfig = training.FitConfig(),
+    split: str = "sft",
+    seed: int = 0,
+) -> Any:
     """A base model trained from random init on `split`'s reference solutions."""
     problems = [p for p in task.load(split) if p.solution]
     if not problems:
         raise ValueError(f"task {task.name!r}: split {split!r} has no reference solutions")
     params = model_lib.init_params(model_cfg, jax.random.key(seed), mesh)
     result = training.fit(
-        params, [estep.prompt_ids(task, tokenizer, p) for p in problems],
+        params,
+        [estep.prompt_ids(task, tokenizer, p) for p in problems],
         [tokenizer.encode(task.target(p)) + [tokenizer.eos_id] for p in problems],
-        model_cfg=model_cfg, cfg=fit, seed=seed, mesh=mesh, pad_id=tokenizer.pad_id,
-        desc="base model SFT")
+        model_cfg=model_cfg,
+        cfg=fit,
+        seed=seed,
+        mesh=mesh,
+        pad_id=tokenizer.pad_id,
+        desc="base model SFT",
+    )
     return result.params
 
 
-def hf_base(task: Task, tokenizer: Tokenizer, model_cfg: model_lib.ModelConfig, mesh=None, *,
-            checkpoint_dir: str) -> Any:
+def hf_base(
+    task: Task,
+    tokenizer: Tokenizer,
+    model_cfg: model_lib.ModelConfig,
+    mesh=None,
+    *,
+    checkpoint_dir: str,
+) -> Any:
     """The params of a Hugging Face safetensors checkpoint directory."""
     del task, tokenizer
-    cfg, params = checkpoints.load_hf_checkpoint(checkpoint_dir, mesh=mesh,
-                                                 dtype=model_cfg.param_dtype)
+    cfg, params = checkpoints.load_hf_checkpoint(
+        checkpoint_dir, mesh=mesh, dtype=model_cfg.param_dtype
+    )
     if cfg.num_layers != model_cfg.num_layers or cfg.hidden_size != model_cfg.hidden_size:
-        raise errors.CheckpointError(f"{checkpoint_dir}: the checkpoint's architecture does not match the "
-                         "configured model (use hf_model_config with the same checkpoint_dir)")
+        raise errors.CheckpointError(
+            f"{checkpoint_dir}: the checkpoint's architecture does not match the "
+            "configured model (use hf_model_config with the same checkpoint_dir)"
+        )
     return params
 
 
@@ -62,8 +84,9 @@ def hf_tokenizer(*, checkpoint_dir: str, eos_token: str | None = None) -> Tokeni
     return HFTokenizer(checkpoint_dir, eos_token=eos_token)
 
 
-def hf_model_config(*, checkpoint_dir: str, dtype: str = "float32",
-                    param_dtype: str | None = None) -> model_lib.ModelConfig:
+def hf_model_config(
+    *, checkpoint_dir: str, dtype: str = "float32", param_dtype: str | None = None
+) -> model_lib.ModelConfig:
     """The ModelConfig read from a checkpoint's config.json."""
     overrides = {"dtype": dtype}
     if param_dtype is not None:
@@ -71,11 +94,21 @@ def hf_model_config(*, checkpoint_dir: str, dtype: str = "float32",
     return checkpoints.config_from_hf(pathlib.Path(checkpoint_dir), **overrides)
 
 
-def run(*, workdir: str, task: Task, tokenizer: Tokenizer, model: model_lib.ModelConfig,
-        base: Callable[..., Any], em_config: em.EMConfig, mesh_shape: tuple[int, ...] | None = None,
-        teacher_workdir: str | None = None, teacher_model: model_lib.ModelConfig | None = None,
-        config: Mapping[str, Any] | None = None, on_config_change: str = "refuse",
-        on_start: Callable[[], None] | None = None) -> list[dict]:
+def run(
+    *,
+    workdir: str,
+    task: Task,
+    tokenizer: Tokenizer,
+    model: model_lib.ModelConfig,
+    base: Callable[..., Any],
+    em_config: em.EMConfig,
+    mesh_shape: tuple[int, ...] | None = None,
+    teacher_workdir: str | None = None,
+    teacher_model: model_lib.ModelConfig | None = None,
+    config: Mapping[str, Any] | None = None,
+    on_config_change: str = "refuse",
+    on_start: Callable[[], None] | None = None,
+) -> list[dict]:
     """Runs (or resumes) the experiment in `workdir`; returns per-iteration metrics.
 
     `base(task, tokenizer, model_cfg, mesh)` builds the base params (called once: the
@@ -88,8 +121,10 @@ def run(*, workdir: str, task: Task, tokenizer: Tokenizer, model: model_lib.Mode
     launcher passes its gin bindings as the workdir's fingerprint).
     """
     if model.vocab_size < tokenizer.vocab_size:
-        raise errors.ConfigError(f"the model's vocab_size={model.vocab_size} is smaller than the "
-                         f"tokenizer's {tokenizer.vocab_size}")
+        raise errors.ConfigError(
+            f"the model's vocab_size={model.vocab_size} is smaller than the "
+            f"tokenizer's {tokenizer.vocab_size}"
+        )
     if not mesh_shape and partitioning.is_multiprocess():
         mesh_shape = (-1, 1, 1)
     mesh = partitioning.make_mesh(*mesh_shape) if mesh_shape else None
@@ -99,7 +134,16 @@ def run(*, workdir: str, task: Task, tokenizer: Tokenizer, model: model_lib.Mode
         teacher = em.Teacher(teacher_cfg, em.final_params(teacher_workdir, teacher_cfg, mesh))
     elif teacher_model is not None:
         raise errors.ConfigError("teacher_model is set but teacher_workdir is not")
-    return em.run(task=task, tokenizer=tokenizer, model_cfg=model,
-                  make_base_params=functools.partial(base, task, tokenizer, model, mesh),
-                  workdir=workdir, cfg=em_config, mesh=mesh, teacher=teacher, config=config,
-                  on_config_change=on_config_change, on_start=on_start)
+    return em.run(
+        task=task,
+        tokenizer=tokenizer,
+        model_cfg=model,
+        make_base_params=functools.partial(base, task, tokenizer, model, mesh),
+        workdir=workdir,
+        cfg=em_config,
+        mesh=mesh,
+        teacher=teacher,
+        config=config,
+        on_config_change=on_config_change,
+        on_start=on_start,
+    )

@@ -35,17 +35,23 @@ class SelectionStats:
 
 def _rank(seed: int, s: Sample) -> bytes:
     """A stable pseudo-random rank (Python's hash() is salted per process)."""
-    return hashlib.blake2b(f"{seed}/{s.problem_id}/{s.sample_index}".encode(),
-                           digest_size=16).digest()
+    return hashlib.blake2b(
+        f"{seed}/{s.problem_id}/{s.sample_index}".encode(), digest_size=16
+    ).digest()
 
 
 def _normalized(text: str) -> str:
     return " ".join(text.split())
 
 
-def select_with_stats(samples: Iterable[Sample], *, max_per_problem: int | None = 10, seed: int,
-                      min_reward: float = 1.0, dedup: bool = False
-                      ) -> tuple[list[Sample], SelectionStats]:
+def select_with_stats(
+    samples: Iterable[Sample],
+    *,
+    max_per_problem: int | None = 10,
+    seed: int,
+    min_reward: float = 1.0,
+    dedup: bool = False,
+) -> tuple[list[Sample], SelectionStats]:
     """Samples with reward >= min_reward, at most `max_per_problem` per problem.
 
     dedup drops repeated completions of a problem (whitespace-normalised) before the cap;
@@ -63,7 +69,7 @@ def select_with_stats(samples: Iterable[Sample], *, max_per_problem: int | None 
             by_problem[s.problem_id].append(s)
     kept: list[Sample] = []
     dropped = 0
-    for pid, cands in by_problem.items():
+    for cands in by_problem.values():
         cands.sort(key=lambda s: s.sample_index)
         if dedup:
             seen, unique = set(), []
@@ -78,13 +84,26 @@ def select_with_stats(samples: Iterable[Sample], *, max_per_problem: int | None 
             cands = sorted(cands, key=lambda s: _rank(seed, s))[:max_per_problem]
         kept.extend(cands)
     kept.sort(key=lambda s: (s.problem_id, s.sample_index))
-    stats = SelectionStats(len(samples), positives, len(kept), len(problems),
-                           len({s.problem_id for s in kept}), dropped)
+    stats = SelectionStats(
+        len(samples),
+        positives,
+        len(kept),
+        len(problems),
+        len({s.problem_id for s in kept}),
+        dropped,
+    )
     return kept, stats
 
 
-def select(samples: Iterable[Sample], *, max_per_problem: int | None = 10, seed: int,
-           min_reward: float = 1.0, dedup: bool = False) -> list[Sample]:
+def select(
+    samples: Iterable[Sample],
+    *,
+    max_per_problem: int | None = 10,
+    seed: int,
+    min_reward: float = 1.0,
+    dedup: bool = False,
+) -> list[Sample]:
     """The M-step dataset; see `select_with_stats`."""
-    return select_with_stats(samples, max_per_problem=max_per_problem, seed=seed,
-                             min_reward=min_reward, dedup=dedup)[0]
+    return select_with_stats(
+        samples, max_per_problem=max_per_problem, seed=seed, min_reward=min_reward, dedup=dedup
+    )[0]

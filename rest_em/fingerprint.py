@@ -38,8 +38,11 @@ _EXTENDABLE = ("EMConfig.num_iterations", "EMConfig.eval_splits")  # (binding su
 
 def _jsonable(x: Any) -> Any:
     """Dataclasses as dicts, tuples as lists: what a JSON round trip gives back."""
-    return json.loads(json.dumps(x, default=lambda o: dataclasses.asdict(o)
-                                 if dataclasses.is_dataclass(o) else repr(o)))
+    return json.loads(
+        json.dumps(
+            x, default=lambda o: dataclasses.asdict(o) if dataclasses.is_dataclass(o) else repr(o)
+        )
+    )
 
 
 def flatten(prefix: str, obj: Any) -> dict[str, Any]:
@@ -99,11 +102,21 @@ def params_checksum(params: Any) -> str:
     return hashlib.sha256(json.dumps(sums).encode()).hexdigest()[:16]
 
 
-def of_run(*, cfg: Any, model_cfg: Any, task: Any, tokenizer: Any,
-           splits: Mapping[str, Sequence[Any]], teacher: Any = None,
-           config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def of_run(
+    *,
+    cfg: Any,
+    model_cfg: Any,
+    task: Any,
+    tokenizer: Any,
+    splits: Mapping[str, Sequence[Any]],
+    teacher: Any = None,
+    config: Mapping[str, Any] | None = None,
+    mesh: Any = None,
+) -> dict[str, Any]:
     """The fingerprint of an `em.run` call; `config` (the launcher's gin bindings,
-    `gin_bindings`) replaces the EMConfig's fields."""
+    `gin_bindings`) replaces the EMConfig's fields. `mesh` is not part of it: a run gives
+    the same results on any mesh, so a workdir may be resumed on another one."""
+    del mesh
     from rest_em import __version__
 
     fp: dict[str, Any] = {"rest_em.version": __version__}
@@ -143,8 +156,9 @@ def _is_extension(key: str, old: Any, new: Any) -> bool:
     old, new = _literal(old), _literal(new)
     if key.endswith("num_iterations"):
         return isinstance(old, int) and isinstance(new, int) and new >= old
-    return isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)) \
-        and set(old) <= set(new)
+    return (
+        isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)) and set(old) <= set(new)
+    )
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[list[str], list[str]]:
@@ -154,28 +168,37 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[list[st
         a, b = old.get(key), new.get(key)
         if a == b or (key.startswith("data.") and b is None):  # a split not evaluated now
             continue
-        line = f"{key}: {'(unset)' if key not in old else json.dumps(a)} -> " \
-               f"{'(unset)' if key not in new else json.dumps(b)}"
+        line = (
+            f"{key}: {'(unset)' if key not in old else json.dumps(a)} -> "
+            f"{'(unset)' if key not in new else json.dumps(b)}"
+        )
         (extensions if _is_extension(key, a, b) else changes).append(line)
     return changes, extensions
 
 
-def check(paths: workdir_lib.RunPaths, new: Mapping[str, Any], *,
-          on_config_change: str = "refuse") -> None:
+def check(
+    paths: workdir_lib.RunPaths, new: Mapping[str, Any], *, on_config_change: str = "refuse"
+) -> None:
     """Records `new` in a fresh workdir; in a used one, refuses a different config (see
     the module docstring). Raises before anything is written."""
     if on_config_change not in ON_CONFIG_CHANGE:
-        raise errors.ConfigError(f"on_config_change={on_config_change!r}; expected one of "
-                                 f"{ON_CONFIG_CHANGE}")
+        raise errors.ConfigError(
+            f"on_config_change={on_config_change!r}; expected one of {ON_CONFIG_CHANGE}"
+        )
     path = paths.fingerprint
     if not workdir_lib.exists(path):
         used = [p.name for p in paths.root.glob("iter_*")] if paths.root.exists() else []
         if used:  # a workdir of a rest_em without fingerprints: cannot be checked
-            raise errors.WorkdirConflict(
-                f"{paths.root} holds iterations ({', '.join(sorted(used)[:3])}...) but no "
-                "fingerprint.json: it was written by an older rest_em and its config cannot "
-                "be checked. Use a new --workdir, or pass --on_config_change=continue to "
-                "adopt it with the current config.") if on_config_change == "refuse" else None
+            raise (
+                errors.WorkdirConflict(
+                    f"{paths.root} holds iterations ({', '.join(sorted(used)[:3])}...) but no "
+                    "fingerprint.json: it was written by an older rest_em and its config cannot "
+                    "be checked. Use a new --workdir, or pass --on_config_change=continue to "
+                    "adopt it with the current config."
+                )
+                if on_config_change == "refuse"
+                else None
+            )
         workdir_lib.write_json(path, {"fingerprint": dict(new)})
         return
     old = workdir_lib.read_json(path)["fingerprint"]
@@ -185,15 +208,33 @@ def check(paths: workdir_lib.RunPaths, new: Mapping[str, Any], *,
             f"{paths.root} holds results of another configuration; these values differ "
             f"(recorded -> now): {'; '.join(changes)}. Use a new --workdir, or pass "
             "--on_config_change=continue to keep this workdir's finished units and go on "
-            "with the new values (recorded in fingerprint_history.jsonl).")
+            "with the new values (recorded in fingerprint_history.jsonl)."
+        )
     if changes or extensions:
-        history = (workdir_lib.read_jsonl(paths.fingerprint_history)
-                   if paths.fingerprint_history.exists() else [])
-        history.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changes": changes,
-                        "extensions": extensions})
+        history = (
+            workdir_lib.read_jsonl(paths.fingerprint_history)
+            if paths.fingerprint_history.exists()
+            else []
+        )
+        history.append(
+            {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "changes": changes,
+                "extensions": extensions,
+            }
+        )
         workdir_lib.write_jsonl(paths.fingerprint_history, history)
         workdir_lib.write_json(path, {"fingerprint": dict(new)})
 
 
-__all__ = ["ON_CONFIG_CHANGE", "check", "differences", "file_hash", "flatten", "gin_bindings",
-           "of_run", "params_checksum", "problems_hash"]
+__all__ = [
+    "ON_CONFIG_CHANGE",
+    "check",
+    "differences",
+    "file_hash",
+    "flatten",
+    "gin_bindings",
+    "of_run",
+    "params_checksum",
+    "problems_hash",
+]

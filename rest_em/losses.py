@@ -12,9 +12,15 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def weighted_nll(logits_BxLxV: Array, targets_BxL: Array, loss_mask_BxL: Array,
-                 example_weights_B: Array | None = None, token_weights_BxL: Array | None = None,
-                 *, normalize: str = "tokens") -> tuple[Array, dict[str, Array]]:
+def weighted_nll(
+    logits_BxLxV: Array,
+    targets_BxL: Array,
+    loss_mask_BxL: Array,
+    example_weights_B: Array | None = None,
+    token_weights_BxL: Array | None = None,
+    *,
+    normalize: str = "tokens",
+) -> tuple[Array, dict[str, Array]]:
     """`(loss, aux)`: the weighted NLL of `targets_BxL` where `loss_mask_BxL` is 1.
 
     weight(b, t) = loss_mask * example_weights[b] * token_weights[b, t]. Normalisation:
@@ -70,9 +76,15 @@ def sequence_logprobs(logits_BxLxV: Array, targets_BxL: Array, mask_BxL: Array) 
     return jnp.where(mask_BxL > 0, tok_BxL * mask_BxL.astype(jnp.float32), 0.0).sum(axis=-1)
 
 
-def step_dpo_loss(policy_chosen_logp_B: Array, policy_rejected_logp_B: Array,
-                  ref_chosen_logp_B: Array, ref_rejected_logp_B: Array, *, beta: float,
-                  weights_B: Array | None = None) -> tuple[Array, dict[str, Array]]:
+def step_dpo_loss(
+    policy_chosen_logp_B: Array,
+    policy_rejected_logp_B: Array,
+    ref_chosen_logp_B: Array,
+    ref_rejected_logp_B: Array,
+    *,
+    beta: float,
+    weights_B: Array | None = None,
+) -> tuple[Array, dict[str, Array]]:
     """`(loss, aux)`: per-step DPO (Setlur et al. 2024, Sec. 6; Hwang et al. 2024).
 
     loss = mean_b w_b * -log sigmoid(beta * [(pc - rc) - (pr - rr)]) with p/r the policy /
@@ -97,9 +109,12 @@ def step_dpo_loss(policy_chosen_logp_B: Array, policy_rejected_logp_B: Array,
     loss_sum = (w * per_pair).sum()
     num = w.sum()
     denom = jnp.maximum(num, 1e-9)
-    aux = {"loss_sum": loss_sum, "num_pairs": num,
-           "chosen_reward": (w * chosen).sum() / denom,
-           "rejected_reward": (w * rejected).sum() / denom,
-           "reward_accuracy": (w * (margin > 0)).sum() / denom,
-           "margin": (w * margin).sum() / denom}
+    aux = {
+        "loss_sum": loss_sum,
+        "num_pairs": num,
+        "chosen_reward": (w * chosen).sum() / denom,
+        "rejected_reward": (w * rejected).sum() / denom,
+        "reward_accuracy": (w * (margin > 0)).sum() / denom,
+        "margin": (w * margin).sum() / denom,
+    }
     return loss_sum / denom, aux

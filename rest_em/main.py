@@ -42,19 +42,31 @@ FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [], "gin config files (searched also under gin_configs/)")
 flags.DEFINE_multi_string("gin_bindings", [], "individual gin bindings, 'NAME = VALUE'")
 flags.DEFINE_string("workdir", None, "where every artifact of the run lands (resumable)")
-flags.DEFINE_bool("distributed", False, "multi-host: call jax.distributed.initialize(), which "
-                  "detects Cloud TPU pod slices, SLURM and Open MPI by itself")
-flags.DEFINE_string("coordinator_address", None, "multi-host: process 0's HOST:PORT (implies "
-                    "--distributed); with --num_processes and --process_id")
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "multi-host: call jax.distributed.initialize(), which "
+    "detects Cloud TPU pod slices, SLURM and Open MPI by itself",
+)
+flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "multi-host: process 0's HOST:PORT (implies "
+    "--distributed); with --num_processes and --process_id",
+)
 flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
 flags.DEFINE_integer("process_id", None, "multi-host: this process's id, 0..num_processes-1")
-flags.DEFINE_enum("on_config_change", "refuse", ["refuse", "continue"],
-                  "a workdir holding results of another config: refuse (exit 2) or continue "
-                  "with the new config (the change is recorded in fingerprint_history.jsonl)")
+flags.DEFINE_enum(
+    "on_config_change",
+    "refuse",
+    ["refuse", "continue"],
+    "a workdir holding results of another config: refuse (exit 2) or continue "
+    "with the new config (the change is recorded in fingerprint_history.jsonl)",
+)
 
 REPO_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "gin_configs"
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "temporary failure, retry": rerun to resume
-USAGE_EXIT_CODE = 2       # a user error: fix the command, the config or the data
+USAGE_EXIT_CODE = 2  # a user error: fix the command, the config or the data
 
 
 def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
@@ -62,7 +74,7 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
     out = []
     for arg in argv:
         if arg.startswith("--gin.") and "=" in arg:
-            name, value = arg[len("--gin."):].split("=", 1)
+            name, value = arg[len("--gin.") :].split("=", 1)
             out.append(f"--gin_bindings={name} = {value}")
         else:
             out.append(arg)
@@ -82,15 +94,27 @@ def register_configurables() -> None:
 
     if _CONFIGURED:
         return
-    for fn in (experiment.run, experiment.sft_base, experiment.hf_base,
-               experiment.byte_tokenizer, experiment.hf_tokenizer, experiment.hf_model_config,
-               *jsonl_tasks.GIN_CONFIGURABLES):
+    for fn in (
+        experiment.run,
+        experiment.sft_base,
+        experiment.hf_base,
+        experiment.byte_tokenizer,
+        experiment.hf_tokenizer,
+        experiment.hf_model_config,
+        *jsonl_tasks.GIN_CONFIGURABLES,
+    ):
         _CONFIGURED[fn.__name__] = gin.external_configurable(fn, module="rest_em")
-    for cls in (ModelConfig, em.EMConfig, em.StepNegativesConfig, training.FitConfig,
-                training.OptimizerConfig):
+    for cls in (
+        ModelConfig,
+        em.EMConfig,
+        em.StepNegativesConfig,
+        training.FitConfig,
+        training.OptimizerConfig,
+    ):
         _CONFIGURED[cls.__name__] = gin.external_configurable(cls, module="rest_em")
     _CONFIGURED["arithmetic_task"] = gin.external_configurable(
-        arithmetic.make_task, name="arithmetic_task", module="rest_em")
+        arithmetic.make_task, name="arithmetic_task", module="rest_em"
+    )
 
 
 def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
@@ -111,14 +135,19 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
             raise errors.ConfigError(f"gin file {f!r} not found (also looked in {REPO_CONFIGS})")
         resolved.append(str(path))
     try:
-        gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=True)
+        gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=False)
+        missing = _required_unset(gin.config_str())
+        if missing:
+            raise errors.ConfigError(
+                f"{', '.join(files)} needs a value for {', '.join(missing)}: pass "
+                + " ".join(f"--gin.{m}=VALUE" for m in missing)
+                + " (a path is quoted twice: --gin.NAME=\"'/path'\"; see the file's header)"
+            )
+        gin.finalize()
+    except errors.ConfigError:
+        raise
     except (ValueError, KeyError, SyntaxError, TypeError, OSError) as e:
         raise errors.ConfigError("gin: " + " ".join(str(e).split())) from e
-    missing = _required_unset(gin.config_str())
-    if missing:
-        raise errors.ConfigError(
-            f"{', '.join(files)} needs a value for {', '.join(missing)}: pass "
-            + " ".join(f"--gin.{m}=VALUE" for m in missing) + " (see the file's header)")
 
 
 def _required_unset(config_str: str) -> list[str]:
@@ -149,8 +178,12 @@ def run_experiment(workdir: str, *, on_config_change: str = "refuse") -> list[di
             paths.mkdir(parents=True, exist_ok=True)
             (paths / "config.gin").write_text(gin.config_str())
 
-    history = _CONFIGURED["run"](workdir=workdir, config=fingerprint.gin_bindings(gin.config_str()),
-                                 on_config_change=on_config_change, on_start=on_start)
+    history = _CONFIGURED["run"](
+        workdir=workdir,
+        config=fingerprint.gin_bindings(gin.config_str()),
+        on_config_change=on_config_change,
+        on_start=on_start,
+    )
     if main_process:
         (paths / "operative_config.gin").write_text(gin.operative_config_str())
         print(em.final_table(history))
@@ -179,8 +212,9 @@ def main(argv: Sequence[str]) -> None:
 
         parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
         if FLAGS.distributed or FLAGS.coordinator_address:  # before any other JAX use
-            partitioning.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                                FLAGS.process_id)
+            partitioning.initialize_distributed(
+                FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+            )
         training.install_preemption_handler()
         try:
             run_experiment(FLAGS.workdir, on_config_change=FLAGS.on_config_change)

@@ -59,8 +59,10 @@ def plot_accuracy(history: Sequence[dict], path: str | pathlib.Path) -> None:
     its = [m["iteration"] for m in history]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     keys = ["train/greedy_pass@1", "test/greedy_pass@1"]
-    keys += sorted({k for m in history for k in m if k.startswith("test/pass@")},
-                   key=lambda k: int(k.split("@")[1]))
+    keys += sorted(
+        {k for m in history for k in m if k.startswith("test/pass@")},
+        key=lambda k: int(k.split("@")[1]),
+    )
     for k in keys:
         ys = [m.get(k) for m in history]
         if any(y is not None for y in ys):

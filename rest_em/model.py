@@ -73,8 +73,7 @@ class ModelConfig:
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
-                f"num_heads={self.num_heads} must be a multiple of "
-                f"num_kv_heads={self.num_kv_heads}"
+                f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
             )
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in _DTYPES:
@@ -122,8 +121,9 @@ def _dense(x: Array, w: Array, contract: int = 1, out: Any = None) -> Array:
     k_shape, n_shape = w.shape[:contract], w.shape[contract:]
     lead = x.shape[: x.ndim - contract]
     k = math.prod(k_shape)
-    y = jnp.dot(x.reshape(-1, k).astype(dt), w.reshape(k, -1).astype(dt),
-                preferred_element_type=jnp.float32)
+    y = jnp.dot(
+        x.reshape(-1, k).astype(dt), w.reshape(k, -1).astype(dt), preferred_element_type=jnp.float32
+    )
     return y.reshape(*lead, *n_shape).astype(out or x.dtype)
 
 
@@ -136,10 +136,13 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        scale = _param(self, "scale", (x.shape[-1],), ("norm",), nn.initializers.ones,
-                       self.cfg.params_dtype)
+        scale = _param(
+            self, "scale", (x.shape[-1],), ("norm",), nn.initializers.ones, self.cfg.params_dtype
+        )
         x32 = x.astype(jnp.float32)
-        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.cfg.rms_norm_eps)
+        x32 = x32 * jax.lax.rsqrt(
+            jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.cfg.rms_norm_eps
+        )
         # Hugging Face order: normalise in f32, cast back, then scale.
         return scale.astype(self.cfg.compute_dtype) * x32.astype(self.cfg.compute_dtype)
 
@@ -186,8 +189,9 @@ class Attention(nn.Module):
             w = _param(self, f"{name}_kernel", (d, n, hd), ("embed", axes, "head_dim"), init, pdt)
             y = _dense(x_BxTxD, w)
             if cfg.qkv_bias:
-                b = _param(self, f"{name}_bias", (n, hd), (axes, "head_dim"),
-                           nn.initializers.zeros, pdt)
+                b = _param(
+                    self, f"{name}_bias", (n, hd), (axes, "head_dim"), nn.initializers.zeros, pdt
+                )
                 y = y + b.astype(dt)
             return y
 
@@ -216,7 +220,7 @@ class Attention(nn.Module):
         g = h // k
         q = q.reshape(b, t, k, g, hd)
         scores = _einsum("btkgh,bksh->bkgts", q, keys, out=jnp.float32)
-        scores = scores * (hd ** -0.5)
+        scores = scores * (hd**-0.5)
         scores = jnp.where(attn_mask_BxTxS[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
         # Output heads-major (no transpose of the cache), then the small result moves.
@@ -251,8 +255,12 @@ class DecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x_BxTxD, positions_BxT, attn_mask_BxTxS, kv_cache, write_index):
         attn_out, kv_cache = Attention(self.cfg, name="attn")(
-            RMSNorm(self.cfg, name="attn_norm")(x_BxTxD), positions_BxT, attn_mask_BxTxS,
-            kv_cache, write_index)
+            RMSNorm(self.cfg, name="attn_norm")(x_BxTxD),
+            positions_BxT,
+            attn_mask_BxTxS,
+            kv_cache,
+            write_index,
+        )
         x = x_BxTxD + attn_out
         x = x + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x))
         x = partitioning.constrain(x, ("batch", "length", "act_embed"))
@@ -260,7 +268,8 @@ class DecoderLayer(nn.Module):
 
 
 class Transformer(nn.Module):
-    """`(tokens_BxT, positions_BxT, attn_mask_BxTxS, kv_cache?, write_index) -> (logits_BxTxV f32, kv_cache)`.
+    """`(tokens_BxT, positions_BxT, attn_mask_BxTxS, kv_cache?, write_index)`
+    -> `(logits_BxTxV f32, kv_cache)`.
 
     Layers are unrolled (`layer_0` ... `layer_{L-1}`), each with its own parameters and
     its own cache buffers: decoding then reads weights and cache in place. (A scanned
@@ -273,27 +282,44 @@ class Transformer(nn.Module):
     @nn.compact
     def __call__(self, tokens_BxT, positions_BxT, attn_mask_BxTxS, kv_cache=None, write_index=0):
         cfg = self.cfg
-        embedding = _param(self, "embedding", (cfg.vocab_size, cfg.hidden_size),
-                           ("vocab", "embed"), nn.initializers.normal(0.02), cfg.params_dtype)
+        embedding = _param(
+            self,
+            "embedding",
+            (cfg.vocab_size, cfg.hidden_size),
+            ("vocab", "embed"),
+            nn.initializers.normal(0.02),
+            cfg.params_dtype,
+        )
         x = jnp.take(embedding, tokens_BxT, axis=0).astype(cfg.compute_dtype)
         x = partitioning.constrain(x, ("batch", "length", "act_embed"))
         new_cache = []
         layer_cls = DecoderLayer
         if cfg.remat != "none" and kv_cache is None:
             # write_index (argument 5, counting self) is a Python int here: static.
-            layer_cls = nn.remat(DecoderLayer, policy=REMAT_POLICIES[cfg.remat],
-                                 static_argnums=(5,))
+            layer_cls = nn.remat(
+                DecoderLayer, policy=REMAT_POLICIES[cfg.remat], static_argnums=(5,)
+            )
         for i in range(cfg.num_layers):
             x, layer_cache = layer_cls(cfg, name=f"layer_{i}")(
-                x, positions_BxT, attn_mask_BxTxS, None if kv_cache is None else kv_cache[i],
-                write_index)
+                x,
+                positions_BxT,
+                attn_mask_BxTxS,
+                None if kv_cache is None else kv_cache[i],
+                write_index,
+            )
             new_cache.append(layer_cache)
         x = RMSNorm(cfg, name="final_norm")(x)
         if cfg.tie_embeddings:
             logits = _einsum("btd,vd->btv", x, embedding, out=jnp.float32)
         else:
-            head = _param(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"),
-                          nn.initializers.normal(0.02), cfg.params_dtype)
+            head = _param(
+                self,
+                "lm_head",
+                (cfg.hidden_size, cfg.vocab_size),
+                ("embed", "vocab"),
+                nn.initializers.normal(0.02),
+                cfg.params_dtype,
+            )
             logits = _dense(x, head, out=jnp.float32)
         logits = partitioning.constrain(logits, ("batch", "length", "act_vocab"))
         return logits.astype(jnp.float32), None if kv_cache is None else tuple(new_cache)
@@ -301,8 +327,10 @@ class Transformer(nn.Module):
 
 # --- pure helpers ------------------------------------------------------------
 
-def attention_mask(query_slot_BxT: Array, key_valid_BxS: Array,
-                   sliding_window: int | None = None) -> Array:
+
+def attention_mask(
+    query_slot_BxT: Array, key_valid_BxS: Array, sliding_window: int | None = None
+) -> Array:
     """`attn_mask_BxTxS`: a query at slot q sees valid key slots s <= q (within the window).
 
     Slots are indices into the (padded) key sequence or KV cache. Padding only ever
@@ -327,13 +355,18 @@ def positions_from_valid(valid_BxT: Array) -> Array:
     return jnp.maximum(jnp.cumsum(valid_BxT.astype(jnp.int32), axis=1) - 1, 0)
 
 
-def forward(params: Any, cfg: ModelConfig, tokens_BxT: Array, valid_BxT: Array | None = None) -> Array:
+def forward(
+    params: Any, cfg: ModelConfig, tokens_BxT: Array, valid_BxT: Array | None = None
+) -> Array:
     """Logits `[B, T, V]` (f32) of a full uncached pass; `valid_BxT` masks padding."""
     if valid_BxT is None:
         valid_BxT = jnp.ones(tokens_BxT.shape, bool)
     logits, _ = Transformer(cfg).apply(
-        {"params": params}, tokens_BxT, positions_from_valid(valid_BxT),
-        causal_mask(valid_BxT, cfg.sliding_window))
+        {"params": params},
+        tokens_BxT,
+        positions_from_valid(valid_BxT),
+        causal_mask(valid_BxT, cfg.sliding_window),
+    )
     return logits
 
 
@@ -351,15 +384,18 @@ def init_kv_cache(cfg: ModelConfig, batch: int, length: int, dtype: Any = None) 
 def _abstract_boxed(cfg: ModelConfig):
     tokens = jnp.zeros((1, 1), jnp.int32)
     return jax.eval_shape(
-        lambda: Transformer(cfg).init(jax.random.key(0), tokens, tokens,
-                                      jnp.ones((1, 1, 1), bool))["params"])
+        lambda: Transformer(cfg).init(jax.random.key(0), tokens, tokens, jnp.ones((1, 1, 1), bool))[
+            "params"
+        ]
+    )
 
 
 def param_logical_axes(cfg: ModelConfig) -> Any:
     """A pytree like the params whose leaves are tuples of logical axis names."""
     boxed = _abstract_boxed(cfg)
-    return jax.tree.map(lambda b: tuple(b.names), boxed,
-                        is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    return jax.tree.map(
+        lambda b: tuple(b.names), boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+    )
 
 
 def abstract_params(cfg: ModelConfig) -> Any:
@@ -372,8 +408,9 @@ def param_shardings(cfg: ModelConfig, mesh, rules=partitioning.LOGICAL_AXIS_RULE
     return partitioning.tree_shardings(abstract_params(cfg), param_logical_axes(cfg), mesh, rules)
 
 
-def init_params(cfg: ModelConfig, key: Array, mesh=None,
-                rules=partitioning.LOGICAL_AXIS_RULES) -> Any:
+def init_params(
+    cfg: ModelConfig, key: Array, mesh=None, rules=partitioning.LOGICAL_AXIS_RULES
+) -> Any:
     """Random params (plain arrays), created directly in their shardings when `mesh` is given."""
     tokens = jnp.zeros((1, 1), jnp.int32)
 

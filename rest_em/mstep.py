@@ -39,12 +39,12 @@ class StepNegativesConfig:
     samples, each step's tokens weighted exp(A_i / beta) (clipped) where A_i = Q_i - Q_{i-1}
     and Q comes from `num_rollouts` rollouts per prefix of the sampling model."""
 
-    num_rollouts: int = 5             # K; the paper: 5
-    estimator: str = "best_of_k"      # or "mean"
+    num_rollouts: int = 5  # K; the paper: 5
+    estimator: str = "best_of_k"  # or "mean"
     beta: float = 1.0
     clip: float = 10.0
-    max_per_problem: int = 8          # negatives per problem; the paper: up to 8
-    step_mode: str = "newline"        # or "sentence"
+    max_per_problem: int = 8  # negatives per problem; the paper: up to 8
+    step_mode: str = "newline"  # or "sentence"
     max_steps: int = 32
     # The M-step objective (an entry of OBJECTIVES): "weighted_nll" or "dpo".
     objective: str = "weighted_nll"
@@ -55,7 +55,8 @@ class StepNegativesConfig:
         if self.objective not in ("weighted_nll", "dpo"):
             raise errors.ConfigError(
                 f"StepNegativesConfig.objective={self.objective!r}; expected 'weighted_nll' "
-                "or 'dpo'")
+                "or 'dpo'"
+            )
         if self.num_rollouts < 1 or self.dpo_beta <= 0:
             raise errors.ConfigError("num_rollouts must be >= 1 and dpo_beta > 0")
 
@@ -64,18 +65,18 @@ class StepNegativesConfig:
 class Inputs:
     """What an objective gets: the start model, the E-step's data and the run's parts."""
 
-    start: Any                           # params the fine-tune starts from
-    policy: estep.Policy                 # the E-step's sampler (per-step rollouts)
+    start: Any  # params the fine-tune starts from
+    policy: estep.Policy  # the E-step's sampler (per-step rollouts)
     records: Sequence[filtering.Sample]  # every scored E-step sample
     selected: Sequence[filtering.Sample]  # the filtered positives
-    problems: dict[int, Problem]         # the train split by problem_id
+    problems: dict[int, Problem]  # the train split by problem_id
     paths: workdir_lib.IterationPaths
     key: jax.Array
-    val_reward: Callable[[Any], float]   # greedy pass@1 on D_val (checkpoint selection)
+    val_reward: Callable[[Any], float]  # greedy pass@1 on D_val (checkpoint selection)
     task: Task
     tokenizer: Tokenizer
-    model_cfg: model_lib.ModelConfig     # the learner's (a teacher's may differ)
-    cfg: Any                             # EMConfig
+    model_cfg: model_lib.ModelConfig  # the learner's (a teacher's may differ)
+    cfg: Any  # EMConfig
     mesh: Any = None
 
     @property
@@ -92,32 +93,64 @@ def _fits(lengths: Sequence[int], max_length: int, it: int, what: str) -> list[b
     those mid-run, so they are dropped, counted and reported."""
     fits = [n <= max_length + 1 for n in lengths]
     if not all(fits):
-        log.warning("iteration %d: %d of %d %s do not fit max_length=%d (prompt + completion) "
-                    "and are not trained on", it, fits.count(False), len(fits), what, max_length)
+        log.warning(
+            "iteration %d: %d of %d %s do not fit max_length=%d (prompt + completion) "
+            "and are not trained on",
+            it,
+            fits.count(False),
+            len(fits),
+            what,
+            max_length,
+        )
     return fits
 
 
-def _fit(m: Inputs, prompts: list, targets: list, token_w: list | None = None
-         ) -> tuple[training.FitResult, dict[str, Any]]:
+def _fit(
+    m: Inputs, prompts: list, targets: list, token_w: list | None = None
+) -> tuple[training.FitResult, dict[str, Any]]:
     """The NLL fine-tune from `m.start` with validation-based selection (resumable)."""
     it, cfg = m.paths.number, m.cfg
     if not m.selected:
-        log.warning("iteration %d: no correct samples among %d: the M-step has nothing "
-                    "to train on and keeps its starting model", it, len(m.records))
-    ok = _fits([len(p) + len(c) for p, c in zip(prompts, targets)], cfg.fit.max_length, it,
-               "selected samples")
+        log.warning(
+            "iteration %d: no correct samples among %d: the M-step has nothing "
+            "to train on and keeps its starting model",
+            it,
+            len(m.records),
+        )
+    ok = _fits(
+        [len(p) + len(c) for p, c in zip(prompts, targets)],
+        cfg.fit.max_length,
+        it,
+        "selected samples",
+    )
     prompts = [p for p, o in zip(prompts, ok) if o]
     targets = [c for c, o in zip(targets, ok) if o]
     token_w = None if token_w is None else [w for w, o in zip(token_w, ok) if o]
-    fit = training.fit(
-        m.start, prompts, targets, model_cfg=m.model_cfg, token_weights=token_w,
-        cfg=cfg.fit, seed=m.seed, eval_fn=m.val_reward, checkpoint_dir=m.paths.mstep_checkpoints,
-        mesh=m.mesh, pad_id=m.tokenizer.pad_id, desc=f"iter {it} M-step",
-        base_reward=m.val_reward(m.start) if cfg.keep_start else None,
-    ) if prompts else training.FitResult(m.start, 0, None, [])
-    return fit, {"val/greedy_pass@1": fit.best_reward, "best_step": fit.best_step,
-                 "num_too_long": ok.count(False),
-                 "num_train_steps": training.total_steps(cfg.fit, len(prompts)) if prompts else 0}
+    fit = (
+        training.fit(
+            m.start,
+            prompts,
+            targets,
+            model_cfg=m.model_cfg,
+            token_weights=token_w,
+            cfg=cfg.fit,
+            seed=m.seed,
+            eval_fn=m.val_reward,
+            checkpoint_dir=m.paths.mstep_checkpoints,
+            mesh=m.mesh,
+            pad_id=m.tokenizer.pad_id,
+            desc=f"iter {it} M-step",
+            base_reward=m.val_reward(m.start) if cfg.keep_start else None,
+        )
+        if prompts
+        else training.FitResult(m.start, 0, None, [])
+    )
+    return fit, {
+        "val/greedy_pass@1": fit.best_reward,
+        "best_step": fit.best_step,
+        "num_too_long": ok.count(False),
+        "num_train_steps": training.total_steps(cfg.fit, len(prompts)) if prompts else 0,
+    }
 
 
 def _positive_examples(m: Inputs) -> tuple[list, list]:
@@ -164,28 +197,55 @@ def step_values_data(m: Inputs) -> tuple[list[dict], list[dict], dict]:
 
     def compute():
         rollout_cfg = sampling.SamplingConfig(
-            num_samples=neg.num_rollouts, temperature=cfg.temperature, top_k=cfg.top_k,
-            top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, eos_id=tok.eos_id,
-            pad_id=tok.pad_id)
+            num_samples=neg.num_rollouts,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_new_tokens,
+            eos_id=tok.eos_id,
+            pad_id=tok.pad_id,
+        )
         prompts = {i: estep.prompt_ids(m.task, tok, p) for i, p in m.problems.items()}
         ds = step_values.step_negatives_dataset(
-            m.policy.params, m.records, problems=m.problems, prompt_ids=prompts,
-            model_cfg=m.policy.model_cfg, tokenizer=tok, sampling_cfg=rollout_cfg,
+            m.policy.params,
+            m.records,
+            problems=m.problems,
+            prompt_ids=prompts,
+            model_cfg=m.policy.model_cfg,
+            tokenizer=tok,
+            sampling_cfg=rollout_cfg,
             score_fn=partitioning.split_over_processes(m.task.score),
-            key=jax.random.fold_in(m.key, 2), positives=m.selected,
-            num_rollouts=neg.num_rollouts, estimator=neg.estimator, beta=neg.beta,
-            clip=neg.clip, max_per_problem=neg.max_per_problem, step_mode=neg.step_mode,
-            max_steps=neg.max_steps, max_samples=max(cfg.num_samples, 1) * 2, seed=m.seed,
-            chunk_size=cfg.chunk_size, mesh=m.mesh)
+            key=jax.random.fold_in(m.key, 2),
+            positives=m.selected,
+            num_rollouts=neg.num_rollouts,
+            estimator=neg.estimator,
+            beta=neg.beta,
+            clip=neg.clip,
+            max_per_problem=neg.max_per_problem,
+            step_mode=neg.step_mode,
+            max_steps=neg.max_steps,
+            max_samples=max(cfg.num_samples, 1) * 2,
+            seed=m.seed,
+            chunk_size=cfg.chunk_size,
+            mesh=m.mesh,
+        )
         stats, pairs = dict(ds.stats), []
         if dpo:
-            pairs = [{"prompt_ids": q.prompt_ids, "chosen_ids": q.chosen_ids,
-                      "rejected_ids": q.rejected_ids}
-                     for q in step_values.step_dpo_pairs(ds.values, prompt_ids=prompts,
-                                                          tokenizer=tok, positives=m.selected)]
+            pairs = [
+                {
+                    "prompt_ids": q.prompt_ids,
+                    "chosen_ids": q.chosen_ids,
+                    "rejected_ids": q.rejected_ids,
+                }
+                for q in step_values.step_dpo_pairs(
+                    ds.values, prompt_ids=prompts, tokenizer=tok, positives=m.selected
+                )
+            ]
             stats["num_pairs"] = float(len(pairs))
-        rows = [{"prompt_ids": p, "completion_ids": c, "token_weights": w}
-                for p, c, w in zip(ds.prompt_ids, ds.completion_ids, ds.token_weights)]
+        rows = [
+            {"prompt_ids": p, "completion_ids": c, "token_weights": w}
+            for p, c, w in zip(ds.prompt_ids, ds.completion_ids, ds.token_weights)
+        ]
         return rows, pairs, stats
 
     return workdir_lib.unit(m.paths.step_dataset, compute, _step_values_codec(m.paths, dpo))
@@ -197,11 +257,17 @@ def weighted_nll(m: Inputs) -> Result:
     t = time.time()
     rows, _, stats = step_values_data(m)
     t_fit = time.time()
-    fit, metrics = _fit(m, [r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows],
-                        [r["token_weights"] for r in rows])
+    fit, metrics = _fit(
+        m,
+        [r["prompt_ids"] for r in rows],
+        [r["completion_ids"] for r in rows],
+        [r["token_weights"] for r in rows],
+    )
     metrics.update({f"negatives/{k}": v for k, v in stats.items()})
-    return fit.params, {**metrics, "seconds": {"step_values": t_fit - t,
-                                               "improve": time.time() - t_fit}}
+    return fit.params, {
+        **metrics,
+        "seconds": {"step_values": t_fit - t, "improve": time.time() - t_fit},
+    }
 
 
 def dpo(m: Inputs) -> Result:
@@ -219,20 +285,42 @@ def dpo(m: Inputs) -> Result:
         t = time.time()
         neg, it = m.cfg.step_negatives, m.paths.number
         dpo_cfg = neg.dpo_fit or m.cfg.fit
-        ok = _fits([len(q["prompt_ids"]) + max(len(q["chosen_ids"]), len(q["rejected_ids"]))
-                    for q in pairs], dpo_cfg.max_length, it, "DPO pairs")
+        ok = _fits(
+            [
+                len(q["prompt_ids"]) + max(len(q["chosen_ids"]), len(q["rejected_ids"]))
+                for q in pairs
+            ],
+            dpo_cfg.max_length,
+            it,
+            "DPO pairs",
+        )
         pairs = [q for q, o in zip(pairs, ok) if o]
         if pairs:
             res = training.fit_dpo(
-                params, [q["prompt_ids"] for q in pairs], [q["chosen_ids"] for q in pairs],
-                [q["rejected_ids"] for q in pairs], model_cfg=m.model_cfg,
-                cfg=dpo_cfg, seed=m.seed, beta=neg.dpo_beta, eval_fn=m.val_reward,
-                checkpoint_dir=m.paths.dpo_checkpoints, mesh=m.mesh,
-                pad_id=m.tokenizer.pad_id, desc=f"iter {it} DPO", base_reward=fit.best_reward)
+                params,
+                [q["prompt_ids"] for q in pairs],
+                [q["chosen_ids"] for q in pairs],
+                [q["rejected_ids"] for q in pairs],
+                model_cfg=m.model_cfg,
+                cfg=dpo_cfg,
+                seed=m.seed,
+                beta=neg.dpo_beta,
+                eval_fn=m.val_reward,
+                checkpoint_dir=m.paths.dpo_checkpoints,
+                mesh=m.mesh,
+                pad_id=m.tokenizer.pad_id,
+                desc=f"iter {it} DPO",
+                base_reward=fit.best_reward,
+            )
             params = res.params
-            metrics.update({"val/greedy_pass@1": res.best_reward, "dpo/best_step": res.best_step,
-                            "dpo/start_val_pass@1": fit.best_reward,
-                            "dpo/num_train_steps": training.total_steps(dpo_cfg, len(pairs))})
+            metrics.update(
+                {
+                    "val/greedy_pass@1": res.best_reward,
+                    "dpo/best_step": res.best_step,
+                    "dpo/start_val_pass@1": fit.best_reward,
+                    "dpo/num_train_steps": training.total_steps(dpo_cfg, len(pairs)),
+                }
+            )
         metrics["dpo/num_too_long"] = ok.count(False)
         seconds["dpo"] = time.time() - t
     return params, {**metrics, "seconds": seconds}
@@ -264,9 +352,21 @@ def improve(m: Inputs, params_codec: workdir_lib.Codec) -> Result:
     def read(path):
         return params_codec.read(m.paths.params), workdir_lib.read_json(path)
 
-    return workdir_lib.unit(m.paths.mstep, lambda: OBJECTIVES[objective_name(m.cfg)](m),
-                            workdir_lib.Codec(write, read, every_process=True))
+    return workdir_lib.unit(
+        m.paths.mstep,
+        lambda: OBJECTIVES[objective_name(m.cfg)](m),
+        workdir_lib.Codec(write, read, every_process=True),
+    )
 
 
-__all__ = ["Inputs", "OBJECTIVES", "StepNegativesConfig", "dpo", "improve", "objective_name",
-           "positives", "step_values_data", "weighted_nll"]
+__all__ = [
+    "Inputs",
+    "OBJECTIVES",
+    "StepNegativesConfig",
+    "dpo",
+    "improve",
+    "objective_name",
+    "positives",
+    "step_values_data",
+    "weighted_nll",
+]

@@ -74,9 +74,7 @@ def make_mesh(
     n = len(devices)
     if data == -1:
         if n % (fsdp * tensor):
-            raise ValueError(
-                f"{n} devices cannot be split into fsdp={fsdp} x tensor={tensor}"
-            )
+            raise ValueError(f"{n} devices cannot be split into fsdp={fsdp} x tensor={tensor}")
         data = n // (fsdp * tensor)
     if data * fsdp * tensor != n:
         raise ValueError(
@@ -146,9 +144,7 @@ def tree_shardings(
         lambda x, axes: logical_to_sharding(axes, x.shape, mesh, rules),
         abstract_tree,
         logical_axes_tree,
-        is_leaf=lambda x: isinstance(x, tuple) and all(
-            a is None or isinstance(a, str) for a in x
-        ),
+        is_leaf=lambda x: isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x),
     )
 
 
@@ -206,10 +202,14 @@ def batch_multiple(mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULES) -> int:
 # reward checker). On one process every one of them is the identity / a no-op.
 
 
-def initialize_distributed(coordinator_address: str | None = None,
-                           num_processes: int | None = None, process_id: int | None = None,
-                           *, local_device_ids: Sequence[int] | None = None,
-                           initialization_timeout: int = 300) -> None:
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    local_device_ids: Sequence[int] | None = None,
+    initialization_timeout: int = 300,
+) -> None:
     """Starts JAX's distributed runtime; call once per process, before any other JAX use.
 
     Without arguments `jax.distributed.initialize` detects the cluster itself (Cloud
@@ -219,9 +219,13 @@ def initialize_distributed(coordinator_address: str | None = None,
     collectives across processes go through gloo, which must be chosen first.
     """
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               local_device_ids=local_device_ids,
-                               initialization_timeout=initialization_timeout)
+    jax.distributed.initialize(
+        coordinator_address,
+        num_processes,
+        process_id,
+        local_device_ids=local_device_ids,
+        initialization_timeout=initialization_timeout,
+    )
 
 
 def is_multiprocess() -> bool:

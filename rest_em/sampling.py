@@ -57,7 +57,9 @@ class SamplingConfig:
 
     def __post_init__(self):
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+            raise ValueError(
+                f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}"
+            )
         if not isinstance(self.num_samples, int) or self.num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {self.num_samples!r}")
         if not (self.temperature >= 0.0) or not np.isfinite(self.temperature):
@@ -91,6 +93,7 @@ class SampleOutput:
 
 
 # --- token choice ---------------------------------------------------------------
+
 
 def filtered_candidates(logits_RxV: Array, cfg: SamplingConfig) -> tuple[Array, Array | None]:
     """Tempered logits of the allowed tokens: `(scores_RxC, token_ids_RxC or None)`.
@@ -131,12 +134,14 @@ def choose_tokens(logits_RxV: Array, keys_R: Array, cfg: SamplingConfig) -> Arra
 def sample_keys(key: Array, problem_ids_B: Array, num_samples: int) -> Array:
     """`keys_R` for rows `b * num_samples + n`: fold_in(fold_in(key, problem_id), n)."""
     per_problem = jax.vmap(lambda p: jax.random.fold_in(key, p))(problem_ids_B)
-    per_sample = jax.vmap(lambda k: jax.vmap(lambda n: jax.random.fold_in(k, n))(
-        jnp.arange(num_samples)))(per_problem)
+    per_sample = jax.vmap(
+        lambda k: jax.vmap(lambda n: jax.random.fold_in(k, n))(jnp.arange(num_samples))
+    )(per_problem)
     return per_sample.reshape(-1)
 
 
 # --- the pure sampler ---------------------------------------------------------------
+
 
 def generate(
     params: Any,
@@ -177,7 +182,8 @@ def generate(
         logits_BxPxV, cache = run(prompt_BxP, positions_BxP, mask, cache, 0)
         cache = jax.tree.map(
             lambda c: partitioning.constrain(jnp.repeat(c, n, axis=0), model_lib.KV_CACHE_AXES),
-            cache)
+            cache,
+        )
     else:
         mask = model_lib.attention_mask(prompt_slots_BxP, valid_prompt_BxS[:, :p], window)
         logits_BxPxV, _ = run(prompt_BxP, positions_BxP, mask, None, 0)
@@ -190,7 +196,8 @@ def generate(
     keys_R = sample_keys(key, problem_ids_B, n)
     # Recompute mode keeps the whole sequence (prompt + generated) and re-runs it.
     seq_RxS = jnp.concatenate(
-        [jnp.repeat(prompt_BxP, n, axis=0), jnp.full((r, t_max), cfg.pad_id, jnp.int32)], axis=1)
+        [jnp.repeat(prompt_BxP, n, axis=0), jnp.full((r, t_max), cfg.pad_id, jnp.int32)], axis=1
+    )
 
     def next_logits(tok_R, t, cache, seq_RxS):
         slot = p + t
@@ -212,8 +219,9 @@ def generate(
         t, tokens_RxT, logprobs_RxT, done_R, lengths_R, logits_RxV, cache, seq_RxS = state
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys_R)
         tok = choose_tokens(logits_RxV, step_keys, cfg)
-        logp = (jnp.take_along_axis(logits_RxV, tok[:, None], axis=-1)[:, 0]
-                - jax.nn.logsumexp(logits_RxV, axis=-1))
+        logp = jnp.take_along_axis(logits_RxV, tok[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(
+            logits_RxV, axis=-1
+        )
         tok = jnp.where(done_R, cfg.pad_id, tok)
         logp = jnp.where(done_R, 0.0, logp)
         tokens_RxT = jax.lax.dynamic_update_index_in_dim(tokens_RxT, tok, t, axis=1)
@@ -246,11 +254,13 @@ def generate(
     )
 
 
-def input_shardings(mesh: Mesh, rules: partitioning.Rules = partitioning.LOGICAL_AXIS_RULES
-                    ) -> tuple[jax.sharding.NamedSharding, ...]:
+def input_shardings(
+    mesh: Mesh, rules: partitioning.Rules = partitioning.LOGICAL_AXIS_RULES
+) -> tuple[jax.sharding.NamedSharding, ...]:
     """The shardings of the sampler's (prompt_BxP, prompt_lengths_B, problem_ids_B)."""
-    batch = partitioning.logical_to_sharding(("batch",), (partitioning.batch_multiple(mesh, rules),),
-                                             mesh, rules)
+    batch = partitioning.logical_to_sharding(
+        ("batch",), (partitioning.batch_multiple(mesh, rules),), mesh, rules
+    )
     batch2 = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(batch.spec[0], None))
     return batch2, batch, batch
 
@@ -284,6 +294,7 @@ def make_sampler(
 
 # --- host-side front door -------------------------------------------------------------
 
+
 def _bucket(n: int, minimum: int = 16) -> int:
     """Rounds a prompt length up to a power of two (>= minimum): few distinct compilations."""
     size = minimum
@@ -310,7 +321,9 @@ def pad_prompts(
     for i, prompt in enumerate(prompts):
         ids = np.asarray(prompt)
         if ids.ndim != 1:
-            raise ValueError(f"prompt {i} must be a 1-D sequence of token ids, got shape {ids.shape}")
+            raise ValueError(
+                f"prompt {i} must be a 1-D sequence of token ids, got shape {ids.shape}"
+            )
         if ids.size == 0:
             raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
         if not np.issubdtype(ids.dtype, np.integer):
@@ -320,18 +333,20 @@ def pad_prompts(
             j = int(np.argmax(bad))
             raise ValueError(
                 f"prompt {i} position {j} holds token id {int(ids[j])}, outside the vocabulary "
-                f"[0, {model_cfg.vocab_size})")
+                f"[0, {model_cfg.vocab_size})"
+            )
         if ids.size + cfg.max_new_tokens > model_cfg.max_seq_len:
             raise ValueError(
                 f"prompt {i} has {ids.size} tokens; with max_new_tokens={cfg.max_new_tokens} that "
-                f"exceeds the model's max length {model_cfg.max_seq_len}")
+                f"exceeds the model's max length {model_cfg.max_seq_len}"
+            )
         lengths.append(ids.size)
     width = _bucket(max(lengths))
     rows = -(-len(prompts) // batch_multiple) * batch_multiple
     padded = np.full((rows, width), cfg.pad_id, np.int32)
     lengths_arr = np.ones((rows,), np.int32)  # dummy rows: a single pad token
     for i, prompt in enumerate(prompts):
-        padded[i, width - lengths[i]:] = np.asarray(prompt, np.int32)
+        padded[i, width - lengths[i] :] = np.asarray(prompt, np.int32)
         lengths_arr[i] = lengths[i]
     return padded, lengths_arr
 
@@ -363,8 +378,9 @@ def sample(
     if (problem_ids < 0).any() or (problem_ids >= 2**31).any():
         raise ValueError("problem_ids must be in [0, 2**31)")
     multiple = partitioning.batch_multiple(mesh, rules) if mesh is not None else 1
-    prompt_BxP, lengths_B = pad_prompts(prompts, model_cfg=model_cfg, cfg=cfg,
-                                        batch_multiple=multiple)
+    prompt_BxP, lengths_B = pad_prompts(
+        prompts, model_cfg=model_cfg, cfg=cfg, batch_multiple=multiple
+    )
     ids_B = np.zeros((prompt_BxP.shape[0],), np.int32)
     ids_B[: len(prompts)] = problem_ids
     fn = make_sampler(model_cfg, cfg, mesh, tuple(rules))
@@ -377,5 +393,6 @@ def sample(
     else:
         out = jax.device_get(fn(params, *args, key))
     n = len(prompts)
-    return SampleOutput(out.tokens_BxNxT[:n], out.lengths_BxN[:n], out.logprobs_BxNxT[:n],
-                        out.num_steps)
+    return SampleOutput(
+        out.tokens_BxNxT[:n], out.lengths_BxN[:n], out.logprobs_BxNxT[:n], out.num_steps
+    )

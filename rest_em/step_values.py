@@ -41,8 +41,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from rest_em import evaluation, filtering, losses, sampling, steps as steps_lib
+from rest_em import evaluation, filtering, losses, sampling
 from rest_em import model as model_lib
+from rest_em import steps as steps_lib
 
 ESTIMATORS = ("best_of_k", "mean")
 MAX_ID = 2**31  # the sampler's problem ids must be in [0, 2**31)
@@ -50,8 +51,10 @@ MAX_ID = 2**31  # the sampler's problem ids must be in [0, 2**31)
 
 # --- Q from rollout rewards ---------------------------------------------------------------
 
-def estimate_q(rewards_PxK: np.ndarray, *, estimator: str = "best_of_k", k: int | None = None
-               ) -> np.ndarray:
+
+def estimate_q(
+    rewards_PxK: np.ndarray, *, estimator: str = "best_of_k", k: int | None = None
+) -> np.ndarray:
     """`q_P`: the value of each of P prefixes from the rewards of its K rollouts.
 
     "mean": the fraction of rollouts that succeed, an unbiased estimate of Q^pi (rewards
@@ -106,8 +109,9 @@ def first_pit(q_Tp1: np.ndarray, *, threshold: float = 0.0) -> int | None:
     return int(below[0]) + 1 if below.size else None
 
 
-def token_weights(advantages_T: np.ndarray, spans_T: Sequence[tuple[int, int]], *,
-                  beta: float, clip: float) -> np.ndarray:
+def token_weights(
+    advantages_T: np.ndarray, spans_T: Sequence[tuple[int, int]], *, beta: float, clip: float
+) -> np.ndarray:
     """Per-token weights of one sample: exp(A_i / beta) clipped to [0, clip] on the tokens
     of step i (`losses.advantage_weights`), for `training.fit(token_weights=...)`.
 
@@ -132,8 +136,10 @@ def token_weights(advantages_T: np.ndarray, spans_T: Sequence[tuple[int, int]], 
 
 # --- rollouts -----------------------------------------------------------------------------
 
-def rollout_id(problem_id: int, sample_index: int, step: int, *, max_samples: int,
-               max_steps: int) -> int:
+
+def rollout_id(
+    problem_id: int, sample_index: int, step: int, *, max_samples: int, max_steps: int
+) -> int:
     """The sampler's problem id for prefix `step` (steps 1..step) of a sample:
     (problem_id * max_samples + sample_index) * (max_steps + 1) + step.
 
@@ -151,9 +157,11 @@ def rollout_id(problem_id: int, sample_index: int, step: int, *, max_samples: in
         raise ValueError(f"problem_id must be >= 0, got {problem_id}")
     rid = (problem_id * max_samples + sample_index) * (max_steps + 1) + step
     if rid >= MAX_ID:
-        raise ValueError(f"rollout id {rid} for (problem {problem_id}, sample {sample_index}, "
-                         f"step {step}) is >= 2**31 with max_samples={max_samples}, "
-                         f"max_steps={max_steps}")
+        raise ValueError(
+            f"rollout id {rid} for (problem {problem_id}, sample {sample_index}, "
+            f"step {step}) is >= 2**31 with max_samples={max_samples}, "
+            f"max_steps={max_steps}"
+        )
     return rid
 
 
@@ -168,10 +176,10 @@ def decode_rollout_id(rid: int, *, max_samples: int, max_steps: int) -> tuple[in
 class Prefix:
     """A state to roll out from: the problem's prompt followed by a completion prefix."""
 
-    rollout_id: int               # the stable id that fixes the rollouts' randomness
-    problem: Any                  # what score_fn gets (e.g. a tasks.Problem)
-    prompt_ids: tuple[int, ...]   # the problem's prompt tokens (BOS included if any)
-    text: str                     # the completion prefix y_{1:i}; "" = the problem itself
+    rollout_id: int  # the stable id that fixes the rollouts' randomness
+    problem: Any  # what score_fn gets (e.g. a tasks.Problem)
+    prompt_ids: tuple[int, ...]  # the problem's prompt tokens (BOS included if any)
+    text: str  # the completion prefix y_{1:i}; "" = the problem itself
 
 
 # rollout_fn(prefixes, K) -> K continuation texts per prefix (text after prefix.text).
@@ -191,10 +199,16 @@ def _budget(prompt_len: int, max_new_tokens: int, max_seq_len: int) -> int:
     return room // 16 * 16 if room >= 16 else max(room, 0)
 
 
-def sampler_rollout_fn(params: Any, *, model_cfg: model_lib.ModelConfig,
-                       sampling_cfg: sampling.SamplingConfig, tokenizer: Any, key: jax.Array,
-                       chunk_size: int = 256, mesh: jax.sharding.Mesh | None = None
-                       ) -> RolloutFn:
+def sampler_rollout_fn(
+    params: Any,
+    *,
+    model_cfg: model_lib.ModelConfig,
+    sampling_cfg: sampling.SamplingConfig,
+    tokenizer: Any,
+    key: jax.Array,
+    chunk_size: int = 256,
+    mesh: jax.sharding.Mesh | None = None,
+) -> RolloutFn:
     """A `RolloutFn` that samples continuations with `rest_em.sampling.sample`.
 
     Prompt = prefix.prompt_ids + tokenizer.encode(prefix.text); the sampler's problem id is
@@ -220,16 +234,23 @@ def sampler_rollout_fn(params: Any, *, model_cfg: model_lib.ModelConfig,
                 for i in idx:
                     out[i] = [""] * num_rollouts
                 continue
-            cfg = dataclasses.replace(sampling_cfg, num_samples=num_rollouts,
-                                      max_new_tokens=budget)
+            cfg = dataclasses.replace(sampling_cfg, num_samples=num_rollouts, max_new_tokens=budget)
             for start in range(0, len(idx), chunk_size):
-                chunk = idx[start: start + chunk_size]
-                res = sampling.sample(params, [prompts[i] for i in chunk], model_cfg=model_cfg,
-                                      cfg=cfg, key=key, mesh=mesh,
-                                      problem_ids=[prefixes[i].rollout_id for i in chunk])
+                chunk = idx[start : start + chunk_size]
+                res = sampling.sample(
+                    params,
+                    [prompts[i] for i in chunk],
+                    model_cfg=model_cfg,
+                    cfg=cfg,
+                    key=key,
+                    mesh=mesh,
+                    problem_ids=[prefixes[i].rollout_id for i in chunk],
+                )
                 for row, i in enumerate(chunk):
-                    out[i] = [tokenizer.decode(res.tokens_BxNxT[row, k, : res.lengths_BxN[row, k]])
-                              for k in range(num_rollouts)]
+                    out[i] = [
+                        tokenizer.decode(res.tokens_BxNxT[row, k, : res.lengths_BxN[row, k]])
+                        for k in range(num_rollouts)
+                    ]
         return out  # type: ignore[return-value]
 
     return rollout
@@ -244,9 +265,15 @@ class Rollouts:
     q_P: np.ndarray
 
 
-def rollout_values(prefixes: Sequence[Prefix], *, rollout_fn: RolloutFn, score_fn: ScoreFn,
-                   num_rollouts: int, estimator: str = "best_of_k", k: int | None = None
-                   ) -> Rollouts:
+def rollout_values(
+    prefixes: Sequence[Prefix],
+    *,
+    rollout_fn: RolloutFn,
+    score_fn: ScoreFn,
+    num_rollouts: int,
+    estimator: str = "best_of_k",
+    k: int | None = None,
+) -> Rollouts:
     """Rolls out every prefix K = `num_rollouts` times, scores prefix + continuation with
     `score_fn` (one call for all), and estimates Q per prefix (`estimate_q`)."""
     if num_rollouts < 1:
@@ -255,18 +282,23 @@ def rollout_values(prefixes: Sequence[Prefix], *, rollout_fn: RolloutFn, score_f
         return Rollouts([], np.zeros((0, num_rollouts)), np.zeros((0,)))
     conts = rollout_fn(prefixes, num_rollouts)
     if len(conts) != len(prefixes) or any(len(c) != num_rollouts for c in conts):
-        raise ValueError(f"rollout_fn must return {num_rollouts} continuations for each of "
-                         f"{len(prefixes)} prefixes")
+        raise ValueError(
+            f"rollout_fn must return {num_rollouts} continuations for each of "
+            f"{len(prefixes)} prefixes"
+        )
     completions = [p.text + c for p, cs in zip(prefixes, conts) for c in cs]
     problems = [p.problem for p in prefixes for _ in range(num_rollouts)]
     statuses = score_fn(completions, problems)
     rewards = np.asarray([s == "correct" for s in statuses], np.float64).reshape(
-        len(prefixes), num_rollouts)
-    return Rollouts([list(c) for c in conts], rewards,
-                    estimate_q(rewards, estimator=estimator, k=k))
+        len(prefixes), num_rollouts
+    )
+    return Rollouts(
+        [list(c) for c in conts], rewards, estimate_q(rewards, estimator=estimator, k=k)
+    )
 
 
 # --- per-sample step values ---------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class StepValues:
@@ -290,11 +322,20 @@ class StepValues:
         return first_pit(self.q_Tp1, threshold=threshold)
 
 
-def compute_step_values(samples: Sequence[filtering.Sample], *, problems: Mapping[int, Any],
-                        prompt_ids: Mapping[int, Sequence[int]], rollout_fn: RolloutFn,
-                        score_fn: ScoreFn, num_rollouts: int = 5, estimator: str = "best_of_k",
-                        k: int | None = None, step_mode: str = "newline", max_steps: int = 32,
-                        max_samples: int = 256) -> list[StepValues]:
+def compute_step_values(
+    samples: Sequence[filtering.Sample],
+    *,
+    problems: Mapping[int, Any],
+    prompt_ids: Mapping[int, Sequence[int]],
+    rollout_fn: RolloutFn,
+    score_fn: ScoreFn,
+    num_rollouts: int = 5,
+    estimator: str = "best_of_k",
+    k: int | None = None,
+    step_mode: str = "newline",
+    max_steps: int = 32,
+    max_samples: int = 256,
+) -> list[StepValues]:
     """Q_0..Q_T of every sample (`problems` / `prompt_ids`: by problem_id).
 
     All prefixes of all samples go to `rollout_fn` in one call. Identical prefix texts of
@@ -312,30 +353,53 @@ def compute_step_values(samples: Sequence[filtering.Sample], *, problems: Mappin
         for i, text in enumerate(steps_lib.prefixes(steps)[:-1]):
             key = (s.problem_id, text)
             if key not in prefix_of:
-                rid = rollout_id(s.problem_id, 0 if i == 0 else s.sample_index, i,
-                                 max_samples=max_samples, max_steps=max_steps)
-                prefix_of[key] = Prefix(rid, problems[s.problem_id],
-                                        tuple(int(t) for t in prompt_ids[s.problem_id]), text)
+                rid = rollout_id(
+                    s.problem_id,
+                    0 if i == 0 else s.sample_index,
+                    i,
+                    max_samples=max_samples,
+                    max_steps=max_steps,
+                )
+                prefix_of[key] = Prefix(
+                    rid,
+                    problems[s.problem_id],
+                    tuple(int(t) for t in prompt_ids[s.problem_id]),
+                    text,
+                )
             keys.append(key)
         plan.append((s, steps, keys))
     order = list(prefix_of)
-    ro = rollout_values([prefix_of[key] for key in order], rollout_fn=rollout_fn,
-                        score_fn=score_fn, num_rollouts=num_rollouts, estimator=estimator, k=k)
+    ro = rollout_values(
+        [prefix_of[key] for key in order],
+        rollout_fn=rollout_fn,
+        score_fn=score_fn,
+        num_rollouts=num_rollouts,
+        estimator=estimator,
+        k=k,
+    )
     row = {key: j for j, key in enumerate(order)}
     out = []
     for s, steps, keys in plan:
         rows = [row[key] for key in keys]
         q = np.concatenate([ro.q_P[rows], [float(s.reward)]])
-        out.append(StepValues(s, tuple(steps), q,
-                              tuple(tuple(ro.continuations[j]) for j in rows),
-                              ro.rewards_PxK[rows]))
+        out.append(
+            StepValues(
+                s,
+                tuple(steps),
+                q,
+                tuple(tuple(ro.continuations[j]) for j in rows),
+                ro.rewards_PxK[rows],
+            )
+        )
     return out
 
 
 # --- training data ------------------------------------------------------------------------
 
-def weighted_example(sv: StepValues, *, prompt_ids: Sequence[int], tokenizer: Any, beta: float,
-                     clip: float) -> tuple[list[int], list[int], list[float]]:
+
+def weighted_example(
+    sv: StepValues, *, prompt_ids: Sequence[int], tokenizer: Any, beta: float, clip: float
+) -> tuple[list[int], list[int], list[float]]:
     """`(prompt_ids, completion_ids, token_weights)` of one sample for advantage-weighted
     NLL: completion = tokenizer.encode(completion) + EOS (as the M-step trains), step i's
     tokens weighted exp(A_i / beta) clipped to `clip`, the EOS with the last step."""
@@ -352,16 +416,21 @@ class StepPair:
 
     problem_id: int
     sample_index: int
-    pit: int                      # c, 1-based
-    prompt_ids: list[int]         # the problem's prompt + steps y_<c
-    chosen_ids: list[int]         # a continuation from y_<c that reaches the answer, + EOS
-    rejected_ids: list[int]       # the pit step y_c (+ EOS when c = T)
-    chosen_source: str            # "rollout" or "positive"
+    pit: int  # c, 1-based
+    prompt_ids: list[int]  # the problem's prompt + steps y_<c
+    chosen_ids: list[int]  # a continuation from y_<c that reaches the answer, + EOS
+    rejected_ids: list[int]  # the pit step y_c (+ EOS when c = T)
+    chosen_source: str  # "rollout" or "positive"
 
 
-def step_dpo_pairs(values: Sequence[StepValues], *, prompt_ids: Mapping[int, Sequence[int]],
-                   tokenizer: Any, positives: Sequence[filtering.Sample] = (),
-                   threshold: float = 0.0) -> list[StepPair]:
+def step_dpo_pairs(
+    values: Sequence[StepValues],
+    *,
+    prompt_ids: Mapping[int, Sequence[int]],
+    tokenizer: Any,
+    positives: Sequence[filtering.Sample] = (),
+    threshold: float = 0.0,
+) -> list[StepPair]:
     """Per-step DPO pairs of negatives, as Setlur et al. build them after Hwang et al.
 
     For a negative with first pit c (`first_pit`): prompt = x + y_<c, rejected = y_c (the
@@ -387,8 +456,11 @@ def step_dpo_pairs(values: Sequence[StepValues], *, prompt_ids: Mapping[int, Seq
         if c is None:
             continue
         s = sv.sample
-        wins = [(len(t), j) for j, (t, r) in enumerate(zip(sv.continuations[c - 1],
-                                                          sv.rewards_TxK[c - 1])) if r > 0]
+        wins = [
+            (len(t), j)
+            for j, (t, r) in enumerate(zip(sv.continuations[c - 1], sv.rewards_TxK[c - 1]))
+            if r > 0
+        ]
         if wins:
             chosen_text, source = sv.continuations[c - 1][min(wins)[1]], "rollout"
         elif c == 1 and pos_by_problem.get(s.problem_id):
@@ -400,13 +472,22 @@ def step_dpo_pairs(values: Sequence[StepValues], *, prompt_ids: Mapping[int, Seq
             continue
         prefix = "".join(sv.steps[: c - 1])
         rejected = tokenizer.encode(sv.steps[c - 1]) + (eos if c == len(sv.steps) else [])
-        out.append(StepPair(s.problem_id, s.sample_index, c,
-                            list(prompt_ids[s.problem_id]) + tokenizer.encode(prefix),
-                            tokenizer.encode(chosen_text) + eos, rejected, source))
+        out.append(
+            StepPair(
+                s.problem_id,
+                s.sample_index,
+                c,
+                list(prompt_ids[s.problem_id]) + tokenizer.encode(prefix),
+                tokenizer.encode(chosen_text) + eos,
+                rejected,
+                source,
+            )
+        )
     return out
 
 
 # --- one call for the EM loop -------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class StepDataset:
@@ -415,17 +496,23 @@ class StepDataset:
     prompt_ids: list[list[int]]
     completion_ids: list[list[int]]
     token_weights: list[list[float]]
-    values: list[StepValues]      # the negatives' step values (for DPO pairs, logging)
+    values: list[StepValues]  # the negatives' step values (for DPO pairs, logging)
     stats: dict[str, float]
 
 
-def select_negatives(samples: Sequence[filtering.Sample], *, max_per_problem: int | None, seed: int,
-                     dedup: bool = True) -> list[filtering.Sample]:
+def select_negatives(
+    samples: Sequence[filtering.Sample],
+    *,
+    max_per_problem: int | None,
+    seed: int,
+    dedup: bool = True,
+) -> list[filtering.Sample]:
     """Incorrect samples (reward < 1), at most `max_per_problem` per problem: the same
     seeded, order-independent choice (and optional dedup) as `filtering.select`."""
     negatives = [s for s in samples if s.reward < 1.0]
-    return filtering.select(negatives, max_per_problem=max_per_problem, seed=seed,
-                            min_reward=-np.inf, dedup=dedup)
+    return filtering.select(
+        negatives, max_per_problem=max_per_problem, seed=seed, min_reward=-np.inf, dedup=dedup
+    )
 
 
 def step_negatives_dataset(
@@ -483,20 +570,38 @@ def step_negatives_dataset(
     """
     negatives = select_negatives(samples, max_per_problem=max_per_problem, seed=seed)
     if rollout_fn is None:
-        rollout_fn = sampler_rollout_fn(params, model_cfg=model_cfg, sampling_cfg=sampling_cfg,
-                                        tokenizer=tokenizer, key=key, chunk_size=chunk_size,
-                                        mesh=mesh)
-    values = compute_step_values(negatives, problems=problems, prompt_ids=prompt_ids,
-                                 rollout_fn=rollout_fn, score_fn=score_fn,
-                                 num_rollouts=num_rollouts, estimator=estimator,
-                                 step_mode=step_mode, max_steps=max_steps,
-                                 max_samples=max_samples)
+        rollout_fn = sampler_rollout_fn(
+            params,
+            model_cfg=model_cfg,
+            sampling_cfg=sampling_cfg,
+            tokenizer=tokenizer,
+            key=key,
+            chunk_size=chunk_size,
+            mesh=mesh,
+        )
+    values = compute_step_values(
+        negatives,
+        problems=problems,
+        prompt_ids=prompt_ids,
+        rollout_fn=rollout_fn,
+        score_fn=score_fn,
+        num_rollouts=num_rollouts,
+        estimator=estimator,
+        step_mode=step_mode,
+        max_steps=max_steps,
+        max_samples=max_samples,
+    )
     prompts, comps, weights = [], [], []
     untokenizable = 0
     for sv in values:
         try:
-            p, c, w = weighted_example(sv, prompt_ids=prompt_ids[sv.sample.problem_id],
-                                       tokenizer=tokenizer, beta=beta, clip=clip)
+            p, c, w = weighted_example(
+                sv,
+                prompt_ids=prompt_ids[sv.sample.problem_id],
+                tokenizer=tokenizer,
+                beta=beta,
+                clip=clip,
+            )
         except ValueError:  # the tokenizer does not round-trip this text: no token spans
             untokenizable += 1
             continue
@@ -508,8 +613,9 @@ def step_negatives_dataset(
         prompts.append(list(prompt_ids[s.problem_id]))
         comps.append(c)
         weights.append([1.0] * len(c))
-    prefixes_seen = {(sv.sample.problem_id, "".join(sv.steps[:i]))
-                     for sv in values for i in range(len(sv.steps))}
+    prefixes_seen = {
+        (sv.sample.problem_id, "".join(sv.steps[:i])) for sv in values for i in range(len(sv.steps))
+    }
     adv = np.concatenate([sv.advantages_T for sv in values]) if values else np.zeros((0,))
     stats = {
         "num_negatives": float(len(values)),
@@ -525,7 +631,26 @@ def step_negatives_dataset(
     return StepDataset(prompts, comps, weights, values, stats)
 
 
-__all__ = ["ESTIMATORS", "Prefix", "RolloutFn", "Rollouts", "ScoreFn", "StepDataset", "StepPair",
-           "StepValues", "advantages", "compute_step_values", "decode_rollout_id", "estimate_q",
-           "first_pit", "rollout_id", "rollout_values", "sampler_rollout_fn", "select_negatives",
-           "step_dpo_pairs", "step_negatives_dataset", "token_weights", "weighted_example"]
+__all__ = [
+    "ESTIMATORS",
+    "Prefix",
+    "RolloutFn",
+    "Rollouts",
+    "ScoreFn",
+    "StepDataset",
+    "StepPair",
+    "StepValues",
+    "advantages",
+    "compute_step_values",
+    "decode_rollout_id",
+    "estimate_q",
+    "first_pit",
+    "rollout_id",
+    "rollout_values",
+    "sampler_rollout_fn",
+    "select_negatives",
+    "step_dpo_pairs",
+    "step_negatives_dataset",
+    "token_weights",
+    "weighted_example",
+]

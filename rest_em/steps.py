@@ -41,15 +41,16 @@ def _sentences(line: str) -> list[str]:
     """A line cut after each sentence end; the whitespace after it stays with the sentence."""
     out, start = [], 0
     for m in _SENTENCE_END.finditer(line):
-        if line[m.end():].strip():  # a trailing sentence end is the line's own end
-            out.append(line[start: m.end()])
+        if line[m.end() :].strip():  # a trailing sentence end is the line's own end
+            out.append(line[start : m.end()])
             start = m.end()
     out.append(line[start:])
     return out
 
 
-def split_steps(completion: str, *, mode: str = "newline", max_steps: int | None = None
-                ) -> list[str]:
+def split_steps(
+    completion: str, *, mode: str = "newline", max_steps: int | None = None
+) -> list[str]:
     """The steps of `completion`, exact text: `"".join(split_steps(c)) == c`.
 
     mode "newline": one step per non-blank line (its newline included; blank lines join
@@ -78,7 +79,7 @@ def split_steps(completion: str, *, mode: str = "newline", max_steps: int | None
                 merged.append(s)
         steps = merged
     if max_steps is not None and len(steps) > max_steps:
-        steps = steps[: max_steps - 1] + ["".join(steps[max_steps - 1:])]
+        steps = steps[: max_steps - 1] + ["".join(steps[max_steps - 1 :])]
     return steps
 
 
@@ -91,8 +92,9 @@ def prefixes(steps: Sequence[str]) -> list[str]:
     return out
 
 
-def token_spans(steps: Sequence[str], completion_ids: Sequence[int],
-                decode: Callable[[Sequence[int]], str]) -> list[tuple[int, int]]:
+def token_spans(
+    steps: Sequence[str], completion_ids: Sequence[int], decode: Callable[[Sequence[int]], str]
+) -> list[tuple[int, int]]:
     """`[start, end)` token ranges of each step in `completion_ids` (the tokens of
     `"".join(steps)`): where per-step advantages go on tokens.
 
@@ -108,8 +110,10 @@ def token_spans(steps: Sequence[str], completion_ids: Sequence[int],
     text = "".join(steps)
     n = len(completion_ids)
     if decode(list(completion_ids)) != text:
-        raise ValueError("decode(completion_ids) differs from the joined steps: the tokenizer "
-                         "does not round-trip this completion, so steps cannot be mapped to tokens")
+        raise ValueError(
+            "decode(completion_ids) differs from the joined steps: the tokenizer "
+            "does not round-trip this completion, so steps cannot be mapped to tokens"
+        )
     if not steps:
         if n:
             raise ValueError("no steps but completion_ids is not empty")

@@ -53,15 +53,18 @@ class ByteTokenizer:
 class HFTokenizer:
     """A Hugging Face `tokenizer.json` (in a checkpoint directory) via `tokenizers`."""
 
-    def __init__(self, path: str | pathlib.Path, *, eos_token: str | None = None,
-                 pad_id: int | None = None):
+    def __init__(
+        self, path: str | pathlib.Path, *, eos_token: str | None = None, pad_id: int | None = None
+    ):
         import tokenizers  # lazy: only users of real checkpoints need it
 
         path = pathlib.Path(path)
         file = path / "tokenizer.json" if path.is_dir() else path
         if not file.exists():
-            raise CheckpointError(f"{file}: no tokenizer.json (a Hugging Face fast tokenizer "
-                                  "file); the checkpoint directory is incomplete")
+            raise CheckpointError(
+                f"{file}: no tokenizer.json (a Hugging Face fast tokenizer "
+                "file); the checkpoint directory is incomplete"
+            )
         self._tok = tokenizers.Tokenizer.from_file(str(file))
         self.vocab_size = self._tok.get_vocab_size()
         config = _read_json(file.parent / "tokenizer_config.json")
@@ -72,8 +75,9 @@ class HFTokenizer:
         if isinstance(bos_token, dict):
             bos_token = bos_token.get("content")
         if eos_token is None or self._tok.token_to_id(eos_token) is None:
-            raise CheckpointError(f"{file}: cannot find the EOS token ({eos_token!r}); "
-                                  "pass eos_token=")
+            raise CheckpointError(
+                f"{file}: cannot find the EOS token ({eos_token!r}); pass eos_token="
+            )
         self.eos_id = self._tok.token_to_id(eos_token)
         self.bos_id = self._tok.token_to_id(bos_token) if bos_token else None
         self.pad_id = self.eos_id if pad_id is None else pad_id

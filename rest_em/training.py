@@ -33,9 +33,8 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 
-from rest_em import losses
+from rest_em import losses, partitioning
 from rest_em import model as model_lib
-from rest_em import partitioning
 
 Array = jax.Array
 
@@ -49,12 +48,21 @@ class Preempted(Exception):
     at `step` in `checkpoint_dir` first (None: no checkpoint dir, or stopped outside `fit`),
     on every host at the same step; running the same command again resumes."""
 
-    def __init__(self, step: int | None, checkpoint_dir: str | pathlib.Path | None = None,
-                 desc: str | None = None):
+    def __init__(
+        self,
+        step: int | None,
+        checkpoint_dir: str | pathlib.Path | None = None,
+        desc: str | None = None,
+    ):
         self.step, self.checkpoint_dir, self.desc = step, checkpoint_dir, desc
         where = "outside the M-step" if step is None else f"at step {step}"
-        saved = (f" ({desc}; state saved in {checkpoint_dir})" if checkpoint_dir is not None
-                 else f" ({desc}; no checkpoint dir: it restarts)" if desc else "")
+        saved = (
+            f" ({desc}; state saved in {checkpoint_dir})"
+            if checkpoint_dir is not None
+            else f" ({desc}; no checkpoint dir: it restarts)"
+            if desc
+            else ""
+        )
         super().__init__(f"preempted {where}; run the same command to resume{saved}")
 
 
@@ -76,9 +84,15 @@ class TrainBatch:
     token_weights_BxL: Array
 
 
-def make_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *,
-               length: int, pad_id: int = 0, weights: Sequence[float] | None = None,
-               token_weights: Sequence[Sequence[float]] | None = None) -> TrainBatch:
+def make_batch(
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    *,
+    length: int,
+    pad_id: int = 0,
+    weights: Sequence[float] | None = None,
+    token_weights: Sequence[Sequence[float]] | None = None,
+) -> TrainBatch:
     """Host numpy TrainBatch of `len(prompts)` rows padded to `length` (+1 for the shift).
 
     token_weights[i] (optional) has one weight per completion token of row i. Raises
@@ -92,15 +106,17 @@ def make_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[
     for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
         n = len(p) + len(c)
         if n > length + 1:
-            raise ValueError(f"row {i}: prompt ({len(p)}) + completion ({len(c)}) tokens exceed "
-                             f"the training length {length + 1}")
+            raise ValueError(
+                f"row {i}: prompt ({len(p)}) + completion ({len(c)}) tokens exceed "
+                f"the training length {length + 1}"
+            )
         if len(p) == 0 or len(c) == 0:
             raise ValueError(f"row {i}: empty prompt or completion")
         seq[i, :n] = np.concatenate([np.asarray(p, np.int32), np.asarray(c, np.int32)])
         valid[i, : n - 1] = True
-        mask[i, len(p) - 1: n - 1] = 1.0  # inputs[t] predicts seq[t+1]: the completion
+        mask[i, len(p) - 1 : n - 1] = 1.0  # inputs[t] predicts seq[t+1]: the completion
         if token_weights is not None:
-            tok_w[i, len(p) - 1: n - 1] = np.asarray(token_weights[i], np.float32)
+            tok_w[i, len(p) - 1 : n - 1] = np.asarray(token_weights[i], np.float32)
     w = np.ones((b,), np.float32) if weights is None else np.asarray(weights, np.float32)
     return TrainBatch(seq[:, :-1], seq[:, 1:], valid, mask, w, tok_w)
 
@@ -130,17 +146,24 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTran
     warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
     if cfg.schedule == "cosine":
         lr = optax.warmup_cosine_decay_schedule(
-            0.0 if warmup else cfg.learning_rate, cfg.learning_rate, warmup,
-            max(total_steps, warmup + 1), end_value=0.1 * cfg.learning_rate)
+            0.0 if warmup else cfg.learning_rate,
+            cfg.learning_rate,
+            warmup,
+            max(total_steps, warmup + 1),
+            end_value=0.1 * cfg.learning_rate,
+        )
     elif warmup:
         lr = optax.join_schedules(
-            [optax.linear_schedule(0.0, cfg.learning_rate, warmup),
-             optax.constant_schedule(cfg.learning_rate)], [warmup])
+            [
+                optax.linear_schedule(0.0, cfg.learning_rate, warmup),
+                optax.constant_schedule(cfg.learning_rate),
+            ],
+            [warmup],
+        )
     else:
         lr = optax.constant_schedule(cfg.learning_rate)
     parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm else []
-    parts.append(optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                             weight_decay=cfg.weight_decay))
+    parts.append(optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay))
     return optax.chain(*parts)
 
 
@@ -151,21 +174,29 @@ class TrainState:
     opt_state: Any
 
 
-def opt_state_shardings(optimizer: optax.GradientTransformation, param_shardings: Any,
-                        abstract_params: Any) -> Any:
+def opt_state_shardings(
+    optimizer: optax.GradientTransformation, param_shardings: Any, abstract_params: Any
+) -> Any:
     """NamedShardings of `optimizer.init(params)`: every params-shaped tree in it (Adam's
     mu and nu, ...) sharded exactly like the params, everything else (step counts)
     replicated. `param_shardings`: NamedShardings on one mesh, a tree like the params."""
     mesh = jax.tree.leaves(param_shardings)[0].mesh
     abstract = jax.eval_shape(optimizer.init, abstract_params)
-    return optax.tree_map_params(optimizer, lambda _, sh: sh, abstract, param_shardings,
-                                 transform_non_params=lambda _: partitioning.replicated(mesh))
+    return optax.tree_map_params(
+        optimizer,
+        lambda _, sh: sh,
+        abstract,
+        param_shardings,
+        transform_non_params=lambda _: partitioning.replicated(mesh),
+    )
 
 
-def train_state_shardings(model_cfg: model_lib.ModelConfig,
-                          optimizer: optax.GradientTransformation, mesh: jax.sharding.Mesh,
-                          rules: partitioning.Rules = partitioning.LOGICAL_AXIS_RULES
-                          ) -> TrainState:
+def train_state_shardings(
+    model_cfg: model_lib.ModelConfig,
+    optimizer: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    rules: partitioning.Rules = partitioning.LOGICAL_AXIS_RULES,
+) -> TrainState:
     """A TrainState of NamedShardings: params from the rules table (FSDP shards their
     "embed" dimension, tensor parallelism heads / mlp / vocab), the optimizer state like
     its params, the step replicated."""
@@ -185,8 +216,11 @@ def init_train_state(params: Any, optimizer: optax.GradientTransformation) -> Tr
     params = _copy(params)
     shardings = jax.tree.map(lambda x: x.sharding, params)
     leaves = jax.tree.leaves(shardings)
-    if leaves and all(isinstance(sh, jax.sharding.NamedSharding) for sh in leaves) and len(
-            {sh.mesh for sh in leaves}) == 1:
+    if (
+        leaves
+        and all(isinstance(sh, jax.sharding.NamedSharding) for sh in leaves)
+        and len({sh.mesh for sh in leaves}) == 1
+    ):
         opt_sh = opt_state_shardings(optimizer, shardings, params)
         step = jax.device_put(jnp.zeros((), jnp.int32), partitioning.replicated(leaves[0].mesh))
         return TrainState(step, params, jax.jit(optimizer.init, out_shardings=opt_sh)(params))
@@ -198,8 +232,13 @@ def _copy(tree: Any) -> Any:
     return jax.tree.map(jnp.copy, tree)
 
 
-def train_step(state: TrainState, batch_AxBxL: TrainBatch, *, model_cfg: model_lib.ModelConfig,
-               optimizer: optax.GradientTransformation) -> tuple[TrainState, dict[str, Array]]:
+def train_step(
+    state: TrainState,
+    batch_AxBxL: TrainBatch,
+    *,
+    model_cfg: model_lib.ModelConfig,
+    optimizer: optax.GradientTransformation,
+) -> tuple[TrainState, dict[str, Array]]:
     """One optimizer update from A stacked micro-batches.
 
     The loss is sum(weight * nll) / (number of target tokens) over ALL micro-batches,
@@ -209,16 +248,21 @@ def train_step(state: TrainState, batch_AxBxL: TrainBatch, *, model_cfg: model_l
 
     def sums(params, mb: TrainBatch):
         logits = model_lib.forward(params, model_cfg, mb.inputs_BxL, mb.valid_BxL)
-        _, aux = losses.weighted_nll(logits, mb.targets_BxL, mb.loss_mask_BxL, mb.weights_B,
-                                     mb.token_weights_BxL)
+        _, aux = losses.weighted_nll(
+            logits, mb.targets_BxL, mb.loss_mask_BxL, mb.weights_B, mb.token_weights_BxL
+        )
         return aux["loss_sum"], aux
 
     def accumulate(carry, mb):
         grads, loss_sum, tokens, correct = carry
         (ls, aux), g = jax.value_and_grad(sums, has_aux=True)(state.params, mb)
         grads = jax.tree.map(jnp.add, grads, g)
-        return (grads, loss_sum + ls, tokens + aux["num_tokens"],
-                correct + aux["accuracy"] * aux["num_tokens"]), None
+        return (
+            grads,
+            loss_sum + ls,
+            tokens + aux["num_tokens"],
+            correct + aux["accuracy"] * aux["num_tokens"],
+        ), None
 
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
     init = (zeros, jnp.float32(0), jnp.float32(0), jnp.float32(0))
@@ -227,14 +271,22 @@ def train_step(state: TrainState, batch_AxBxL: TrainBatch, *, model_cfg: model_l
     grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss_sum / denom, "token_accuracy": correct / denom,
-               "num_tokens": tokens, "grad_norm": optax.tree.norm(grads)}
+    metrics = {
+        "loss": loss_sum / denom,
+        "token_accuracy": correct / denom,
+        "num_tokens": tokens,
+        "grad_norm": optax.tree.norm(grads),
+    }
     return TrainState(state.step + 1, params, opt_state), metrics
 
 
-def make_train_step(model_cfg: model_lib.ModelConfig, optimizer: optax.GradientTransformation,
-                    state: TrainState, mesh: jax.sharding.Mesh | None = None,
-                    rules: partitioning.Rules = partitioning.LOGICAL_AXIS_RULES) -> Callable:
+def make_train_step(
+    model_cfg: model_lib.ModelConfig,
+    optimizer: optax.GradientTransformation,
+    state: TrainState,
+    mesh: jax.sharding.Mesh | None = None,
+    rules: partitioning.Rules = partitioning.LOGICAL_AXIS_RULES,
+) -> Callable:
     """`train_step` jitted with the state's own shardings and the state donated.
 
     With a mesh the batch is split over the mesh's data axes (`batch` logical axis); on a
@@ -248,9 +300,14 @@ def _train_batch_shardings(row, row2) -> TrainBatch:
     return TrainBatch(row2, row2, row2, row2, row, row2)
 
 
-def _jit_step(fn: Callable, state: TrainState, mesh: jax.sharding.Mesh | None,
-              rules: partitioning.Rules, batch_shardings: Callable[[Any, Any], Any],
-              extra: Sequence[Any] = ()) -> Callable:
+def _jit_step(
+    fn: Callable,
+    state: TrainState,
+    mesh: jax.sharding.Mesh | None,
+    rules: partitioning.Rules,
+    batch_shardings: Callable[[Any, Any], Any],
+    extra: Sequence[Any] = (),
+) -> Callable:
     """`fn(state, *extra, batch)` jitted with the state donated. With a mesh: the state
     keeps its shardings, `extra` (e.g. frozen reference params) keeps its own, and the
     stacked `[A, B, ...]` batch is split on B over the data axes
@@ -259,8 +316,9 @@ def _jit_step(fn: Callable, state: TrainState, mesh: jax.sharding.Mesh | None,
         return jax.jit(fn, donate_argnums=0)
     state_sh = jax.tree.map(lambda x: x.sharding, state)
     extra_sh = [jax.tree.map(lambda x: x.sharding, e) for e in extra]
-    spec = partitioning.logical_to_spec(("batch",), (partitioning.batch_multiple(mesh, rules),),
-                                        mesh, rules)
+    spec = partitioning.logical_to_spec(
+        ("batch",), (partitioning.batch_multiple(mesh, rules),), mesh, rules
+    )
     row = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, spec[0]))
     row2 = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, spec[0], None))
     batch_sh = batch_shardings(row, row2)
@@ -269,8 +327,12 @@ def _jit_step(fn: Callable, state: TrainState, mesh: jax.sharding.Mesh | None,
         with partitioning.activation_sharding(mesh, rules):
             return fn(state, *args)
 
-    step = jax.jit(traced, in_shardings=(state_sh, *extra_sh, batch_sh),
-                   out_shardings=(state_sh, partitioning.replicated(mesh)), donate_argnums=0)
+    step = jax.jit(
+        traced,
+        in_shardings=(state_sh, *extra_sh, batch_sh),
+        out_shardings=(state_sh, partitioning.replicated(mesh)),
+        donate_argnums=0,
+    )
     if not partitioning.is_multiprocess():
         return step
 
@@ -285,6 +347,7 @@ def _jit_step(fn: Callable, state: TrainState, mesh: jax.sharding.Mesh | None,
 
 # --- per-step DPO -----------------------------------------------------------------------
 
+
 @flax.struct.dataclass
 class PairBatch:
     """DPO pairs: chosen and rejected rows of the same prompts (two TrainBatches of one
@@ -297,11 +360,17 @@ class PairBatch:
     ref_rejected_logp_B: Array
 
 
-def make_pair_batch(prompts: Sequence[Sequence[int]], chosen: Sequence[Sequence[int]],
-                    rejected: Sequence[Sequence[int]], *, length: int, pad_id: int = 0,
-                    weights: Sequence[float] | None = None,
-                    ref_chosen_logp: Sequence[float] | None = None,
-                    ref_rejected_logp: Sequence[float] | None = None) -> PairBatch:
+def make_pair_batch(
+    prompts: Sequence[Sequence[int]],
+    chosen: Sequence[Sequence[int]],
+    rejected: Sequence[Sequence[int]],
+    *,
+    length: int,
+    pad_id: int = 0,
+    weights: Sequence[float] | None = None,
+    ref_chosen_logp: Sequence[float] | None = None,
+    ref_rejected_logp: Sequence[float] | None = None,
+) -> PairBatch:
     """Host numpy PairBatch (e.g. from `step_values.step_dpo_pairs`: prompt = x + y_<c).
 
     Reference log-probs default to 0; fill them with `reference_logprobs` before training.
@@ -314,8 +383,9 @@ def make_pair_batch(prompts: Sequence[Sequence[int]], chosen: Sequence[Sequence[
     return PairBatch(c, r, rc, rr)
 
 
-def _pair_logprobs(params: Any, batch: PairBatch, model_cfg: model_lib.ModelConfig
-                   ) -> tuple[Array, Array]:
+def _pair_logprobs(
+    params: Any, batch: PairBatch, model_cfg: model_lib.ModelConfig
+) -> tuple[Array, Array]:
     """Log-probs of the chosen and the rejected completions: ONE forward over 2B rows."""
     both = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), batch.chosen, batch.rejected)
     logits = model_lib.forward(params, model_cfg, both.inputs_BxL, both.valid_BxL)
@@ -324,17 +394,23 @@ def _pair_logprobs(params: Any, batch: PairBatch, model_cfg: model_lib.ModelConf
     return logp[:b], logp[b:]
 
 
-def reference_logprobs(params: Any, batch: PairBatch, *, model_cfg: model_lib.ModelConfig
-                       ) -> PairBatch:
+def reference_logprobs(
+    params: Any, batch: PairBatch, *, model_cfg: model_lib.ModelConfig
+) -> PairBatch:
     """`batch` with its reference log-probs computed under `params` (the frozen reference,
     e.g. the model that sampled the data). Pure; jit it or call it once per dataset."""
     rc, rr = _pair_logprobs(params, batch, model_cfg)
     return batch.replace(ref_chosen_logp_B=rc, ref_rejected_logp_B=rr)
 
 
-def dpo_train_step(state: TrainState, batch_AxB: PairBatch, *, model_cfg: model_lib.ModelConfig,
-                   optimizer: optax.GradientTransformation, beta: float
-                   ) -> tuple[TrainState, dict[str, Array]]:
+def dpo_train_step(
+    state: TrainState,
+    batch_AxB: PairBatch,
+    *,
+    model_cfg: model_lib.ModelConfig,
+    optimizer: optax.GradientTransformation,
+    beta: float,
+) -> tuple[TrainState, dict[str, Array]]:
     """One optimizer update of per-step DPO (`losses.step_dpo_loss`) from A stacked
     micro-batches of pairs, with precomputed reference log-probs.
 
@@ -344,8 +420,14 @@ def dpo_train_step(state: TrainState, batch_AxB: PairBatch, *, model_cfg: model_
 
     def sums(params, mb: PairBatch):
         pc, pr = _pair_logprobs(params, mb, model_cfg)
-        _, aux = losses.step_dpo_loss(pc, pr, mb.ref_chosen_logp_B, mb.ref_rejected_logp_B,
-                                      beta=beta, weights_B=mb.chosen.weights_B)
+        _, aux = losses.step_dpo_loss(
+            pc,
+            pr,
+            mb.ref_chosen_logp_B,
+            mb.ref_rejected_logp_B,
+            beta=beta,
+            weights_B=mb.chosen.weights_B,
+        )
         return aux["loss_sum"], aux
 
     keys = ("chosen_reward", "rejected_reward", "reward_accuracy", "margin")
@@ -364,29 +446,40 @@ def dpo_train_step(state: TrainState, batch_AxB: PairBatch, *, model_cfg: model_
     grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss_sum / denom, "num_pairs": num, "grad_norm": optax.tree.norm(grads),
-               **{k: v / denom for k, v in totals.items()}}
+    metrics = {
+        "loss": loss_sum / denom,
+        "num_pairs": num,
+        "grad_norm": optax.tree.norm(grads),
+        **{k: v / denom for k, v in totals.items()},
+    }
     return TrainState(state.step + 1, params, opt_state), metrics
 
 
-def make_dpo_train_step(model_cfg: model_lib.ModelConfig, optimizer: optax.GradientTransformation,
-                        *, beta: float) -> Callable:
+def make_dpo_train_step(
+    model_cfg: model_lib.ModelConfig, optimizer: optax.GradientTransformation, *, beta: float
+) -> Callable:
     """`dpo_train_step` jitted with the state donated (single device; `fit_dpo` is the
     loop, with meshes and in-step reference log-probs)."""
     fn = jax.tree_util.Partial(dpo_train_step, model_cfg=model_cfg, optimizer=optimizer, beta=beta)
     return jax.jit(fn, donate_argnums=0)
 
 
-def dpo_train_step_with_reference(state: TrainState, reference_params: Any, batch_AxB: PairBatch,
-                                  *, model_cfg: model_lib.ModelConfig,
-                                  optimizer: optax.GradientTransformation, beta: float
-                                  ) -> tuple[TrainState, dict[str, Array]]:
+def dpo_train_step_with_reference(
+    state: TrainState,
+    reference_params: Any,
+    batch_AxB: PairBatch,
+    *,
+    model_cfg: model_lib.ModelConfig,
+    optimizer: optax.GradientTransformation,
+    beta: float,
+) -> tuple[TrainState, dict[str, Array]]:
     """`dpo_train_step` whose reference log-probs come from `reference_params` inside the
     step (one more forward per micro-batch, no gradient): nothing to precompute or store,
     so `fit_dpo` resumes and shards exactly like `fit`."""
     rc, rr = jax.lax.map(lambda mb: _pair_logprobs(reference_params, mb, model_cfg), batch_AxB)
-    batch = batch_AxB.replace(ref_chosen_logp_B=jax.lax.stop_gradient(rc),
-                              ref_rejected_logp_B=jax.lax.stop_gradient(rr))
+    batch = batch_AxB.replace(
+        ref_chosen_logp_B=jax.lax.stop_gradient(rc), ref_rejected_logp_B=jax.lax.stop_gradient(rr)
+    )
     return dpo_train_step(state, batch, model_cfg=model_cfg, optimizer=optimizer, beta=beta)
 
 
@@ -431,8 +524,9 @@ def preemption_requested(*, sync: bool = True) -> bool:
     return agreed
 
 
-def install_preemption_handler(signals: Sequence[int] = (signal.SIGTERM,), *,
-                               raise_outside_fit: bool = True) -> None:
+def install_preemption_handler(
+    signals: Sequence[int] = (signal.SIGTERM,), *, raise_outside_fit: bool = True
+) -> None:
     """Handles `signals` (default SIGTERM) as a preemption request. Inside `fit` the loop
     saves a checkpoint at its current step and raises `Preempted`; elsewhere (sampling,
     evaluation) the handler raises `Preempted(None)` at once, unless `raise_outside_fit`
@@ -460,6 +554,7 @@ def install_preemption_handler(signals: Sequence[int] = (signal.SIGTERM,), *,
 
 # --- the M-step loop --------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
     """How long and how the M-step trains. `num_steps` wins over `num_epochs` when set."""
@@ -474,16 +569,18 @@ class FitConfig:
 
     def __post_init__(self):
         if self.batch_size % self.micro_batches:
-            raise ValueError(f"batch_size={self.batch_size} must be a multiple of "
-                             f"micro_batches={self.micro_batches}")
+            raise ValueError(
+                f"batch_size={self.batch_size} must be a multiple of "
+                f"micro_batches={self.micro_batches}"
+            )
 
 
 @dataclasses.dataclass
 class FitResult:
-    params: Any           # the best params by validation reward (the last if no eval_fn)
+    params: Any  # the best params by validation reward (the last if no eval_fn)
     best_step: int
     best_reward: float | None
-    history: list[dict]   # one entry per validation: step, reward, loss
+    history: list[dict]  # one entry per validation: step, reward, loss
 
 
 def total_steps(cfg: FitConfig, num_examples: int) -> int:
@@ -500,7 +597,7 @@ def batch_indices(num_examples: int, step: int, batch_size: int, seed: int) -> n
     while len(out) < batch_size:
         epoch, offset = divmod(start + len(out), num_examples)
         perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
-        out.extend(perm[offset: offset + batch_size - len(out)].tolist())
+        out.extend(perm[offset : offset + batch_size - len(out)].tolist())
     return np.asarray(out)
 
 
@@ -511,12 +608,23 @@ def _bucket_length(n: int, cap: int) -> int:
     return min(size, cap)
 
 
-def fit(base_params: Any, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
-        *, model_cfg: model_lib.ModelConfig, cfg: FitConfig, seed: int,
-        weights: Sequence[float] | None = None, token_weights: Sequence[Sequence[float]] | None = None,
-        eval_fn: Callable[[Any], float] | None = None, checkpoint_dir: str | pathlib.Path | None = None,
-        mesh: jax.sharding.Mesh | None = None, pad_id: int = 0, desc: str = "M-step",
-        base_reward: float | None = None) -> FitResult:
+def fit(
+    base_params: Any,
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    *,
+    model_cfg: model_lib.ModelConfig,
+    cfg: FitConfig,
+    seed: int,
+    weights: Sequence[float] | None = None,
+    token_weights: Sequence[Sequence[float]] | None = None,
+    eval_fn: Callable[[Any], float] | None = None,
+    checkpoint_dir: str | pathlib.Path | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    pad_id: int = 0,
+    desc: str = "M-step",
+    base_reward: float | None = None,
+) -> FitResult:
     """Fine-tunes `base_params` on (prompt, completion) pairs; returns the best params.
 
     Every `cfg.eval_every` steps (and at the end) `eval_fn(params)` gives the validation
@@ -530,29 +638,56 @@ def fit(base_params: Any, prompts: Sequence[Sequence[int]], completions: Sequenc
     `install_preemption_handler`) on this or, with several processes, on any process,
     `fit` saves the state at the current step on every process and raises `Preempted`.
     """
-    steps, optimizer, state = _start(base_params, len(prompts), cfg, "fit() got no training examples")
+    steps, optimizer, state = _start(
+        base_params, len(prompts), cfg, "fit() got no training examples"
+    )
     step_fn = make_train_step(model_cfg, optimizer, state, mesh)
     lengths = [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
 
     def batch_at(step: int) -> TrainBatch:
         idx, length = _step_rows(step, lengths, cfg, seed)
-        return make_batch([prompts[i] for i in idx], [completions[i] for i in idx],
-                          length=length, pad_id=pad_id,
-                          weights=None if weights is None else [weights[i] for i in idx],
-                          token_weights=None if token_weights is None
-                          else [token_weights[i] for i in idx])
+        return make_batch(
+            [prompts[i] for i in idx],
+            [completions[i] for i in idx],
+            length=length,
+            pad_id=pad_id,
+            weights=None if weights is None else [weights[i] for i in idx],
+            token_weights=None if token_weights is None else [token_weights[i] for i in idx],
+        )
 
-    return _fit_loop(base_params, state, steps=steps, batch_at=batch_at, step_fn=step_fn,
-                     cfg=cfg, eval_fn=eval_fn, checkpoint_dir=checkpoint_dir, desc=desc,
-                     base_reward=base_reward)
+    return _fit_loop(
+        base_params,
+        state,
+        steps=steps,
+        batch_at=batch_at,
+        step_fn=step_fn,
+        cfg=cfg,
+        eval_fn=eval_fn,
+        checkpoint_dir=checkpoint_dir,
+        desc=desc,
+        base_reward=base_reward,
+    )
 
 
-def fit_dpo(base_params: Any, prompts: Sequence[Sequence[int]], chosen: Sequence[Sequence[int]],
-            rejected: Sequence[Sequence[int]], *, model_cfg: model_lib.ModelConfig, cfg: FitConfig,
-            seed: int, beta: float, reference_params: Any = None,
-            weights: Sequence[float] | None = None, eval_fn: Callable[[Any], float] | None = None,
-            checkpoint_dir: str | pathlib.Path | None = None, mesh: jax.sharding.Mesh | None = None,
-            pad_id: int = 0, desc: str = "DPO", base_reward: float | None = None) -> FitResult:
+def fit_dpo(
+    base_params: Any,
+    prompts: Sequence[Sequence[int]],
+    chosen: Sequence[Sequence[int]],
+    rejected: Sequence[Sequence[int]],
+    *,
+    model_cfg: model_lib.ModelConfig,
+    cfg: FitConfig,
+    seed: int,
+    beta: float,
+    reference_params: Any = None,
+    weights: Sequence[float] | None = None,
+    eval_fn: Callable[[Any], float] | None = None,
+    checkpoint_dir: str | pathlib.Path | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    pad_id: int = 0,
+    desc: str = "DPO",
+    base_reward: float | None = None,
+) -> FitResult:
     """`fit` for per-step DPO pairs (`step_values.step_dpo_pairs`: prompt = x + y_<c,
     chosen continuation, rejected step): the same seeded batches, validation-based
     selection, resumable checkpoints and preemption. The reference model
@@ -561,26 +696,44 @@ def fit_dpo(base_params: Any, prompts: Sequence[Sequence[int]], chosen: Sequence
     steps, optimizer, state = _start(base_params, len(prompts), cfg, "fit_dpo() got no pairs")
     reference = state.params if reference_params is None else reference_params
     reference = _copy(reference)  # the state's params are donated every step
-    fn = jax.tree_util.Partial(dpo_train_step_with_reference, model_cfg=model_cfg,
-                               optimizer=optimizer, beta=beta)
-    jitted = _jit_step(fn, state, mesh, partitioning.LOGICAL_AXIS_RULES, _pair_batch_shardings,
-                       extra=(reference,))
-    lengths = [len(p) + max(len(c), len(r))
-               for p, c, r in zip(prompts, chosen, rejected, strict=True)]
+    fn = jax.tree_util.Partial(
+        dpo_train_step_with_reference, model_cfg=model_cfg, optimizer=optimizer, beta=beta
+    )
+    jitted = _jit_step(
+        fn, state, mesh, partitioning.LOGICAL_AXIS_RULES, _pair_batch_shardings, extra=(reference,)
+    )
+    lengths = [
+        len(p) + max(len(c), len(r)) for p, c, r in zip(prompts, chosen, rejected, strict=True)
+    ]
 
     def batch_at(step: int) -> PairBatch:
         idx, length = _step_rows(step, lengths, cfg, seed)
-        return make_pair_batch([prompts[i] for i in idx], [chosen[i] for i in idx],
-                               [rejected[i] for i in idx], length=length, pad_id=pad_id,
-                               weights=None if weights is None else [weights[i] for i in idx])
+        return make_pair_batch(
+            [prompts[i] for i in idx],
+            [chosen[i] for i in idx],
+            [rejected[i] for i in idx],
+            length=length,
+            pad_id=pad_id,
+            weights=None if weights is None else [weights[i] for i in idx],
+        )
 
-    return _fit_loop(base_params, state, steps=steps, batch_at=batch_at,
-                     step_fn=lambda st, b: jitted(st, reference, b), cfg=cfg, eval_fn=eval_fn,
-                     checkpoint_dir=checkpoint_dir, desc=desc, base_reward=base_reward)
+    return _fit_loop(
+        base_params,
+        state,
+        steps=steps,
+        batch_at=batch_at,
+        step_fn=lambda st, b: jitted(st, reference, b),
+        cfg=cfg,
+        eval_fn=eval_fn,
+        checkpoint_dir=checkpoint_dir,
+        desc=desc,
+        base_reward=base_reward,
+    )
 
 
-def _start(base_params: Any, n: int, cfg: FitConfig, empty: str
-           ) -> tuple[int, optax.GradientTransformation, TrainState]:
+def _start(
+    base_params: Any, n: int, cfg: FitConfig, empty: str
+) -> tuple[int, optax.GradientTransformation, TrainState]:
     """The schedule's length, its optimizer and a fresh state (what `fit` and `fit_dpo`
     both start from); `empty` is the error for no examples."""
     if n == 0:
@@ -590,18 +743,28 @@ def _start(base_params: Any, n: int, cfg: FitConfig, empty: str
     return steps, optimizer, init_train_state(base_params, optimizer)
 
 
-def _step_rows(step: int, lengths: Sequence[int], cfg: FitConfig, seed: int
-               ) -> tuple[np.ndarray, int]:
+def _step_rows(
+    step: int, lengths: Sequence[int], cfg: FitConfig, seed: int
+) -> tuple[np.ndarray, int]:
     """The example indices of `step` and their bucketed training length (`lengths[i]`:
     row i's prompt + longest completion, before the shift)."""
     idx = batch_indices(len(lengths), step, cfg.batch_size, seed)
     return idx, _bucket_length(max(lengths[i] for i in idx) - 1, cfg.max_length)
 
 
-def _fit_loop(base_params: Any, state: TrainState, *, steps: int, batch_at: Callable[[int], Any],
-              step_fn: Callable, cfg: FitConfig, eval_fn: Callable[[Any], float] | None,
-              checkpoint_dir: str | pathlib.Path | None, desc: str,
-              base_reward: float | None = None) -> FitResult:
+def _fit_loop(
+    base_params: Any,
+    state: TrainState,
+    *,
+    steps: int,
+    batch_at: Callable[[int], Any],
+    step_fn: Callable,
+    cfg: FitConfig,
+    eval_fn: Callable[[Any], float] | None,
+    checkpoint_dir: str | pathlib.Path | None,
+    desc: str,
+    base_reward: float | None = None,
+) -> FitResult:
     """The loop `fit` and `fit_dpo` share: `batch_at(step)` is the step's host batch
     (seeded, so recomputable), split into `cfg.micro_batches`; validation, best-params
     selection, checkpoints, resumption, divergence and preemption live here."""
@@ -611,23 +774,37 @@ def _fit_loop(base_params: Any, state: TrainState, *, steps: int, batch_at: Call
     if checkpoint_dir is not None:
         manager = ocp.CheckpointManager(
             pathlib.Path(checkpoint_dir).absolute(),
-            options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False))
+            options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False),
+        )
         last = manager.latest_step()
         if last is not None:
             target = {"state": state, "best": best_params}
-            restored = manager.restore(last, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target["state"]),
-                best=ocp.args.StandardRestore(target["best"]),
-                meta=ocp.args.JsonRestore()))
+            restored = manager.restore(
+                last,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target["state"]),
+                    best=ocp.args.StandardRestore(target["best"]),
+                    meta=ocp.args.JsonRestore(),
+                ),
+            )
             state, best_params = restored["state"], restored["best"]
             meta = restored["meta"]
-            best_step, best_reward, history = meta["best_step"], meta["best_reward"], meta["history"]
+            best_step, best_reward, history = (
+                meta["best_step"],
+                meta["best_reward"],
+                meta["history"],
+            )
 
     def save(done: int) -> None:
         meta = {"best_step": best_step, "best_reward": best_reward, "history": history}
-        manager.save(done, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best_params),
-            meta=ocp.args.JsonSave(meta)))
+        manager.save(
+            done,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                best=ocp.args.StandardSave(best_params),
+                meta=ocp.args.JsonSave(meta),
+            ),
+        )
         manager.wait_until_finished()
 
     def stop_if_preempted(done: int) -> None:
@@ -643,8 +820,14 @@ def _fit_loop(base_params: Any, state: TrainState, *, steps: int, batch_at: Call
     start = int(state.step)
     _ACTIVE_FITS[0] += 1
     try:
-        bar = tqdm.tqdm(range(start, steps), desc=desc, initial=start, total=steps, leave=False,
-                        dynamic_ncols=True)
+        bar = tqdm.tqdm(
+            range(start, steps),
+            desc=desc,
+            initial=start,
+            total=steps,
+            leave=False,
+            dynamic_ncols=True,
+        )
         for step in bar:
             stop_if_preempted(step)
             batch = jax.tree.map(lambda x: x.reshape((a, mb) + x.shape[1:]), batch_at(step))
@@ -654,7 +837,8 @@ def _fit_loop(base_params: Any, state: TrainState, *, steps: int, batch_at: Call
                 raise TrainingDiverged(
                     f"{desc}: loss is {loss} at step {step + 1}; the last good checkpoint "
                     f"(step {manager.latest_step() if manager else None}) is kept in "
-                    f"{checkpoint_dir}")
+                    f"{checkpoint_dir}"
+                )
             bar.set_postfix(loss=f"{loss:.4f}")
             done = step + 1
             if done % cfg.eval_every == 0 or done == steps:

@@ -96,6 +96,7 @@ def shard(shard_dir: pathlib.Path, index: int) -> pathlib.Path:
 
 # --- atomic files ---------------------------------------------------------------------
 
+
 def write_atomic(path: pathlib.Path, text: str | bytes, *, all_processes: bool = False) -> None:
     """Writes `path` (temp file, fsync, rename): a reader sees the old file or the whole
     new one, even after a crash. With several processes only process 0 writes, unless
@@ -131,6 +132,7 @@ def read_jsonl(path: pathlib.Path) -> list[dict]:
 
 # --- units of work --------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class Codec:
     """How a unit's value is written to and read from its path. `every_process` writers
@@ -157,8 +159,9 @@ def params_codec(abstract: Any) -> Codec:
         partitioning.sync(f"rest_em: remove {path}")
         checkpoints.save_params(path, params)
 
-    return Codec(write, lambda path: checkpoints.restore_params(path, abstract=abstract),
-                 every_process=True)
+    return Codec(
+        write, lambda path: checkpoints.restore_params(path, abstract=abstract), every_process=True
+    )
 
 
 def exists(path: pathlib.Path) -> bool:
@@ -175,5 +178,19 @@ def unit(path: pathlib.Path, compute: Callable[[], Any], codec: Codec = JSON) ->
     return codec.read(path)
 
 
-__all__ = ["Codec", "IterationPaths", "JSON", "JSONL", "RunPaths", "exists", "params_codec",
-           "read_json", "read_jsonl", "shard", "unit", "write_atomic", "write_json", "write_jsonl"]
+__all__ = [
+    "Codec",
+    "IterationPaths",
+    "JSON",
+    "JSONL",
+    "RunPaths",
+    "exists",
+    "params_codec",
+    "read_json",
+    "read_jsonl",
+    "shard",
+    "unit",
+    "write_atomic",
+    "write_json",
+    "write_jsonl",
+]

@@ -43,7 +43,11 @@ def quick_run(tmp_path_factory):
     results = tmp_path_factory.mktemp("bench") / "RESULTS.md"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--write", "--results", str(results)],
-        cwd=REPO, capture_output=True, text=True, timeout=1800)  # generous: shared CI machines
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )  # generous: shared CI machines
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout, results
 
@@ -94,8 +98,14 @@ def test_generation_flops_counts_matmuls_and_attention():
     bench = _load_module()
     from rest_em import model
 
-    cfg = model.ModelConfig(vocab_size=10, hidden_size=8, intermediate_size=16, num_layers=2,
-                            num_heads=2, num_kv_heads=1)
+    cfg = model.ModelConfig(
+        vocab_size=10,
+        hidden_size=8,
+        intermediate_size=16,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+    )
     # q (8x8) + k, v (8x4 each) + o (8x8) + gate, up, down (8x16 each), per layer; + head.
     per_layer = 64 + 32 + 32 + 64 + 3 * 128
     assert bench.matmul_params(cfg) == 2 * per_layer + 80

@@ -48,7 +48,12 @@ def quick_run(tmp_path_factory):
     results.write_text("# Benchmark results\n\n## Other section\n\nkept as is\n")
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--write", "--results", str(results)],
-        check=False, cwd=REPO, capture_output=True, text=True, timeout=1800)
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout, results
 
@@ -82,8 +87,14 @@ def test_train_flops_counts_matmuls_and_causal_attention():
     bench = _load_module()
     from rest_em import model
 
-    cfg = model.ModelConfig(vocab_size=10, hidden_size=8, intermediate_size=16, num_layers=2,
-                            num_heads=2, num_kv_heads=1)
+    cfg = model.ModelConfig(
+        vocab_size=10,
+        hidden_size=8,
+        intermediate_size=16,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+    )
     # q (8x8) + k, v (8x4 each) + o (8x8) + gate, up, down (8x16 each), per layer; + head.
     n = 2 * (64 + 32 + 32 + 64 + 3 * 128) + 80
     assert bench.matmul_params(cfg) == n

@@ -6,8 +6,9 @@ before importing jax and lives apart from the single-device tests.
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8")
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+)
 
 # pylint: disable=wrong-import-position
 import jax
@@ -24,9 +25,16 @@ from rest_em import checkpoints, model, partitioning
 # Non-default rules: no fsdp, tensor parallelism 4 ways over (tensor, fsdp), so the
 # `rules` argument must reach every parameter (and 2 kv heads fall back to replicated).
 TP4_RULES = tuple(
-    (name, ("tensor", "fsdp") if name in ("heads", "kv_heads", "mlp", "vocab")
-     else None if name == "embed" else target)
-    for name, target in partitioning.LOGICAL_AXIS_RULES)
+    (
+        name,
+        ("tensor", "fsdp")
+        if name in ("heads", "kv_heads", "mlp", "vocab")
+        else None
+        if name == "embed"
+        else target,
+    )
+    for name, target in partitioning.LOGICAL_AXIS_RULES
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,17 +54,22 @@ def checkpoint(request, tmp_path_factory):
 
 def _assert_placed(params, shardings, reference):
     assert jax.tree.structure(params) == jax.tree.structure(shardings)
-    for x, s, ref in zip(jax.tree.leaves(params), jax.tree.leaves(shardings),
-                         jax.tree.leaves(reference)):
+    for x, s, ref in zip(
+        jax.tree.leaves(params), jax.tree.leaves(shardings), jax.tree.leaves(reference)
+    ):
         assert x.sharding == s, (x.sharding, s)
         assert len(x.addressable_shards) == 8
         np.testing.assert_array_equal(np.asarray(x), np.asarray(ref))
 
 
-@pytest.mark.parametrize("rules,q_spec,k_spec", [
-    (partitioning.LOGICAL_AXIS_RULES, ("fsdp", "tensor", None), ("fsdp", "tensor", None)),
-    (TP4_RULES, (None, ("tensor", "fsdp"), None), (None, None, None)),
-], ids=["default_rules", "tp4_rules"])
+@pytest.mark.parametrize(
+    "rules,q_spec,k_spec",
+    [
+        (partitioning.LOGICAL_AXIS_RULES, ("fsdp", "tensor", None), ("fsdp", "tensor", None)),
+        (TP4_RULES, (None, ("tensor", "fsdp"), None), (None, None, None)),
+    ],
+    ids=["default_rules", "tp4_rules"],
+)
 def test_load_into_mesh(checkpoint, mesh, rules, q_spec, k_spec):
     cfg, single = checkpoints.load_hf_checkpoint(checkpoint)
     cfg_m, params = checkpoints.load_hf_checkpoint(checkpoint, mesh=mesh, rules=rules)
@@ -70,8 +83,9 @@ def test_load_into_mesh(checkpoint, mesh, rules, q_spec, k_spec):
 
 
 def _auto_mesh():
-    return jax.make_mesh((2, 2, 2), partitioning.MESH_AXES,
-                         axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    return jax.make_mesh(
+        (2, 2, 2), partitioning.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3
+    )
 
 
 @pytest.mark.parametrize("mesh_kind", ["auto_axes", "make_mesh"])

@@ -64,6 +64,7 @@ def _edit_config(path, **changes):
 
 # --- import ------------------------------------------------------------------
 
+
 def test_sharded_checkpoint_loads_like_single_file(llama, llama_loaded, tmp_path):
     hf, _ = llama
     hf.save_pretrained(tmp_path, max_shard_size="40KB")
@@ -81,17 +82,21 @@ def test_layouts_follow_hf(llama, llama_loaded):
     d, hd = cfg.hidden_size, cfg.resolved_head_dim
     assert sorted(params) == ["embedding", "final_norm", "layer_0", "layer_1", "lm_head"]
     q = sd["model.layers.1.self_attn.q_proj.weight"]  # [H*hd, D]
-    np.testing.assert_array_equal(params["layer_1"]["attn"]["q_kernel"],
-                                  q.T.reshape(d, cfg.num_heads, hd))
+    np.testing.assert_array_equal(
+        params["layer_1"]["attn"]["q_kernel"], q.T.reshape(d, cfg.num_heads, hd)
+    )
     k = sd["model.layers.0.self_attn.k_proj.weight"]  # [K*hd, D]
-    np.testing.assert_array_equal(params["layer_0"]["attn"]["k_kernel"],
-                                  k.T.reshape(d, cfg.num_kv_heads, hd))
+    np.testing.assert_array_equal(
+        params["layer_0"]["attn"]["k_kernel"], k.T.reshape(d, cfg.num_kv_heads, hd)
+    )
     o = sd["model.layers.1.self_attn.o_proj.weight"]  # [D, H*hd]
-    np.testing.assert_array_equal(params["layer_1"]["attn"]["o_kernel"],
-                                  o.T.reshape(cfg.num_heads, hd, d))
+    np.testing.assert_array_equal(
+        params["layer_1"]["attn"]["o_kernel"], o.T.reshape(cfg.num_heads, hd, d)
+    )
     np.testing.assert_array_equal(params["lm_head"], sd["lm_head.weight"].T)
-    np.testing.assert_array_equal(params["layer_0"]["mlp_norm"]["scale"],
-                                  sd["model.layers.0.post_attention_layernorm.weight"])
+    np.testing.assert_array_equal(
+        params["layer_0"]["mlp_norm"]["scale"], sd["model.layers.0.post_attention_layernorm.weight"]
+    )
     assert all(x.devices() == {jax.devices()[0]} for x in jax.tree.leaves(params))
 
 
@@ -129,19 +134,30 @@ def test_missing_lm_head_when_untied_is_named(llama_copy):
 
 
 def test_extra_tensor_is_named_but_rotary_buffers_are_ignored(llama_copy):
-    _rewrite(llama_copy, lambda t: t.update({
-        "model.layers.0.self_attn.rotary_emb.inv_freq": np.ones(4, np.float32)}))
+    _rewrite(
+        llama_copy,
+        lambda t: t.update(
+            {"model.layers.0.self_attn.rotary_emb.inv_freq": np.ones(4, np.float32)}
+        ),
+    )
     checkpoints.load_hf_checkpoint(llama_copy)
-    _rewrite(llama_copy, lambda t: t.update({"model.layers.2.mlp.up_proj.weight": t[
-        "model.layers.1.mlp.up_proj.weight"]}))
+    _rewrite(
+        llama_copy,
+        lambda t: t.update(
+            {"model.layers.2.mlp.up_proj.weight": t["model.layers.1.mlp.up_proj.weight"]}
+        ),
+    )
     with pytest.raises(ValueError, match=r"does not use.*model\.layers\.2\.mlp\.up_proj"):
         checkpoints.load_hf_checkpoint(llama_copy)
 
 
 def test_wrong_shape_is_named(llama_copy):
     _edit_config(llama_copy, intermediate_size=48)
-    with pytest.raises(ValueError, match=r"wrong shape.*mlp\.gate_proj\.weight: expected "
-                                         r"\(48, 32\), found \(64, 32\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"wrong shape.*mlp\.gate_proj\.weight: expected "
+        r"\(48, 32\), found \(64, 32\)",
+    ):
         checkpoints.load_hf_checkpoint(llama_copy)
 
 
@@ -168,14 +184,16 @@ def test_missing_files(llama_copy, tmp_path):
 
 # --- unreadable or incomplete checkpoints: CheckpointError naming the file ---------
 
+
 def test_unreadable_or_incomplete_config_is_named(llama_copy):
     config = llama_copy / "config.json"
     text = config.read_text()
     config.write_text(text[: len(text) // 2])  # a cut-off download
     with pytest.raises(CheckpointError, match=re.escape(str(config)) + ".*unreadable"):
         checkpoints.load_hf_checkpoint(llama_copy)
-    config.write_text(json.dumps({k: v for k, v in json.loads(text).items()
-                                  if k != "num_hidden_layers"}))
+    config.write_text(
+        json.dumps({k: v for k, v in json.loads(text).items() if k != "num_hidden_layers"})
+    )
     with pytest.raises(CheckpointError, match=re.escape(str(config)) + ".*'num_hidden_layers'"):
         checkpoints.load_hf_checkpoint(llama_copy)
     config.write_text("[1, 2]")
@@ -193,7 +211,7 @@ def test_truncated_safetensors_is_named(llama_copy):
     with pytest.raises(CheckpointError, match=re.escape(str(file)) + ".*too short"):
         checkpoints.load_hf_checkpoint(llama_copy)
     n = int.from_bytes(data[:8], "little")
-    file.write_bytes(data[:8 + n // 2])  # cut inside the header
+    file.write_bytes(data[: 8 + n // 2])  # cut inside the header
     with pytest.raises(CheckpointError, match="truncated"):
         checkpoints.load_hf_checkpoint(llama_copy)
 
@@ -203,8 +221,11 @@ def test_corrupt_safetensors_header_is_named(llama_copy):
     data = bytearray(file.read_bytes())
     data[8:12] = b"\xff\xfe{["  # not JSON
     file.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=re.escape(str(file)) + ".*unreadable safetensors "
-                                              "header.*download or copy the checkpoint again"):
+    with pytest.raises(
+        CheckpointError,
+        match=re.escape(str(file)) + ".*unreadable safetensors "
+        "header.*download or copy the checkpoint again",
+    ):
         checkpoints.load_hf_checkpoint(llama_copy)
     file.write_bytes(b"garbage, not a safetensors file at all" * 4)
     with pytest.raises(CheckpointError, match=re.escape(str(file))):
@@ -260,8 +281,11 @@ def test_orbax_incomplete_dir_is_named(orbax_dir, damage):
     for kw in ({}, {"abstract": _abstract(_TREE)}):
         if damage == "_METADATA" and kw:
             continue  # the arrays are still all there: restoring into given shapes works
-        with pytest.raises(CheckpointError, match=re.escape(str(orbax_dir)) +
-                           r": (unreadable or )?incomplete orbax checkpoint.*save it again"):
+        with pytest.raises(
+            CheckpointError,
+            match=re.escape(str(orbax_dir))
+            + r": (unreadable or )?incomplete orbax checkpoint.*save it again",
+        ):
             checkpoints.restore_params(orbax_dir, **kw)
 
 
@@ -299,13 +323,19 @@ def test_orbax_checkpointers_are_closed(orbax_dir, monkeypatch):
 
 # --- config ------------------------------------------------------------------
 
+
 def _hf(arch="LlamaForCausalLM", **changes):
     return {"architectures": [arch], **SMALL, **changes}
 
 
 def test_config_rope_formats():
-    llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    llama3 = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
     new = checkpoints.config_from_hf(_hf(rope_parameters={"rope_theta": 5e5, **llama3}))
     old = checkpoints.config_from_hf(_hf(rope_theta=5e5, rope_scaling=llama3))
     assert new == old
@@ -319,8 +349,9 @@ def test_config_rope_formats():
 
 
 def test_config_fields_and_overrides():
-    cfg = checkpoints.config_from_hf(_hf(num_key_value_heads=None, torch_dtype="bfloat16",
-                                         rms_norm_eps=1e-5, head_dim=16))
+    cfg = checkpoints.config_from_hf(
+        _hf(num_key_value_heads=None, torch_dtype="bfloat16", rms_norm_eps=1e-5, head_dim=16)
+    )
     assert cfg.num_kv_heads == 4 and cfg.head_dim == 16 and cfg.rms_norm_eps == 1e-5
     assert cfg.param_dtype == cfg.dtype == "bfloat16" and cfg.max_seq_len == 64
     assert checkpoints.config_from_hf(_hf(dtype="bfloat16"), dtype="float32").dtype == "float32"
@@ -345,16 +376,20 @@ def test_config_sliding_window_rules():
     with pytest.raises(ValueError, match="only some layers.*one sliding_window"):
         qwen(use_sliding_window=True, max_window_layers=1)
     with pytest.raises(ValueError, match="only some layers"):
-        qwen(use_sliding_window=True,
-             layer_types=["sliding_attention", "full_attention"])
-    assert qwen(use_sliding_window=True,
-                layer_types=["sliding_attention"] * 2).sliding_window == 16
+        qwen(use_sliding_window=True, layer_types=["sliding_attention", "full_attention"])
+    assert qwen(use_sliding_window=True, layer_types=["sliding_attention"] * 2).sliding_window == 16
 
 
 # --- export and orbax ----------------------------------------------------------
 
-@pytest.mark.parametrize("family,overrides", [
-    ("Llama", {}), ("Qwen2", dict(use_sliding_window=True, sliding_window=3, max_window_layers=0))])
+
+@pytest.mark.parametrize(
+    "family,overrides",
+    [
+        ("Llama", {}),
+        ("Qwen2", dict(use_sliding_window=True, sliding_window=3, max_window_layers=0)),
+    ],
+)
 def test_hf_export_round_trip(family, overrides, tmp_path):
     hf = make_hf_model(family, **overrides)
     hf.save_pretrained(tmp_path / "in")
@@ -364,7 +399,8 @@ def test_hf_export_round_trip(family, overrides, tmp_path):
     assert cfg2 == cfg
     assert_trees_equal(params2, params)
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(
-        tmp_path / "out", attn_implementation="eager").eval()
+        tmp_path / "out", attn_implementation="eager"
+    ).eval()
     tokens = torch.tensor(np.random.default_rng(0).integers(0, SMALL["vocab_size"], (2, 8)))
     with torch.no_grad():
         np.testing.assert_array_equal(reloaded(tokens).logits.numpy(), hf(tokens).logits.numpy())
@@ -378,8 +414,11 @@ def test_orbax_round_trip(llama_loaded, tmp_path):
     with pytest.raises(ValueError, match="already exists"):
         checkpoints.save_params(tmp_path / "ckpt", params)  # no silent overwrite
     checkpoints.save_params(tmp_path / "ckpt", params, force=True)
-    bf16 = checkpoints.restore_params(tmp_path / "ckpt", abstract=jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16), params))
+    bf16 = checkpoints.restore_params(
+        tmp_path / "ckpt",
+        abstract=jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16), params),
+    )
     assert bf16["embedding"].dtype == jnp.bfloat16
-    np.testing.assert_array_equal(bf16["embedding"],
-                                  np.asarray(params["embedding"]).astype(ml_dtypes.bfloat16))
+    np.testing.assert_array_equal(
+        bf16["embedding"], np.asarray(params["embedding"]).astype(ml_dtypes.bfloat16)
+    )

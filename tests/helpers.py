@@ -24,14 +24,25 @@ def env(devices: int | None = None) -> dict[str, str]:
 
 
 def cmd(workdir, *extra, gin_file=TINY) -> list[str]:
-    return [sys.executable, "-m", "rest_em.main", f"--gin_file={gin_file}",
-            f"--workdir={workdir}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "rest_em.main",
+        f"--gin_file={gin_file}",
+        f"--workdir={workdir}",
+        *extra,
+    ]
 
 
 def launch(workdir, *extra, gin_file=TINY, timeout=900) -> subprocess.CompletedProcess:
     """Runs the launcher; returns the finished process whatever its exit status."""
-    return subprocess.run(cmd(workdir, *extra, gin_file=gin_file), env=env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        cmd(workdir, *extra, gin_file=gin_file),
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def run(workdir, *extra, gin_file=TINY, timeout=900) -> subprocess.CompletedProcess:
@@ -55,5 +66,44 @@ def tree_hashes(root) -> dict[str, str]:
     import hashlib
 
     root = pathlib.Path(root)
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def tiny_model_cfg():
+    """The 2-layer model of the training tests (vocab 32, EOS 2)."""
+    from rest_em import model
+
+    return model.ModelConfig(
+        vocab_size=32,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        max_seq_len=64,
+    )
+
+
+def token_data(n: int = 8, seed: int = 0) -> tuple[list[list[int]], list[list[int]]]:
+    """`n` random (prompt, completion ending in EOS 2) token rows for `tiny_model_cfg`."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(3, 32, size=rng.integers(2, 6)).tolist() for _ in range(n)]
+    comps = [rng.integers(3, 32, size=rng.integers(1, 8)).tolist() + [2] for _ in range(n)]
+    return prompts, comps
+
+
+def token_pairs(n: int = 4, seed: int = 5):
+    """`n` random (prompt, chosen ending in EOS, rejected) rows: DPO data."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(3, 32, size=rng.integers(2, 5)).tolist() for _ in range(n)]
+    chosen = [rng.integers(3, 32, size=rng.integers(1, 6)).tolist() + [2] for _ in range(n)]
+    rejected = [rng.integers(3, 32, size=rng.integers(1, 4)).tolist() for _ in range(n)]
+    return prompts, chosen, rejected

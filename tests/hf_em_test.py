@@ -33,17 +33,28 @@ def _write_tokenizer(directory: pathlib.Path, texts) -> int:
     tok = tokenizers.Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     # As Llama's tokenizer.json does: encode(..., add_special_tokens=True) prepends BOS.
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
     tok.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(json.dumps(
-        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-         "tokenizer_class": "PreTrainedTokenizerFast"}))
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "tokenizer_class": "PreTrainedTokenizerFast",
+            }
+        )
+    )
     return tok.get_vocab_size()
 
 
@@ -56,8 +67,9 @@ def checkpoint(tmp_path_factory):
     rows = _rows()
     vocab = _write_tokenizer(directory, [r["question"] + "\n" + r["answer"] for r in rows])
     bos, eos = 1, 2  # the special tokens' ids, in training order
-    hf = hf_testing.make_hf_model("Llama", vocab_size=vocab, max_position_embeddings=1024,
-                                  bos_token_id=bos, eos_token_id=eos)
+    hf = hf_testing.make_hf_model(
+        "Llama", vocab_size=vocab, max_position_embeddings=1024, bos_token_id=bos, eos_token_id=eos
+    )
     hf.save_pretrained(directory, safe_serialization=True)
     assert list(directory.glob("*.safetensors"))
     return directory
@@ -93,8 +105,9 @@ def test_gsm8k_scoring_marks_reference_solutions_correct(checkpoint, data):
     from rest_em.tasks import jsonl_tasks
 
     train, test = data
-    task = jsonl_tasks.gsm8k_task(train_file=str(train), test_file=str(test),
-                                  num_shots=NUM_SHOTS, val_size=VAL_SIZE)
+    task = jsonl_tasks.gsm8k_task(
+        train_file=str(train), test_file=str(test), num_shots=NUM_SHOTS, val_size=VAL_SIZE
+    )
     tok = experiment.hf_tokenizer(checkpoint_dir=str(checkpoint))
     probs = task.load("test")
     assert len(probs) == NUM_TEST
@@ -102,8 +115,9 @@ def test_gsm8k_scoring_marks_reference_solutions_correct(checkpoint, data):
     # from its token ids, possibly rambling on into a next question.
     refs = [tok.decode(tok.encode(task.target(p))) for p in probs]
     assert task.score(refs, probs) == ["correct"] * len(probs)
-    assert task.score([r + "\nQuestion: what is 1+1?\nAnswer: #### 2" for r in refs],
-                      probs) == ["correct"] * len(probs)
+    assert task.score([r + "\nQuestion: what is 1+1?\nAnswer: #### 2" for r in refs], probs) == [
+        "correct"
+    ] * len(probs)
     wrong = [f"The answer is\n#### {int(p.answer) + 1}" for p in probs]
     assert task.score(wrong, probs) == ["incorrect"] * len(probs)
     assert task.extract(refs[0]) == probs[0].answer
@@ -112,7 +126,8 @@ def test_gsm8k_scoring_marks_reference_solutions_correct(checkpoint, data):
     ids = em.prompt_ids(task, tok, probs[0])
     assert ids[0] == tok.bos_id and ids.count(tok.bos_id) == 1
     assert tok.decode(ids[1:] + tok.encode(task.target(probs[0]))).endswith(
-        "Answer: " + probs[0].solution.strip())
+        "Answer: " + probs[0].solution.strip()
+    )
 
 
 def _env():
@@ -145,18 +160,28 @@ def test_gsm8k_gin_end_to_end(checkpoint, data, tmp_path):
         "FitConfig.eval_every": 2,
         "FitConfig.max_length": 512,
     }
-    cmd = [sys.executable, "-m", "rest_em.main", "--gin_file=gsm8k.gin", f"--workdir={workdir}",
-           *(f"--gin.{k}={v}" for k, v in overrides.items())]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600,
-                          cwd=REPO)
+    cmd = [
+        sys.executable,
+        "-m",
+        "rest_em.main",
+        "--gin_file=gsm8k.gin",
+        f"--workdir={workdir}",
+        *(f"--gin.{k}={v}" for k, v in overrides.items()),
+    ]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-6000:]
 
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1]
     num_train_used = NUM_TRAIN - NUM_SHOTS - VAL_SIZE
     for r in rows:
-        for key in ("train/greedy_pass@1", "test/greedy_pass@1", "test/pass@1", "test/pass@2",
-                    "test/maj@2"):
+        for key in (
+            "train/greedy_pass@1",
+            "test/greedy_pass@1",
+            "test/pass@1",
+            "test/pass@2",
+            "test/maj@2",
+        ):
             assert 0.0 <= r[key] <= 1.0, key
     it1 = rows[1]
     assert it1["num_problems"] == num_train_used
@@ -164,8 +189,11 @@ def test_gsm8k_gin_end_to_end(checkpoint, data, tmp_path):
     assert 0 <= it1["num_selected"] <= it1["num_correct"] <= it1["num_samples"]
     manifest = json.loads((workdir / "iter_001/samples/manifest.json").read_text())
     assert manifest["num_problems"] == num_train_used
-    samples = [json.loads(line) for shard in sorted((workdir / "iter_001/samples").glob(
-        "shard_*.jsonl")) for line in shard.read_text().splitlines()]
+    samples = [
+        json.loads(line)
+        for shard in sorted((workdir / "iter_001/samples").glob("shard_*.jsonl"))
+        for line in shard.read_text().splitlines()
+    ]
     assert len(samples) == num_train_used * NUM_SAMPLES
     assert all(s["status"] in ("correct", "incorrect", "no_answer") for s in samples)
     assert "test/greedy_pass@1" in proc.stdout  # the final table
@@ -186,19 +214,30 @@ def test_m_step_on_hf_tokenized_samples(checkpoint, data, tmp_path):
     from rest_em.tasks import jsonl_tasks
 
     train, test = data
-    task = jsonl_tasks.gsm8k_task(train_file=str(train), test_file=str(test),
-                                  num_shots=NUM_SHOTS, val_size=VAL_SIZE)
+    task = jsonl_tasks.gsm8k_task(
+        train_file=str(train), test_file=str(test), num_shots=NUM_SHOTS, val_size=VAL_SIZE
+    )
     task = dataclasses.replace(task, score=lambda comps, probs: ["correct"] * len(comps))
-    cfg = em.EMConfig(num_iterations=1, num_samples=NUM_SAMPLES, max_new_tokens=16,
-                      chunk_size=8, eval_num_samples=2, eval_ks=(1, 2), train_eval_size=8,
-                      max_per_problem=1, fit=training.FitConfig(
-                          batch_size=4, num_steps=2, eval_every=2, max_length=512))
+    cfg = em.EMConfig(
+        num_iterations=1,
+        num_samples=NUM_SAMPLES,
+        max_new_tokens=16,
+        chunk_size=8,
+        eval_num_samples=2,
+        eval_ks=(1, 2),
+        train_eval_size=8,
+        max_per_problem=1,
+        fit=training.FitConfig(batch_size=4, num_steps=2, eval_every=2, max_length=512),
+    )
     tok = experiment.hf_tokenizer(checkpoint_dir=str(checkpoint))
     history = experiment.run(
-        workdir=str(tmp_path), task=task, tokenizer=tok,
+        workdir=str(tmp_path),
+        task=task,
+        tokenizer=tok,
         model=experiment.hf_model_config(checkpoint_dir=str(checkpoint)),
         base=functools.partial(experiment.hf_base, checkpoint_dir=str(checkpoint)),
-        em_config=cfg)
+        em_config=cfg,
+    )
     num_train_used = NUM_TRAIN - NUM_SHOTS - VAL_SIZE
     it1 = history[1]
     assert it1["num_correct"] == it1["num_samples"] == num_train_used * NUM_SAMPLES
@@ -207,8 +246,10 @@ def test_m_step_on_hf_tokenized_samples(checkpoint, data, tmp_path):
     by_id = {p.problem_id: p for p in task.load("train")}
     selected = [json.loads(line) for line in (tmp_path / "iter_001/selected.jsonl").open()]
     assert all(s["prompt"] == task.prompt(by_id[s["problem_id"]]) for s in selected)
-    sizes = [len(em.prompt_ids(task, tok, by_id[s["problem_id"]])) + len(tok.encode(
-        s["completion"])) + 1 for s in selected]
+    sizes = [
+        len(em.prompt_ids(task, tok, by_id[s["problem_id"]])) + len(tok.encode(s["completion"])) + 1
+        for s in selected
+    ]
     too_long = sum(n > 512 + 1 for n in sizes)
     assert 0 < too_long < len(selected) and it1["num_too_long"] == too_long
     assert all(history[i]["test/greedy_pass@1"] == 1.0 for i in (0, 1))

@@ -8,12 +8,20 @@ import torch
 import transformers
 
 # A tiny Llama-family shape in which every dimension splits over a 2x2x2 mesh.
-SMALL = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+SMALL = dict(
+    vocab_size=128,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
 
 
-def make_hf_model(family: str = "Llama", seed: int = 0,
-                  **overrides) -> transformers.PreTrainedModel:
+def make_hf_model(
+    family: str = "Llama", seed: int = 0, **overrides
+) -> transformers.PreTrainedModel:
     """A tiny f32 HF causal LM (`family` is "Llama", "Qwen2" or "Mistral"), in eval mode,
     with every parameter randomised so that a swapped or dropped tensor shows: norm
     scales around 1, all other weights and biases ~ N(0, 0.1^2).

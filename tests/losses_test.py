@@ -37,13 +37,19 @@ def test_value_matches_numpy_reference():
 
 def test_masked_positions_never_matter():
     logits, targets, mask = _case()
-    garbage_logits = np.where(mask[..., None] > 0, logits, 1e4 * np.random.default_rng(2).normal(size=logits.shape))
+    garbage_logits = np.where(
+        mask[..., None] > 0, logits, 1e4 * np.random.default_rng(2).normal(size=logits.shape)
+    )
     garbage_targets = np.where(mask > 0, targets, 0)
     f = lambda lg, t: losses.weighted_nll(lg, t, mask)[0]  # noqa: E731
-    np.testing.assert_allclose(f(logits, targets), f(garbage_logits.astype(np.float32), garbage_targets), rtol=1e-6)
+    np.testing.assert_allclose(
+        f(logits, targets), f(garbage_logits.astype(np.float32), garbage_targets), rtol=1e-6
+    )
     g1 = jax.grad(f)(jnp.asarray(logits), targets)
     g2 = jax.grad(f)(jnp.asarray(garbage_logits, jnp.float32), garbage_targets)
-    np.testing.assert_allclose(np.where(mask[..., None] > 0, g1, 0), np.where(mask[..., None] > 0, g2, 0), atol=1e-7)
+    np.testing.assert_allclose(
+        np.where(mask[..., None] > 0, g1, 0), np.where(mask[..., None] > 0, g2, 0), atol=1e-7
+    )
     assert np.all(np.asarray(g2)[mask == 0] == 0)
 
 
@@ -69,7 +75,7 @@ def test_zero_weight_drops_the_example_from_the_numerator():
 def test_sequence_normalisation():
     logits, targets, mask = _case()
     loss, _ = losses.weighted_nll(logits, targets, mask, normalize="sequences")
-    per_row = [_numpy_nll(logits[i:i + 1], targets[i:i + 1], mask[i:i + 1]) for i in range(3)]
+    per_row = [_numpy_nll(logits[i : i + 1], targets[i : i + 1], mask[i : i + 1]) for i in range(3)]
     np.testing.assert_allclose(loss, np.mean(per_row), rtol=1e-5)
     with pytest.raises(ValueError, match="normalize"):
         losses.weighted_nll(logits, targets, mask, normalize="bogus")
@@ -78,29 +84,41 @@ def test_sequence_normalisation():
 def test_check_grads():
     logits, targets, mask = _case(b=2, length=3, v=4)
     w = jnp.array([1.0, 0.5])
-    check_grads(lambda lg: losses.weighted_nll(lg, targets, mask, w)[0], (jnp.asarray(logits),),
-                order=1, modes=("rev",), atol=1e-2, rtol=1e-2)
+    check_grads(
+        lambda lg: losses.weighted_nll(lg, targets, mask, w)[0],
+        (jnp.asarray(logits),),
+        order=1,
+        modes=("rev",),
+        atol=1e-2,
+        rtol=1e-2,
+    )
 
 
 def test_advantage_weights_are_clipped_exponentials():
     a = jnp.array([-10.0, 0.0, 0.5, 10.0])
-    np.testing.assert_allclose(losses.advantage_weights(a, beta=0.5, clip=5.0),
-                               [np.exp(-20), 1.0, np.e, 5.0], rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.advantage_weights(a, beta=0.5, clip=5.0), [np.exp(-20), 1.0, np.e, 5.0], rtol=1e-6
+    )
 
 
 # --- per-step DPO ------------------------------------------------------------------------
+
 
 def test_sequence_logprobs_matches_numpy():
     logits, targets, mask = _case()
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     tok = np.take_along_axis(logp, targets[..., None], -1)[..., 0]
-    np.testing.assert_allclose(losses.sequence_logprobs(logits, targets, mask),
-                               (tok * mask).sum(-1), rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.sequence_logprobs(logits, targets, mask), (tok * mask).sum(-1), rtol=1e-5
+    )
     # Masked positions never matter, even with -inf log-probs there.
     bad = np.where(mask[..., None] > 0, logits, -np.inf).astype(np.float32)
     bad[..., 0] = np.where(mask > 0, logits[..., 0], 0.0)
-    np.testing.assert_allclose(losses.sequence_logprobs(bad, np.where(mask > 0, targets, 1), mask),
-                               (tok * mask).sum(-1), rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.sequence_logprobs(bad, np.where(mask > 0, targets, 1), mask),
+        (tok * mask).sum(-1),
+        rtol=1e-5,
+    )
 
 
 def test_step_dpo_loss_hand_computed():
@@ -118,8 +136,9 @@ def test_step_dpo_loss_hand_computed():
     np.testing.assert_allclose(aux["margin"], 0.0, atol=1e-7)
     np.testing.assert_allclose(aux["reward_accuracy"], 0.5)
     # Policy == reference: every pair costs log 2.
-    np.testing.assert_allclose(losses.step_dpo_loss(pc, pr, pc, pr, beta=3.0)[0], np.log(2.0),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.step_dpo_loss(pc, pr, pc, pr, beta=3.0)[0], np.log(2.0), rtol=1e-6
+    )
     # Weights: a zero weight drops pair 2.
     loss_w, aux_w = losses.step_dpo_loss(pc, pr, rc, rr, beta=0.5, weights_B=jnp.array([1.0, 0.0]))
     np.testing.assert_allclose(loss_w, l1, rtol=1e-6)
@@ -139,16 +158,32 @@ def test_step_dpo_loss_is_stable_for_large_margins():
 def test_step_dpo_check_grads():
     rng = np.random.default_rng(3)
     pc, pr, rc, rr = (jnp.asarray(rng.normal(size=3), jnp.float32) for _ in range(4))
-    check_grads(lambda a, b: losses.step_dpo_loss(a, b, rc, rr, beta=0.7)[0], (pc, pr),
-                order=1, modes=("fwd", "rev"), atol=1e-2, rtol=1e-2)
+    check_grads(
+        lambda a, b: losses.step_dpo_loss(a, b, rc, rr, beta=0.7)[0],
+        (pc, pr),
+        order=1,
+        modes=("fwd", "rev"),
+        atol=1e-2,
+        rtol=1e-2,
+    )
     # Through sequence_logprobs, from logits: the gradient a DPO train step takes.
     logits, targets, mask = _case(b=2, length=3, v=4)
     logits_r = logits[::-1].copy()
 
     def dpo_from_logits(lc, lr):
-        return losses.step_dpo_loss(losses.sequence_logprobs(lc, targets, mask),
-                                    losses.sequence_logprobs(lr, targets, mask),
-                                    jnp.zeros(2), jnp.zeros(2), beta=0.3)[0]
+        return losses.step_dpo_loss(
+            losses.sequence_logprobs(lc, targets, mask),
+            losses.sequence_logprobs(lr, targets, mask),
+            jnp.zeros(2),
+            jnp.zeros(2),
+            beta=0.3,
+        )[0]
 
-    check_grads(dpo_from_logits, (jnp.asarray(logits), jnp.asarray(logits_r)), order=1,
-                modes=("rev",), atol=1e-2, rtol=1e-2)
+    check_grads(
+        dpo_from_logits,
+        (jnp.asarray(logits), jnp.asarray(logits_r)),
+        order=1,
+        modes=("rev",),
+        atol=1e-2,
+        rtol=1e-2,
+    )

@@ -37,28 +37,34 @@ def _golds(path: pathlib.Path) -> list[str]:
 # ----------------------------------------------------------------------------- extraction
 
 
-@pytest.mark.parametrize("text, style, expected", [
-    (r"so $\boxed{\frac{14}{3}}$.", "auto", r"\frac{14}{3}"),
-    (r"first \boxed{1}, finally \boxed{2}", "auto", "2"),
-    (r"\boxed{\{1, 2\}}", "auto", r"\{1, 2\}"),
-    (r"\boxed{\left( 3, \frac{\pi}{2} \right)}", "boxed", r"\left( 3, \frac{\pi}{2} \right)"),
-    (r"\fbox{7}", "auto", "7"),
-    (r"The answer is $\boxed 5$", "auto", "5"),
-    (r"cut off: \boxed{\frac{1}{", "boxed", None),  # truncated: no guess
-    ("She makes 9 * 2 = $18.\n#### 18", "auto", "18"),
-    ("#### 1,000\n", "gsm8k", "1,000"),
-    (r"The answer is $\frac{14}{3}$.", "auto", r"\frac{14}{3}"),
-    ("The final answer is $\\boxed{5}$. I hope it is correct.", "auto", "5"),
-    ("So the answer is 3.5. Done.", "answer_is", "3.5"),
-    ("The answer is: \\left( 3, \\frac{\\pi}{2} \\right)", "answer_is",
-     "\\left( 3, \\frac{\\pi}{2} \\right)"),
-    ("Q: 2+2?\nA: 4", "auto", "4"),
-    ("A: Let me think.\nIt is four.", "qa", None),  # 'A:' must be the final line
-    ("**Answer:** 12", re.compile(r"Answer:\*\*\s*(\S+)"), "12"),
-    ("no final answer here", "auto", None),
-    ("#### 7\nlater \\boxed{8}", ("gsm8k", "boxed"), "7"),
-    ("42", "raw", "42"),
-])
+@pytest.mark.parametrize(
+    "text, style, expected",
+    [
+        (r"so $\boxed{\frac{14}{3}}$.", "auto", r"\frac{14}{3}"),
+        (r"first \boxed{1}, finally \boxed{2}", "auto", "2"),
+        (r"\boxed{\{1, 2\}}", "auto", r"\{1, 2\}"),
+        (r"\boxed{\left( 3, \frac{\pi}{2} \right)}", "boxed", r"\left( 3, \frac{\pi}{2} \right)"),
+        (r"\fbox{7}", "auto", "7"),
+        (r"The answer is $\boxed 5$", "auto", "5"),
+        (r"cut off: \boxed{\frac{1}{", "boxed", None),  # truncated: no guess
+        ("She makes 9 * 2 = $18.\n#### 18", "auto", "18"),
+        ("#### 1,000\n", "gsm8k", "1,000"),
+        (r"The answer is $\frac{14}{3}$.", "auto", r"\frac{14}{3}"),
+        ("The final answer is $\\boxed{5}$. I hope it is correct.", "auto", "5"),
+        ("So the answer is 3.5. Done.", "answer_is", "3.5"),
+        (
+            "The answer is: \\left( 3, \\frac{\\pi}{2} \\right)",
+            "answer_is",
+            "\\left( 3, \\frac{\\pi}{2} \\right)",
+        ),
+        ("Q: 2+2?\nA: 4", "auto", "4"),
+        ("A: Let me think.\nIt is four.", "qa", None),  # 'A:' must be the final line
+        ("**Answer:** 12", re.compile(r"Answer:\*\*\s*(\S+)"), "12"),
+        ("no final answer here", "auto", None),
+        ("#### 7\nlater \\boxed{8}", ("gsm8k", "boxed"), "7"),
+        ("42", "raw", "42"),
+    ],
+)
 def test_extract_answer(text, style, expected):
     assert rm.extract_answer(text, style=style) == expected
 
@@ -183,8 +189,11 @@ PAIRS = [
     ("1,-2", "-2, 1", True),
     (r"\{1,2\}", r"\{1,2,3\}", False),
     ("1,2", "1", False),
-    (r"\begin{pmatrix} 1/5 \\ -18/5 \end{pmatrix}",
-     r"\begin{pmatrix} \frac{1}{5} \\ -\frac{18}{5} \end{pmatrix}", True),
+    (
+        r"\begin{pmatrix} 1/5 \\ -18/5 \end{pmatrix}",
+        r"\begin{pmatrix} \frac{1}{5} \\ -\frac{18}{5} \end{pmatrix}",
+        True,
+    ),
     (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\begin{pmatrix} 2 \\ 1 \end{pmatrix}", False),
     (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", "3", False),
 ]
@@ -197,10 +206,14 @@ def test_pair_table_is_large_enough():
 
 def test_equivalence_table():
     verdicts = rm.check_batch([a for _, a, _ in PAIRS], [g for g, _, _ in PAIRS], style="raw")
-    wrong = [(g, a, eq, v) for (g, a, eq), v in zip(PAIRS, verdicts)
-             if v.status is not (Status.CORRECT if eq else Status.INCORRECT)]
-    assert not wrong, "\n".join(f"gold={g!r} answer={a!r} expected equal={eq}: {v}"
-                                for g, a, eq, v in wrong)
+    wrong = [
+        (g, a, eq, v)
+        for (g, a, eq), v in zip(PAIRS, verdicts)
+        if v.status is not (Status.CORRECT if eq else Status.INCORRECT)
+    ]
+    assert not wrong, "\n".join(
+        f"gold={g!r} answer={a!r} expected equal={eq}: {v}" for g, a, eq, v in wrong
+    )
 
 
 def test_is_correct_and_statuses():
@@ -215,8 +228,13 @@ def test_batch_keeps_order_and_counts_statuses_apart():
     responses = ["#### 18", "#### 17", "nothing", r"\boxed{\sqrt{8}}", r"\boxed{5}"]
     golds = ["18", "18", "18", r"2\sqrt{2}", r"\frac{1}{"]
     statuses = [v.status for v in rm.check_batch(responses, golds)]
-    assert statuses == [Status.CORRECT, Status.INCORRECT, Status.NO_ANSWER, Status.CORRECT,
-                        Status.CHECKER_ERROR]
+    assert statuses == [
+        Status.CORRECT,
+        Status.INCORRECT,
+        Status.NO_ANSWER,
+        Status.CORRECT,
+        Status.CHECKER_ERROR,
+    ]
     with pytest.raises(ValueError):
         rm.check_batch(["a"], [])
 
@@ -244,8 +262,13 @@ def test_no_false_positives_on_10000_pairs_of_different_golds():
     pairs, dropped = [], collections.Counter()
     while len(pairs) < 10_000:
         r = rng.random()
-        a, b = (rng.sample(gsm8k, 2) if r < 0.4 else rng.sample(math500, 2) if r < 0.8
-                else [rng.choice(gsm8k), rng.choice(math500)])
+        a, b = (
+            rng.sample(gsm8k, 2)
+            if r < 0.4
+            else rng.sample(math500, 2)
+            if r < 0.8
+            else [rng.choice(gsm8k), rng.choice(math500)]
+        )
         if rng.random() < 0.5:
             a, b = b, a
         (na, _), (nb, _) = meq._normalize(a), meq._normalize(b)
@@ -258,15 +281,22 @@ def test_no_false_positives_on_10000_pairs_of_different_golds():
             continue
         pairs.append((a, b))
     start = time.monotonic()
-    verdicts = rm.check_batch([b for _, b in pairs], [a for a, _ in pairs], style="raw",
-                              use_cache=False)
+    verdicts = rm.check_batch(
+        [b for _, b in pairs], [a for a, _ in pairs], style="raw", use_cache=False
+    )
     elapsed = time.monotonic() - start
     counts = collections.Counter(v.status for v in verdicts)
     accepted = [(a, b, v) for (a, b), v in zip(pairs, verdicts) if v.correct]
     assert not accepted, accepted[:20]
     undecided = counts[Status.CHECKER_ERROR] + counts[Status.TIMEOUT]
-    assert undecided <= 10, (counts, [(p, v) for p, v in zip(pairs, verdicts)
-                                      if v.status not in (Status.CORRECT, Status.INCORRECT)])
+    assert undecided <= 10, (
+        counts,
+        [
+            (p, v)
+            for p, v in zip(pairs, verdicts)
+            if v.status not in (Status.CORRECT, Status.INCORRECT)
+        ],
+    )
     print(f"10,000 pairs in {elapsed:.1f} s; dropped as equal: {dict(dropped)}; {counts}")
 
 
@@ -296,8 +326,14 @@ def test_self_check_command_lists_failures(tmp_path):
     ]
     path = tmp_path / "data.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    proc = subprocess.run([sys.executable, "-m", "rest_em.rewards.math", "--self_check", str(path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rest_em.rewards.math", "--self_check", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     out = proc.stdout
     assert "line 1:" not in out
@@ -358,10 +394,12 @@ def test_cache_cleared_while_other_threads_check(monkeypatch):
     """The result cache is cleared (when full) while other threads read it: no KeyError
     escapes check_batch and every verdict stays right."""
     monkeypatch.setattr(mc, "_cache", _SlowReadDict())
-    cases = [(r"\boxed{\sqrt{8}}", r"2\sqrt{2}", Status.CORRECT),
-             (r"\boxed{\sqrt{3}}", r"2\sqrt{2}", Status.INCORRECT),
-             (r"\boxed{\pi/2}", r"\frac{\pi}{2}", Status.CORRECT),
-             (r"\boxed{x^2+2x+1}", "(x+1)^2", Status.CORRECT)]
+    cases = [
+        (r"\boxed{\sqrt{8}}", r"2\sqrt{2}", Status.CORRECT),
+        (r"\boxed{\sqrt{3}}", r"2\sqrt{2}", Status.INCORRECT),
+        (r"\boxed{\pi/2}", r"\frac{\pi}{2}", Status.CORRECT),
+        (r"\boxed{x^2+2x+1}", "(x+1)^2", Status.CORRECT),
+    ]
     responses, golds, expected = (list(c) for c in zip(*cases))
     assert [v.status for v in rm.check_batch(responses, golds, timeout_s=60)] == expected
     stop, errors, checked = threading.Event(), [], []
@@ -421,8 +459,10 @@ def test_pool_serves_concurrent_threads():
     with _pool.HardTimeoutPool(task, max_workers=2, memory_limit_bytes=None) as pool:
         pool.start()
         results = []
-        threads = [threading.Thread(target=lambda i=i: results.append(
-            pool.call("echo", i, timeout_s=30))) for i in range(8)]
+        threads = [
+            threading.Thread(target=lambda i=i: results.append(pool.call("echo", i, timeout_s=30)))
+            for i in range(8)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -475,20 +515,35 @@ def test_checker_module_imports_no_ml_frameworks():
         "    spec.loader.exec_module(mod)\n"
         "heavy = [m for m in ('jax', 'tensorflow', 'torch', 'sympy', 'math_verify', 'rest_em')\n"
         "         if m in sys.modules]\n"
-        "print(heavy)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, cwd=str(REPO / "tests"), check=False)
+        "print(heavy)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(REPO / "tests"),
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 
 
 def test_checker_package_imports_no_ml_frameworks():
     """The library side imports neither JAX nor sympy (they load only in the workers)."""
-    code = ("import sys\nimport rest_em.rewards.math\n"
-            "print([m for m in ('jax', 'tensorflow', 'torch', 'sympy', 'math_verify')\n"
-            "       if m in sys.modules])\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, cwd=str(REPO), check=False)
+    code = (
+        "import sys\nimport rest_em.rewards.math\n"
+        "print([m for m in ('jax', 'tensorflow', 'torch', 'sympy', 'math_verify')\n"
+        "       if m in sys.modules])\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(REPO),
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 
@@ -500,9 +555,22 @@ def test_benchmark_quick_run_writes_its_section(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\n## Other\n\nkept\n")
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "math_reward.py"), "--quick", "--limit", "20",
-         "--write", "--results", str(results)],
-        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "math_reward.py"),
+            "--quick",
+            "--limit",
+            "20",
+            "--write",
+            "--results",
+            str(results),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = results.read_text()
     assert "## Other\n\nkept" in text and "## Math checker" in text

@@ -19,20 +19,36 @@ from rest_em import checkpoints, model
 
 VOCAB, T = 256, 10
 # Bigger than hf_testing.SMALL, with three layers unless a case says otherwise.
-SIZE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-            max_position_embeddings=128)
+SIZE = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    max_position_embeddings=128,
+)
 
 CASES = {
     "llama": ("Llama", dict(rope_parameters={"rope_type": "default", "rope_theta": 5000.0})),
     "llama_tied": ("Llama", dict(tie_word_embeddings=True, num_hidden_layers=2)),
-    "llama3_rope": ("Llama", dict(rope_parameters={
-        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0, "original_max_position_embeddings": 64})),
-    "llama_mha_head_dim": ("Llama", dict(num_key_value_heads=4, head_dim=8,
-                                         num_hidden_layers=2)),
+    "llama3_rope": (
+        "Llama",
+        dict(
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            }
+        ),
+    ),
+    "llama_mha_head_dim": ("Llama", dict(num_key_value_heads=4, head_dim=8, num_hidden_layers=2)),
     "qwen2": ("Qwen2", dict(num_hidden_layers=2)),
-    "qwen2_sliding": ("Qwen2", dict(num_hidden_layers=2, use_sliding_window=True,
-                                    sliding_window=4, max_window_layers=0)),
+    "qwen2_sliding": (
+        "Qwen2",
+        dict(num_hidden_layers=2, use_sliding_window=True, sliding_window=4, max_window_layers=0),
+    ),
     "mistral_sliding": ("Mistral", dict(sliding_window=4, num_hidden_layers=2)),
 }
 
@@ -55,8 +71,10 @@ def _hf_logits(hf, tokens, valid=None):
     kwargs = {}
     if valid is not None:
         positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0)
-        kwargs = dict(attention_mask=torch.tensor(valid.astype(np.int64)),
-                      position_ids=torch.tensor(positions))
+        kwargs = dict(
+            attention_mask=torch.tensor(valid.astype(np.int64)),
+            position_ids=torch.tensor(positions),
+        )
     with torch.no_grad():
         return hf(input_ids=torch.tensor(tokens), **kwargs).logits.numpy()
 
@@ -79,8 +97,11 @@ def test_config_matches_hf(case):
 
 
 # Optional features whose effect the test sequences must be long enough to show.
-FEATURES = {"llama3_rope": "rope_llama3_scaling", "qwen2_sliding": "sliding_window",
-            "mistral_sliding": "sliding_window"}
+FEATURES = {
+    "llama3_rope": "rope_llama3_scaling",
+    "qwen2_sliding": "sliding_window",
+    "mistral_sliding": "sliding_window",
+}
 
 
 def test_logits_match_hf(case):
@@ -106,18 +127,25 @@ def test_left_padded_logits_match_hf(case):
     np.testing.assert_allclose(ours[valid], ref[valid], atol=1e-4, rtol=0)
     # Padding must not change a row's logits: each row equals its unpadded self.
     for row, n in enumerate(lengths):
-        alone = np.asarray(_forward(params, cfg, jnp.asarray(tokens[row:row + 1, T - n:])))
-        np.testing.assert_allclose(ours[row, T - n:], alone[0], atol=1e-4, rtol=0)
+        alone = np.asarray(_forward(params, cfg, jnp.asarray(tokens[row : row + 1, T - n :])))
+        np.testing.assert_allclose(ours[row, T - n :], alone[0], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("remat", ["block", "block_dots"])
 def test_remat_same_params_logits_and_gradients(remat):
-    base = model.ModelConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
-                             num_layers=2, num_heads=4, num_kv_heads=2)
+    base = model.ModelConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+    )
     cfg = dataclasses.replace(base, remat=remat)
     params = model.init_params(base, jax.random.key(0))
-    assert (jax.tree.structure(model.abstract_params(cfg))
-            == jax.tree.structure(params))  # same names: checkpoints load either way
+    assert jax.tree.structure(model.abstract_params(cfg)) == jax.tree.structure(
+        params
+    )  # same names: checkpoints load either way
     tokens = jnp.asarray(_tokens())
 
     def loss(p, c):
@@ -128,15 +156,27 @@ def test_remat_same_params_logits_and_gradients(remat):
     np.testing.assert_allclose(l1, l0, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
     # The remat really is in the program (one checkpointed call per layer), and only there.
     def remats(c):  # the primitive is "remat2" in jax 0.10 ("checkpoint" in older ones)
-        return len(re.findall(r"= (?:remat\d*|checkpoint)\[",
-                              str(jax.make_jaxpr(loss, static_argnums=1)(params, c))))
+        return len(
+            re.findall(
+                r"= (?:remat\d*|checkpoint)\[",
+                str(jax.make_jaxpr(loss, static_argnums=1)(params, c)),
+            )
+        )
 
     assert remats(cfg) == 2 and remats(base) == 0
 
 
 def test_remat_rejects_unknown_policy():
     with pytest.raises(ValueError, match="remat"):
-        model.ModelConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1,
-                          num_heads=1, num_kv_heads=1, remat="everything")
+        model.ModelConfig(
+            vocab_size=8,
+            hidden_size=8,
+            intermediate_size=8,
+            num_layers=1,
+            num_heads=1,
+            num_kv_heads=1,
+            remat="everything",
+        )

@@ -41,14 +41,23 @@ def _env(devices):
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
-                        "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    env["XLA_FLAGS"] = (
+        f"--xla_force_host_platform_device_count={devices} "
+        "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    )
     return env
 
 
 def _cmd(workdir, *extra):
-    return [sys.executable, "-m", "rest_em.main", f"--gin_file={TINY}", f"--workdir={workdir}",
-            *ARGS, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "rest_em.main",
+        f"--gin_file={TINY}",
+        f"--workdir={workdir}",
+        *ARGS,
+        *extra,
+    ]
 
 
 def _free_port():
@@ -58,19 +67,39 @@ def _free_port():
 
 
 def _run_one_process(workdir):
-    proc = subprocess.run(_cmd(workdir, f"--coordinator_address=127.0.0.1:{_free_port()}",
-                               "--num_processes=1", "--process_id=0"),
-                          env=_env(8), capture_output=True, text=True, timeout=TIMEOUT)
+    proc = subprocess.run(
+        _cmd(
+            workdir,
+            f"--coordinator_address=127.0.0.1:{_free_port()}",
+            "--num_processes=1",
+            "--process_id=0",
+        ),
+        env=_env(8),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
 
 def _run_two_processes(workdir):
     port = _free_port()
-    procs = [subprocess.Popen(_cmd(workdir, f"--coordinator_address=127.0.0.1:{port}",
-                                   "--num_processes=2", f"--process_id={i}"),
-                              env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            _cmd(
+                workdir,
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            env=_env(4),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     try:
         outs = [p.communicate(timeout=TIMEOUT) for p in procs]
     finally:
@@ -109,13 +138,23 @@ def test_two_processes_equal_one_process(runs):
     shards = sorted(p.name for p in (one / "iter_001/samples").glob("shard_*.jsonl"))
     assert len(shards) == 3  # 48 problems in chunks of 16
     assert sorted(p.name for p in (two / "iter_001/samples").glob("shard_*.jsonl")) == shards
-    for name in ("iter_001/selected.jsonl", "iter_001/eval_test.json", "iter_001/eval_train.json",
-                 "iter_000/eval_test.json", *(f"iter_001/samples/{s}" for s in shards)):
+    for name in (
+        "iter_001/selected.jsonl",
+        "iter_001/eval_test.json",
+        "iter_001/eval_train.json",
+        "iter_000/eval_test.json",
+        *(f"iter_001/samples/{s}" for s in shards),
+    ):
         assert (two / name).read_text() == (one / name).read_text(), name
     # Process 0 alone writes the run's files and prints the final table.
     assert "test/greedy_pass@1" in outs[0][0] and "test/greedy_pass@1" not in outs[1][0]
-    for name in ("config.gin", "operative_config.gin", "accuracy.png", "iter_001/params",
-                 "iter_001/mstep"):
+    for name in (
+        "config.gin",
+        "operative_config.gin",
+        "accuracy.png",
+        "iter_001/params",
+        "iter_001/mstep",
+    ):
         assert (two / name).exists(), name
 
 
@@ -163,10 +202,16 @@ def test_helpers_on_two_processes(tmp_path):
     script = tmp_path / "helpers.py"
     script.write_text(_HELPERS)
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port),
-                               str(tmp_path / f"out{i}.json")], env=_env(1),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(i), str(port), str(tmp_path / f"out{i}.json")],
+            env=_env(1),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]

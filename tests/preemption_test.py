@@ -15,15 +15,27 @@ import jax
 import numpy as np
 import pytest
 
+from em_test import REPO, TINY, _env, _metrics  # the launcher helpers of the EM tests
 from rest_em import main as main_lib
 from rest_em import model as model_lib
 from rest_em import training
 
-from em_test import REPO, TINY, _env, _metrics  # the launcher helpers of the EM tests
-CFG = model_lib.ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=2,
-                            num_heads=4, num_kv_heads=2, max_seq_len=64)
-FIT = training.FitConfig(batch_size=4, num_steps=8, eval_every=4, max_length=16,
-                         optimizer=training.OptimizerConfig(learning_rate=1e-2))
+CFG = model_lib.ModelConfig(
+    vocab_size=32,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    max_seq_len=64,
+)
+FIT = training.FitConfig(
+    batch_size=4,
+    num_steps=8,
+    eval_every=4,
+    max_length=16,
+    optimizer=training.OptimizerConfig(learning_rate=1e-2),
+)
 
 
 @pytest.fixture(autouse=True)
@@ -42,9 +54,16 @@ def _data(n=8):
 
 def _fit(params, checkpoint_dir):
     prompts, comps = _data()
-    return training.fit(params, prompts, comps, model_cfg=CFG, cfg=FIT, seed=0,
-                        eval_fn=lambda p: -float(jax.tree.leaves(p)[0].sum()),
-                        checkpoint_dir=checkpoint_dir)
+    return training.fit(
+        params,
+        prompts,
+        comps,
+        model_cfg=CFG,
+        cfg=FIT,
+        seed=0,
+        eval_fn=lambda p: -float(jax.tree.leaves(p)[0].sum()),
+        checkpoint_dir=checkpoint_dir,
+    )
 
 
 def test_fit_saves_the_current_step_raises_and_resumes_exactly(tmp_path, monkeypatch):
@@ -70,7 +89,10 @@ def test_fit_saves_the_current_step_raises_and_resumes_exactly(tmp_path, monkeyp
     training.clear_preemption()
     resumed = _fit(params, tmp_path / "cut")
     assert (resumed.best_step, resumed.best_reward, resumed.history) == (
-        full.best_step, full.best_reward, full.history)
+        full.best_step,
+        full.best_reward,
+        full.history,
+    )
     for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_array_equal(a, b)
 
@@ -144,13 +166,24 @@ def test_a_request_on_one_process_stops_every_process_at_the_same_step(tmp_path)
         port = s.getsockname()[1]
     script = tmp_path / "agree.py"
     script.write_text(_AGREE)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(i), str(port)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     assert [out.strip().splitlines()[-1] for out, _ in outs] == ["STOPPED 7", "STOPPED 7"]
 
@@ -163,8 +196,14 @@ EXTRA = ("--gin.rest_em.EMConfig.num_iterations=1", "--gin.mstep/rest_em.FitConf
 
 
 def _cmd(workdir):
-    return [sys.executable, "-m", "rest_em.main", f"--gin_file={TINY}", f"--workdir={workdir}",
-            *EXTRA]
+    return [
+        sys.executable,
+        "-m",
+        "rest_em.main",
+        f"--gin_file={TINY}",
+        f"--workdir={workdir}",
+        *EXTRA,
+    ]
 
 
 def _mstep_steps(workdir):
@@ -180,8 +219,9 @@ def test_sigterm_in_the_m_step_exits_75_and_the_same_command_resumes(tmp_path):
     cut = tmp_path / "cut"
     cut.mkdir()
     shutil.copytree(full / "base", cut / "base")  # the same base SFT, not trained again
-    proc = subprocess.Popen(_cmd(cut), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cmd(cut), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and not _mstep_steps(cut):
         time.sleep(0.05)

@@ -16,8 +16,9 @@ from em_test import _env
 from rest_em import model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("reproduce_paper",
-                                               REPO / "experiments" / "reproduce_paper.py")
+_spec = importlib.util.spec_from_file_location(
+    "reproduce_paper", REPO / "experiments" / "reproduce_paper.py"
+)
 rp = sys.modules["reproduce_paper"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(rp)
 
@@ -41,32 +42,53 @@ def _pct(x: float) -> str:  # one seed: no ± std
 
 
 def test_parse_gin():
-    text = ("# Parameters for ModelConfig:\n"
-            "# ====\n"
-            "rest_em.ModelConfig.hidden_size = 128\n"
-            "ModelConfig.head_dim = None\n"
-            "mstep/rest_em.FitConfig.batch_size = 64\n"
-            "teacher/rest_em.model.ModelConfig.num_layers = 4\n"
-            "include 'arithmetic.gin'\n"
-            "EMConfig.eval_splits = \\\n    ('test',\n     'transfer')\n"
-            "EMConfig.fit = @mstep/rest_em.FitConfig()\n"
-            "TEACHER_WORKDIR = '/tmp/t'\n"
-            "run.teacher_workdir = %TEACHER_WORKDIR\n"
-            "StepNegativesConfig.beta = 1.0\n")
+    text = (
+        "# Parameters for ModelConfig:\n"
+        "# ====\n"
+        "rest_em.ModelConfig.hidden_size = 128\n"
+        "ModelConfig.head_dim = None\n"
+        "mstep/rest_em.FitConfig.batch_size = 64\n"
+        "teacher/rest_em.model.ModelConfig.num_layers = 4\n"
+        "include 'arithmetic.gin'\n"
+        "EMConfig.eval_splits = \\\n    ('test',\n     'transfer')\n"
+        "EMConfig.fit = @mstep/rest_em.FitConfig()\n"
+        "TEACHER_WORKDIR = '/tmp/t'\n"
+        "run.teacher_workdir = %TEACHER_WORKDIR\n"
+        "StepNegativesConfig.beta = 1.0\n"
+    )
     assert rp.parse_gin(text) == {
-        "ModelConfig.hidden_size": 128, "ModelConfig.head_dim": None,
-        "mstep/FitConfig.batch_size": 64, "teacher/ModelConfig.num_layers": 4,
+        "ModelConfig.hidden_size": 128,
+        "ModelConfig.head_dim": None,
+        "mstep/FitConfig.batch_size": 64,
+        "teacher/ModelConfig.num_layers": 4,
         "EMConfig.eval_splits": ("test", "transfer"),
-        "EMConfig.fit": "@mstep/rest_em.FitConfig()", "TEACHER_WORKDIR": "/tmp/t",
-        "run.teacher_workdir": "%TEACHER_WORKDIR", "StepNegativesConfig.beta": 1.0}
+        "EMConfig.fit": "@mstep/rest_em.FitConfig()",
+        "TEACHER_WORKDIR": "/tmp/t",
+        "run.teacher_workdir": "%TEACHER_WORKDIR",
+        "StepNegativesConfig.beta": 1.0,
+    }
 
 
-@pytest.mark.parametrize("overrides", [
-    {}, {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2},
-    {"qkv_bias": True}, {"tie_embeddings": True}, {"head_dim": 16, "num_kv_heads": 4}])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2},
+        {"qkv_bias": True},
+        {"tie_embeddings": True},
+        {"head_dim": 16, "num_kv_heads": 4},
+    ],
+)
 def test_num_params_is_the_models(overrides):
-    sizes = {"vocab_size": 259, "hidden_size": 128, "intermediate_size": 384, "num_layers": 4,
-             "num_heads": 4, "num_kv_heads": 2, **overrides}
+    sizes = {
+        "vocab_size": 259,
+        "hidden_size": 128,
+        "intermediate_size": 384,
+        "num_layers": 4,
+        "num_heads": 4,
+        "num_kv_heads": 2,
+        **overrides,
+    }
     bindings = {f"teacher/ModelConfig.{k}": v for k, v in sizes.items()}
     expected = model.count_params(model.abstract_params(model.ModelConfig(**sizes)))
     assert rp.num_params(bindings, "teacher/") == expected
@@ -76,8 +98,15 @@ def test_num_params_is_the_models(overrides):
 
 def test_reproduce_paper_quick(tmp_path):
     out, runs = tmp_path / "docs", tmp_path / "runs"
-    cmd = [sys.executable, str(REPO / "experiments" / "reproduce_paper.py"), "--quick",
-           "--seeds=0", "--jobs=2", f"--workdir={runs}", f"--out={out}"]
+    cmd = [
+        sys.executable,
+        str(REPO / "experiments" / "reproduce_paper.py"),
+        "--quick",
+        "--seeds=0",
+        "--jobs=2",
+        f"--workdir={runs}",
+        f"--out={out}",
+    ]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     text = (out / "RESULTS.md").read_text()
@@ -95,24 +124,38 @@ def test_reproduce_paper_quick(tmp_path):
     restem, sft = _metrics(runs, "restem"), _metrics(runs, "sft_human")
     by_study = {row[0]: row for row in claims}
     assert by_study["1. ReST^EM vs human-data SFT (Fig. 2/3)"][2].startswith(
-        f"ReST^EM {_pct(restem[-1][T])} vs SFT {_pct(sft[-1][T])} ")
+        f"ReST^EM {_pct(restem[-1][T])} vs SFT {_pct(sft[-1][T])} "
+    )
     variants = {row[0]: row for row in _table(text, "| variant | configuration |")}
-    for label, run, it in (("base model", "restem", 0), ("SFT on human solutions", "sft_human", -1),
-                           ("RFT", "rft", -1), ("STaR (greedy + rationalization)", "star", -1),
-                           ("ReST", "rest", -1), ("ReST^EM", "restem", -1)):
+    for label, run, it in (
+        ("base model", "restem", 0),
+        ("SFT on human solutions", "sft_human", -1),
+        ("RFT", "rft", -1),
+        ("STaR (greedy + rationalization)", "star", -1),
+        ("ReST", "rest", -1),
+        ("ReST^EM", "restem", -1),
+    ):
         m = _metrics(runs, run)[it]
         assert variants[label][2:4] == [str(m["iteration"]), _pct(m[T])], label
-    assert _table(text, "| iteration | ReST^EM | ReST | STaR |")[-1][:2] == \
-        [str(restem[-1]["iteration"]), _pct(restem[-1][T])]
+    assert _table(text, "| iteration | ReST^EM | ReST | STaR |")[-1][:2] == [
+        str(restem[-1]["iteration"]),
+        _pct(restem[-1][T]),
+    ]
     x3 = _metrics(runs, "one_iter_3x")[1]
     assert _table(text, "| setting | E-step samples |")[:2] == [
         ["1 iteration", str(restem[1]["num_samples"]), _pct(restem[1][T])],
-        ["1 iteration, 3× samples", str(x3["num_samples"]), _pct(x3[T])]]
+        ["1 iteration, 3× samples", str(x3["num_samples"]), _pct(x3[T])],
+    ]
 
     # The prose's sizes and hyper-parameters are the runs' configs (tiny ones here).
     config = rp.read_config(runs / "seed_0" / "restem")
-    size = model.count_params(model.abstract_params(model.ModelConfig(
-        **{k.split(".")[1]: v for k, v in config.items() if k.startswith("ModelConfig.")})))
+    size = model.count_params(
+        model.abstract_params(
+            model.ModelConfig(
+                **{k.split(".")[1]: v for k, v in config.items() if k.startswith("ModelConfig.")}
+            )
+        )
+    )
     assert f"`tests/testdata/tiny_arithmetic.gin`: a ~{size / 1e3:.0f}K-parameter " in text
     assert f"held-out test split ({restem[0]['test/num_problems']} problems)" in text
     assert "| small student (16 wide, 2 layers) | test pass@1 |" in text
@@ -134,18 +177,27 @@ def test_reproduce_paper_quick(tmp_path):
     for name in ("one_iter_3x", "dpo_12"):
         (runs / "seed_0" / name / "DONE").rename(runs / "seed_0" / name / "DONE.hidden")
     partial = tmp_path / "partial"
-    proc3 = subprocess.run([*cmd[:-1], f"--out={partial}", "--report_only"], env=_env(),
-                           capture_output=True, text=True, timeout=600)
+    proc3 = subprocess.run(
+        [*cmd[:-1], f"--out={partial}", "--report_only"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc3.returncode == 0, proc3.stderr[-4000:]
     text3 = (partial / "RESULTS.md").read_text()
     claims3 = {row[0]: row[3] for row in _table(text3, "| study | paper's finding |")}
     not_run = {study for study, verdict in claims3.items() if verdict == "not run yet"}
-    assert not_run == {"7. Iterations vs one iteration with more samples",
-                       "8. Per-step negatives: data efficiency (Setlur et al. 2024)"}
+    assert not_run == {
+        "7. Iterations vs one iteration with more samples",
+        "8. Per-step negatives: data efficiency (Setlur et al. 2024)",
+    }
     assert all(VERDICT.fullmatch(v) for s, v in claims3.items() if s not in not_run)
     assert "**Incomplete:** the runs of 7., 8. had not finished" in text3
-    assert "\n## 7. Iterations vs one iteration with more samples\n\n" \
-           "Not run yet (unfinished: one_iter_3x).\n" in text3
+    assert (
+        "\n## 7. Iterations vs one iteration with more samples\n\n"
+        "Not run yet (unfinished: one_iter_3x).\n" in text3
+    )
     assert "Not run yet (unfinished: dpo_12)." in text3
     # The other studies' sections are as in the full report.
     section = lambda t, n: t.split(f"\n## {n}. ", 1)[1].split("\n## ", 1)[0]

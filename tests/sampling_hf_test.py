@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 import torch
-from hf_testing import make_hf_model
 
+from hf_testing import make_hf_model
 from rest_em import checkpoints, sampling
 
 PROMPTS = [[5, 9, 17, 3, 44, 2, 8, 61], [7, 7, 30], [100, 1, 2, 3, 4, 5], [12]]
@@ -22,11 +22,17 @@ def _hf_greedy(model, eos):
     ids = torch.full((len(PROMPTS), width), PAD)
     mask = torch.zeros_like(ids)
     for i, p in enumerate(PROMPTS):
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=NEW,
-                             eos_token_id=eos, pad_token_id=PAD)
+        out = model.generate(
+            ids,
+            attention_mask=mask,
+            do_sample=False,
+            max_new_tokens=NEW,
+            eos_token_id=eos,
+            pad_token_id=PAD,
+        )
     return out[:, width:].numpy()
 
 
@@ -37,8 +43,7 @@ def test_greedy_equals_transformers_generate(family, tmp_path):
     cfg, params = checkpoints.load_hf_checkpoint(tmp_path)
 
     def ours(eos):
-        scfg = sampling.SamplingConfig(max_new_tokens=NEW, temperature=0.0, eos_id=eos,
-                                       pad_id=PAD)
+        scfg = sampling.SamplingConfig(max_new_tokens=NEW, temperature=0.0, eos_id=eos, pad_id=PAD)
         return sampling.sample(params, PROMPTS, model_cfg=cfg, cfg=scfg, key=jax.random.key(0))
 
     # Without EOS: every row runs the full length.

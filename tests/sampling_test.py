@@ -8,8 +8,15 @@ from scipy import stats
 
 from rest_em import model, sampling
 
-CFG = model.ModelConfig(vocab_size=48, hidden_size=32, intermediate_size=64, num_layers=2,
-                        num_heads=4, num_kv_heads=2, max_seq_len=96)
+CFG = model.ModelConfig(
+    vocab_size=48,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    max_seq_len=96,
+)
 PROMPTS = [[3, 4, 5], [7, 8, 9, 10, 11, 12, 13], [1], [20, 21, 22, 23, 24]]
 
 
@@ -52,17 +59,27 @@ def _filtered_probs(logits, temperature, top_k, top_p):
     return probs
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [
-    (1.3, 0, 1.0),    # temperature alone
-    (1.0, 5, 1.0),    # top-k alone
-    (1.0, 0, 0.8),    # top-p alone
-    (0.7, 8, 0.9),    # all three together
-])
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p",
+    [
+        (1.3, 0, 1.0),  # temperature alone
+        (1.0, 5, 1.0),  # top-k alone
+        (1.0, 0, 0.8),  # top-p alone
+        (0.7, 8, 0.9),  # all three together
+    ],
+)
 def test_empirical_frequencies_match_filtered_distribution(params, temperature, top_k, top_p):
     prompt = PROMPTS[1]
     n = 6000
-    out = _sample(params, [prompt], max_new_tokens=1, num_samples=n, temperature=temperature,
-                  top_k=top_k, top_p=top_p)
+    out = _sample(
+        params,
+        [prompt],
+        max_new_tokens=1,
+        num_samples=n,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+    )
     counts = np.bincount(out.tokens_BxNxT[0, :, 0], minlength=CFG.vocab_size)
     expected = _filtered_probs(_next_token_logits(params, prompt), temperature, top_k, top_p)
     support = expected > 0
@@ -90,8 +107,9 @@ def test_empirical_frequencies_match_filtered_distribution(params, temperature, 
 
 def test_top_k_without_top_p_samples_rather_than_decoding_greedily(params):
     # Tunix's trap: top-k given without top-p silently became greedy.
-    out = _sample(params, [PROMPTS[0]], max_new_tokens=1, num_samples=200, temperature=1.0,
-                  top_k=5, top_p=1.0)
+    out = _sample(
+        params, [PROMPTS[0]], max_new_tokens=1, num_samples=200, temperature=1.0, top_k=5, top_p=1.0
+    )
     assert len(np.unique(out.tokens_BxNxT)) > 1
 
 
@@ -101,13 +119,14 @@ def test_greedy_matches_step_by_step_argmax(params):
         seq = list(prompt)
         for _ in range(10):
             seq.append(int(np.argmax(_next_token_logits(params, seq))))
-        assert out.tokens_BxNxT[i, 0].tolist() == seq[len(prompt):]
+        assert out.tokens_BxNxT[i, 0].tolist() == seq[len(prompt) :]
 
 
 def test_kv_cache_and_recompute_agree(params):
     a = _sample(params, max_new_tokens=12, num_samples=3, temperature=1.0, top_k=0)
-    b = _sample(params, max_new_tokens=12, num_samples=3, temperature=1.0, top_k=0,
-                use_kv_cache=False)
+    b = _sample(
+        params, max_new_tokens=12, num_samples=3, temperature=1.0, top_k=0, use_kv_cache=False
+    )
     np.testing.assert_array_equal(a.tokens_BxNxT, b.tokens_BxNxT)
     np.testing.assert_allclose(a.logprobs_BxNxT, b.logprobs_BxNxT, atol=1e-5)
 
@@ -139,8 +158,9 @@ def test_sample_does_not_depend_on_neighbours_or_batch_size(params):
     key = jax.random.key(7)
     alone = sampling.sample(params, [PROMPTS[1]], model_cfg=CFG, cfg=cfg, key=key, problem_ids=[41])
     other = [[30, 31], PROMPTS[1], [5] * 20, [6]]  # a longer neighbour changes the padding too
-    batched = sampling.sample(params, other, model_cfg=CFG, cfg=cfg, key=key,
-                              problem_ids=[3, 41, 9, 12])
+    batched = sampling.sample(
+        params, other, model_cfg=CFG, cfg=cfg, key=key, problem_ids=[3, 41, 9, 12]
+    )
     np.testing.assert_array_equal(alone.tokens_BxNxT[0], batched.tokens_BxNxT[1])
     np.testing.assert_allclose(alone.logprobs_BxNxT[0], batched.logprobs_BxNxT[1], atol=1e-5)
 
@@ -175,28 +195,34 @@ def test_no_recompilation_for_same_shapes(params):
     assert fn._cache_size() - before <= 1
 
 
-@pytest.mark.parametrize("prompts,kw,message", [
-    ([[1, 2], []], {}, "prompt 1 is empty"),
-    ([[1, 2, 48]], {}, "prompt 0 position 2 holds token id 48, outside the vocabulary"),
-    ([[-1]], {}, "token id -1, outside the vocabulary"),
-    ([[1] * 90], {"max_new_tokens": 10}, "exceeds the model's max length 96"),
-    ([], {}, "no prompts"),
-    ([[1.5, 2.0]], {}, "must be integers"),
-])
+@pytest.mark.parametrize(
+    "prompts,kw,message",
+    [
+        ([[1, 2], []], {}, "prompt 1 is empty"),
+        ([[1, 2, 48]], {}, "prompt 0 position 2 holds token id 48, outside the vocabulary"),
+        ([[-1]], {}, "token id -1, outside the vocabulary"),
+        ([[1] * 90], {"max_new_tokens": 10}, "exceeds the model's max length 96"),
+        ([], {}, "no prompts"),
+        ([[1.5, 2.0]], {}, "must be integers"),
+    ],
+)
 def test_bad_prompts_get_clear_errors(params, prompts, kw, message):
     with pytest.raises(ValueError, match=message):
         _sample(params, prompts, **kw)
 
 
-@pytest.mark.parametrize("kw,message", [
-    ({"top_p": 0.0}, "top_p must be in"),
-    ({"top_p": 1.5}, "top_p must be in"),
-    ({"top_k": -1}, "top_k must be an integer >= 0"),
-    ({"temperature": -0.1}, "temperature must be finite and >= 0"),
-    ({"temperature": float("nan")}, "temperature must be finite"),
-    ({"max_new_tokens": 0}, "max_new_tokens must be a positive integer"),
-    ({"num_samples": 0}, "num_samples must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"top_p": 0.0}, "top_p must be in"),
+        ({"top_p": 1.5}, "top_p must be in"),
+        ({"top_k": -1}, "top_k must be an integer >= 0"),
+        ({"temperature": -0.1}, "temperature must be finite and >= 0"),
+        ({"temperature": float("nan")}, "temperature must be finite"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be a positive integer"),
+        ({"num_samples": 0}, "num_samples must be a positive integer"),
+    ],
+)
 def test_bad_sampling_config_gets_clear_errors(kw, message):
     with pytest.raises(ValueError, match=message):
         sampling.SamplingConfig(**kw)
@@ -205,5 +231,6 @@ def test_bad_sampling_config_gets_clear_errors(kw, message):
 def test_problem_ids_must_match_prompts(params):
     cfg = sampling.SamplingConfig(max_new_tokens=2)
     with pytest.raises(ValueError, match="got 1 problem_ids for 4 prompts"):
-        sampling.sample(params, PROMPTS, model_cfg=CFG, cfg=cfg, key=jax.random.key(0),
-                        problem_ids=[1])
+        sampling.sample(
+            params, PROMPTS, model_cfg=CFG, cfg=cfg, key=jax.random.key(0), problem_ids=[1]
+        )

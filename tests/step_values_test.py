@@ -17,9 +17,10 @@ TOK = ByteTokenizer()
 
 # --- estimators, advantages, pits ------------------------------------------------------
 
+
 def test_estimate_q():
     r = np.array([[0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1], [0, 1, 1, 0]], float)
-    np.testing.assert_allclose(step_values.estimate_q(r, estimator="mean"), [0, .25, 1, .5])
+    np.testing.assert_allclose(step_values.estimate_q(r, estimator="mean"), [0, 0.25, 1, 0.5])
     np.testing.assert_allclose(step_values.estimate_q(r), [0, 1, 1, 1])  # best of K = 4
     # Best of 2 from 4 rollouts with c successes: 1 - C(4-c, 2) / C(4, 2).
     np.testing.assert_allclose(step_values.estimate_q(r, k=2), [0, 1 - 3 / 6, 1, 1 - 1 / 6])
@@ -45,8 +46,9 @@ def test_advantages_and_first_pit():
 
 
 def test_token_weights():
-    w = step_values.token_weights(np.array([0.0, -1.0, 2.0]), [(0, 2), (2, 3), (3, 5)],
-                                  beta=0.5, clip=10.0)
+    w = step_values.token_weights(
+        np.array([0.0, -1.0, 2.0]), [(0, 2), (2, 3), (3, 5)], beta=0.5, clip=10.0
+    )
     np.testing.assert_allclose(w, [1, 1, np.exp(-2), 10, 10], rtol=1e-6)
     with pytest.raises(ValueError, match="contiguous"):
         step_values.token_weights(np.zeros(2), [(0, 2), (3, 4)], beta=1.0, clip=2.0)
@@ -54,8 +56,9 @@ def test_token_weights():
 
 def test_rollout_ids_are_distinct_and_range_checked():
     kw = dict(max_samples=4, max_steps=3)
-    ids = {step_values.rollout_id(p, n, t, **kw) for p in range(5) for n in range(4)
-           for t in range(4)}
+    ids = {
+        step_values.rollout_id(p, n, t, **kw) for p in range(5) for n in range(4) for t in range(4)
+    }
     assert len(ids) == 5 * 4 * 4
     assert step_values.decode_rollout_id(step_values.rollout_id(7, 2, 3, **kw), **kw) == (7, 2, 3)
     with pytest.raises(ValueError, match="sample_index"):
@@ -68,6 +71,7 @@ def test_rollout_ids_are_distinct_and_range_checked():
 
 # --- a toy policy with known values ---------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class ToyProblem:
     """Solutions are lines "ok"/"bad" then "#### 1"; correct iff no line is "bad". The
@@ -79,7 +83,7 @@ class ToyProblem:
     def value(self, prefix: str) -> float:
         if "bad" in prefix:
             return 0.0
-        return float(np.prod(self.success[prefix.count("\n"):]))
+        return float(np.prod(self.success[prefix.count("\n") :]))
 
 
 def toy_rollouts(prefixes, num_rollouts):
@@ -100,19 +104,28 @@ def toy_score(completions, problems):
     return ["incorrect" if "bad" in c else "correct" for c in completions]
 
 
-@pytest.mark.parametrize("estimator,k,expected", [
-    ("mean", None, lambda p: p),
-    ("best_of_k", None, lambda p: 1 - (1 - p) ** 8),   # best of all K = 8 rollouts
-    ("best_of_k", 3, lambda p: 1 - (1 - p) ** 3),      # unbiased best-of-3 from 8
-])
+@pytest.mark.parametrize(
+    "estimator,k,expected",
+    [
+        ("mean", None, lambda p: p),
+        ("best_of_k", None, lambda p: 1 - (1 - p) ** 8),  # best of all K = 8 rollouts
+        ("best_of_k", 3, lambda p: 1 - (1 - p) ** 3),  # unbiased best-of-3 from 8
+    ],
+)
 def test_mc_q_converges_to_the_analytic_values(estimator, k, expected):
     problem = ToyProblem((0.9, 0.6, 0.8, 0.5))
     reps, num_rollouts = 400, 8
     for text in ["", "ok\n", "ok\nok\n", "ok\nok\nok\n", "ok\nbad\n"]:
         p = problem.value(text)
         prefixes = [step_values.Prefix(r, problem, (5,), text) for r in range(reps)]
-        ro = step_values.rollout_values(prefixes, rollout_fn=toy_rollouts, score_fn=toy_score,
-                                        num_rollouts=num_rollouts, estimator=estimator, k=k)
+        ro = step_values.rollout_values(
+            prefixes,
+            rollout_fn=toy_rollouts,
+            score_fn=toy_score,
+            num_rollouts=num_rollouts,
+            estimator=estimator,
+            k=k,
+        )
         assert ro.rewards_PxK.shape == (reps, num_rollouts) and ro.q_P.shape == (reps,)
         want = expected(p)
         # One estimate's variance is at most that of a 0/1 variable with mean `want`
@@ -128,7 +141,7 @@ def _sample(pid, n, completion, reward=0.0):
     return filtering.Sample(pid, n, "Q", completion, reward)
 
 
-SURE = ToyProblem((1.0, 1.0, 1.0, 1.0))      # clean prefixes always succeed
+SURE = ToyProblem((1.0, 1.0, 1.0, 1.0))  # clean prefixes always succeed
 HOPELESS = ToyProblem((0.0, 0.0, 0.0, 0.0))  # nothing ever succeeds
 PROBLEMS = {0: SURE, 1: HOPELESS}
 PROMPTS = {0: TOK.encode("Q0\n"), 1: TOK.encode("Q1\n")}
@@ -145,9 +158,15 @@ class Counting:
 
 def _values(samples, **kw):
     counting = Counting()
-    vals = step_values.compute_step_values(samples, problems=PROBLEMS, prompt_ids=PROMPTS,
-                                           rollout_fn=counting, score_fn=toy_score,
-                                           num_rollouts=4, **kw)
+    vals = step_values.compute_step_values(
+        samples,
+        problems=PROBLEMS,
+        prompt_ids=PROMPTS,
+        rollout_fn=counting,
+        score_fn=toy_score,
+        num_rollouts=4,
+        **kw,
+    )
     return vals, counting
 
 
@@ -160,8 +179,13 @@ def test_step_values_advantages_and_pit_on_the_toy_policy():
     assert sv.first_pit() == 3
     assert sv.rewards_TxK.shape == (5, 4) and len(sv.continuations) == 5
     # One rollout batch for the 5 prefixes; the empty prefix has the problem's shared id.
-    assert [p.text for p in counting.prefixes] == ["", "ok\n", "ok\nok\n", "ok\nok\nbad\n",
-                                                   "ok\nok\nbad\nok\n"]
+    assert [p.text for p in counting.prefixes] == [
+        "",
+        "ok\n",
+        "ok\nok\n",
+        "ok\nok\nbad\n",
+        "ok\nok\nbad\nok\n",
+    ]
     ids = [p.rollout_id for p in counting.prefixes]
     kw = dict(max_samples=256, max_steps=32)
     assert ids[0] == step_values.rollout_id(0, 0, 0, **kw)
@@ -188,8 +212,14 @@ def test_mean_and_best_of_k_differ_as_expected():
     out = {}
     for est in ("mean", "best_of_k"):
         (sv,) = step_values.compute_step_values(
-            [neg], problems={0: half}, prompt_ids=PROMPTS, rollout_fn=toy_rollouts,
-            score_fn=toy_score, num_rollouts=64, estimator=est)
+            [neg],
+            problems={0: half},
+            prompt_ids=PROMPTS,
+            rollout_fn=toy_rollouts,
+            score_fn=toy_score,
+            num_rollouts=64,
+            estimator=est,
+        )
         out[est] = sv.q_Tp1
     np.testing.assert_allclose(out["mean"], [0.25, 0.5, 0, 0], atol=0.2)
     np.testing.assert_allclose(out["best_of_k"], [1, 1, 0, 0])  # 64 tries: surely one succeeds
@@ -198,8 +228,9 @@ def test_mean_and_best_of_k_differ_as_expected():
 def test_weighted_example_puts_step_advantages_on_tokens():
     neg = _sample(0, 3, "ok\nok\nbad\nok\n#### 1")
     (sv,), _ = _values([neg])
-    prompt, comp, w = step_values.weighted_example(sv, prompt_ids=PROMPTS[0], tokenizer=TOK,
-                                                   beta=0.5, clip=10.0)
+    prompt, comp, w = step_values.weighted_example(
+        sv, prompt_ids=PROMPTS[0], tokenizer=TOK, beta=0.5, clip=10.0
+    )
     assert prompt == PROMPTS[0]
     assert comp == TOK.encode(neg.completion) + [TOK.eos_id]
     expected = [1.0] * 6 + [np.exp(-2.0)] * 4 + [1.0] * 3 + [1.0] * 7  # "#### 1" + EOS
@@ -207,9 +238,9 @@ def test_weighted_example_puts_step_advantages_on_tokens():
 
 
 def test_step_dpo_pairs():
-    neg = _sample(0, 3, "ok\nok\nbad\nok\n#### 1")      # pit 3, winners from "ok\nok\n"
-    last = _sample(0, 4, "ok\nok\nok\nok\n#### 2")      # Q_T = 0: pit at the last step
-    hopeless = _sample(1, 0, "bad\n#### 1")              # pit 1, no rollout ever succeeds
+    neg = _sample(0, 3, "ok\nok\nbad\nok\n#### 1")  # pit 3, winners from "ok\nok\n"
+    last = _sample(0, 4, "ok\nok\nok\nok\n#### 2")  # Q_T = 0: pit at the last step
+    hopeless = _sample(1, 0, "bad\n#### 1")  # pit 1, no rollout ever succeeds
     pos = _sample(1, 5, "ok\n#### 9", 1.0)
     vals, _ = _values([neg, last, hopeless])
     pairs = step_values.step_dpo_pairs(vals, prompt_ids=PROMPTS, tokenizer=TOK)
@@ -231,16 +262,31 @@ def test_step_dpo_pairs():
 
 
 def test_step_negatives_dataset_with_an_injected_rollout_fn():
-    samples = [_sample(0, n, "ok\nbad\n#### 1") for n in range(3)]          # duplicates
-    samples += [_sample(0, 3, "ok\nok\nbad\nok\n#### 1"),
-                _sample(0, 4, "ok\nok\nok\nok\n#### 1", 1.0)]
+    samples = [_sample(0, n, "ok\nbad\n#### 1") for n in range(3)]  # duplicates
+    samples += [
+        _sample(0, 3, "ok\nok\nbad\nok\n#### 1"),
+        _sample(0, 4, "ok\nok\nok\nok\n#### 1", 1.0),
+    ]
     samples += [_sample(1, n, f"bad\n#### {n}") for n in range(5)]
     positives = filtering.select(samples, max_per_problem=10, seed=0)
     counting = Counting()
     ds = step_values.step_negatives_dataset(
-        None, samples, problems=PROBLEMS, prompt_ids=PROMPTS, model_cfg=None, tokenizer=TOK,
-        sampling_cfg=None, score_fn=toy_score, key=None, positives=positives, num_rollouts=4,
-        beta=1.0, clip=5.0, max_per_problem=3, rollout_fn=counting)
+        None,
+        samples,
+        problems=PROBLEMS,
+        prompt_ids=PROMPTS,
+        model_cfg=None,
+        tokenizer=TOK,
+        sampling_cfg=None,
+        score_fn=toy_score,
+        key=None,
+        positives=positives,
+        num_rollouts=4,
+        beta=1.0,
+        clip=5.0,
+        max_per_problem=3,
+        rollout_fn=counting,
+    )
     negs = [sv.sample for sv in ds.values]
     # Problem 0: the duplicates count once (dedup) -> 2 negatives; problem 1: capped at 3.
     assert sum(s.problem_id == 0 for s in negs) == 2
@@ -253,23 +299,48 @@ def test_step_negatives_dataset_with_an_injected_rollout_fn():
     assert ds.stats["num_negatives"] == 5 and ds.stats["num_positives"] == 1
     # Same seed, same choice, whatever the input order.
     ds2 = step_values.step_negatives_dataset(
-        None, samples[::-1], problems=PROBLEMS, prompt_ids=PROMPTS, model_cfg=None,
-        tokenizer=TOK, sampling_cfg=None, score_fn=toy_score, key=None, positives=positives,
-        num_rollouts=4, beta=1.0, clip=5.0, max_per_problem=3, rollout_fn=toy_rollouts)
+        None,
+        samples[::-1],
+        problems=PROBLEMS,
+        prompt_ids=PROMPTS,
+        model_cfg=None,
+        tokenizer=TOK,
+        sampling_cfg=None,
+        score_fn=toy_score,
+        key=None,
+        positives=positives,
+        num_rollouts=4,
+        beta=1.0,
+        clip=5.0,
+        max_per_problem=3,
+        rollout_fn=toy_rollouts,
+    )
     assert ds2.completion_ids == ds.completion_ids and ds2.token_weights == ds.token_weights
     # What fit() builds its batches with accepts it as is.
-    batch = training.make_batch(ds.prompt_ids, ds.completion_ids, length=40,
-                                token_weights=ds.token_weights)
-    np.testing.assert_allclose(batch.token_weights_BxL[batch.loss_mask_BxL > 0].sum(),
-                               sum(map(sum, ds.token_weights)), rtol=1e-6)
+    batch = training.make_batch(
+        ds.prompt_ids, ds.completion_ids, length=40, token_weights=ds.token_weights
+    )
+    np.testing.assert_allclose(
+        batch.token_weights_BxL[batch.loss_mask_BxL > 0].sum(),
+        sum(map(sum, ds.token_weights)),
+        rtol=1e-6,
+    )
 
 
 # --- the real sampler -------------------------------------------------------------------------
 
-CFG = model_lib.ModelConfig(vocab_size=TOK.vocab_size, hidden_size=32, intermediate_size=64,
-                            num_layers=1, num_heads=2, num_kv_heads=1, max_seq_len=64)
-SAMPLING = sampling.SamplingConfig(max_new_tokens=8, temperature=1.0, top_k=0,
-                                   eos_id=TOK.eos_id, pad_id=TOK.pad_id)
+CFG = model_lib.ModelConfig(
+    vocab_size=TOK.vocab_size,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    max_seq_len=64,
+)
+SAMPLING = sampling.SamplingConfig(
+    max_new_tokens=8, temperature=1.0, top_k=0, eos_id=TOK.eos_id, pad_id=TOK.pad_id
+)
 
 
 def parity_score(completions, problems):
@@ -279,18 +350,33 @@ def parity_score(completions, problems):
 
 def test_sampler_rollouts_shapes_determinism_and_chunking():
     params = model_lib.init_params(CFG, jax.random.key(0))
-    prompts = {0: TOK.encode("Q: 1+2+4\n"),
-               1: TOK.encode("Q: a long question, padded out to 40 by\n")}
-    samples = [_sample(0, 0, "1+2=3\n3+4=7\n#### 7"), _sample(0, 1, "1+2=3\n3+4=8\n#### 8"),
-               _sample(1, 2, "12345678901234567\n#### 8")]
+    prompts = {
+        0: TOK.encode("Q: 1+2+4\n"),
+        1: TOK.encode("Q: a long question, padded out to 40 by\n"),
+    }
+    samples = [
+        _sample(0, 0, "1+2=3\n3+4=7\n#### 7"),
+        _sample(0, 1, "1+2=3\n3+4=8\n#### 8"),
+        _sample(1, 2, "12345678901234567\n#### 8"),
+    ]
 
     def run(key=0, chunk_size=64):
-        fn = step_values.sampler_rollout_fn(params, model_cfg=CFG, sampling_cfg=SAMPLING,
-                                            tokenizer=TOK, key=jax.random.key(key),
-                                            chunk_size=chunk_size)
-        return step_values.compute_step_values(samples, problems={0: "p0", 1: "p1"},
-                                               prompt_ids=prompts, rollout_fn=fn,
-                                               score_fn=parity_score, num_rollouts=3)
+        fn = step_values.sampler_rollout_fn(
+            params,
+            model_cfg=CFG,
+            sampling_cfg=SAMPLING,
+            tokenizer=TOK,
+            key=jax.random.key(key),
+            chunk_size=chunk_size,
+        )
+        return step_values.compute_step_values(
+            samples,
+            problems={0: "p0", 1: "p1"},
+            prompt_ids=prompts,
+            rollout_fn=fn,
+            score_fn=parity_score,
+            num_rollouts=3,
+        )
 
     a = run()
     assert [len(v.steps) for v in a] == [3, 3, 2]
@@ -305,9 +391,19 @@ def test_sampler_rollouts_shapes_determinism_and_chunking():
     assert all(x.continuations == y.continuations for x, y in zip(a, run(chunk_size=1)))
     # The one-call front door takes the same rollouts (same key, same ids).
     ds = step_values.step_negatives_dataset(
-        params, samples, problems={0: "p0", 1: "p1"}, prompt_ids=prompts, model_cfg=CFG,
-        tokenizer=TOK, sampling_cfg=SAMPLING, score_fn=parity_score, key=jax.random.key(0),
-        num_rollouts=3, max_per_problem=None, chunk_size=64)
+        params,
+        samples,
+        problems={0: "p0", 1: "p1"},
+        prompt_ids=prompts,
+        model_cfg=CFG,
+        tokenizer=TOK,
+        sampling_cfg=SAMPLING,
+        score_fn=parity_score,
+        key=jax.random.key(0),
+        num_rollouts=3,
+        max_per_problem=None,
+        chunk_size=64,
+    )
     assert [v.continuations for v in ds.values] == [v.continuations for v in a]
     assert ds.stats["num_rollouts"] == 3 * 6  # "", "1+2=3\n", two 2-step prefixes; p1: "", 1
     other = run(key=1)
@@ -322,10 +418,17 @@ def test_a_shorter_budget_only_truncates_a_rollout():
     gives the first 4 tokens of max_new_tokens=8."""
     params = model_lib.init_params(CFG, jax.random.key(0))
     prompt = [TOK.encode("Q: 3+4\n")]
-    outs = [sampling.sample(params, prompt, model_cfg=CFG, key=jax.random.key(2),
-                            cfg=dataclasses.replace(SAMPLING, num_samples=3, max_new_tokens=t),
-                            problem_ids=[12345])
-            for t in (4, 8)]
+    outs = [
+        sampling.sample(
+            params,
+            prompt,
+            model_cfg=CFG,
+            key=jax.random.key(2),
+            cfg=dataclasses.replace(SAMPLING, num_samples=3, max_new_tokens=t),
+            problem_ids=[12345],
+        )
+        for t in (4, 8)
+    ]
     np.testing.assert_array_equal(outs[0].tokens_BxNxT, outs[1].tokens_BxNxT[:, :, :4])
     assert step_values._budget(50, 8, 64) == 8
     assert step_values._budget(58, 8, 64) == 6
@@ -341,8 +444,16 @@ def test_negatives_the_tokenizer_cannot_round_trip_are_left_out_and_counted():
     neg = _sample(0, 0, "ok\nbad\n#### 1")
     ok = _sample(0, 1, "ok\nok\nok\nok\n#### 3")
     ds = step_values.step_negatives_dataset(
-        None, [neg, ok], problems=PROBLEMS, prompt_ids=PROMPTS, model_cfg=None,
-        tokenizer=Lossy(), sampling_cfg=None, score_fn=toy_score, key=None,
-        rollout_fn=toy_rollouts)
+        None,
+        [neg, ok],
+        problems=PROBLEMS,
+        prompt_ids=PROMPTS,
+        model_cfg=None,
+        tokenizer=Lossy(),
+        sampling_cfg=None,
+        score_fn=toy_score,
+        key=None,
+        rollout_fn=toy_rollouts,
+    )
     assert ds.stats["num_untokenizable"] == 1 and ds.stats["num_negatives"] == 2
     assert ds.completion_ids == [TOK.encode(ok.completion) + [TOK.eos_id]]

@@ -12,7 +12,7 @@ TEXTS = [
     "x",
     "  \n",
     "We have 3.5 apples. Then we eat one! Is it 2? Yes.\nSo 2.5 remain.  \n\n#### 2.5",
-    "He said \"stop.\" Then left.\r\nDone",
+    'He said "stop." Then left.\r\nDone',
     "é ü. 日本.\n語",
 ]
 
@@ -41,10 +41,17 @@ def test_newline_mode():
 def test_sentence_mode():
     text = "We have 3.5 apples. Then we eat one! Is it 2? Yes.\nSo 2.5 remain.  \n\n#### 2.5"
     assert steps.split_steps(text, mode="sentence") == [
-        "We have 3.5 apples. ", "Then we eat one! ", "Is it 2? ", "Yes.\n",
-        "So 2.5 remain.  \n\n", "#### 2.5"]
+        "We have 3.5 apples. ",
+        "Then we eat one! ",
+        "Is it 2? ",
+        "Yes.\n",
+        "So 2.5 remain.  \n\n",
+        "#### 2.5",
+    ]
     assert steps.split_steps('He said "stop." Then left.', mode="sentence") == [
-        'He said "stop." ', "Then left."]
+        'He said "stop." ',
+        "Then left.",
+    ]
 
 
 def test_bad_arguments():
@@ -67,7 +74,7 @@ def test_token_spans_with_bytes(text):
         ids = tok.encode(text)
         spans = steps.token_spans(s, ids, tok.decode)
         assert spans[0][0] == 0 and spans[-1][1] == len(ids)
-        for (a, b), (c, _) in zip(spans, spans[1:]):
+        for (_, b), (c, _) in zip(spans, spans[1:]):
             assert b == c
         for step, (a, b) in zip(s, spans):
             # Bytes map one to one, so each step's tokens decode to the step exactly.
@@ -84,8 +91,10 @@ class MergingTokenizer:
     def encode(self, text):
         ids, i = [], 0
         while i < len(text):
-            j = max((v for v in range(len(self.vocab)) if text.startswith(self.vocab[v], i)),
-                    key=lambda v: len(self.vocab[v]))
+            j = max(
+                (v for v in range(len(self.vocab)) if text.startswith(self.vocab[v], i)),
+                key=lambda v: len(self.vocab[v]),
+            )
             ids.append(j)
             i += len(self.vocab[j])
         return ids

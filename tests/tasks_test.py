@@ -44,7 +44,10 @@ def test_arithmetic_worked_solution_format():
     assert arithmetic.extract("garbage") is None
     q = arithmetic.Problem(0, "1+1", "2")
     assert arithmetic.score(["1+1=2\n#### 2", "#### 3", "no"], [q] * 3) == [
-        "correct", "incorrect", "no_answer"]
+        "correct",
+        "incorrect",
+        "no_answer",
+    ]
     q = arithmetic.Problem(0, "3+4+1", "8")
     outs = ["3+4=7\n7+1=8\n#### 8", "3+4=6\n6+2=8\n#### 8", "3+5=8\n8+0=8\n#### 8", "#### 8"]
     assert arithmetic.score(outs, [q] * 4, verify_steps=True) == ["correct"] + ["incorrect"] * 3
@@ -68,12 +71,14 @@ def test_gsm8k_from_jsonl():
 
 
 def test_math_from_jsonl_with_few_shot_prompt(tmp_path):
-    rows = [json.loads(line) for line in
-            __import__("gzip").open(DATA / "math500_test.jsonl.gz", "rt")][:30]
+    rows = [
+        json.loads(line) for line in __import__("gzip").open(DATA / "math500_test.jsonl.gz", "rt")
+    ][:30]
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    task = jsonl_tasks.math_task(train_file=str(train), test_file=str(train), num_shots=2,
-                                 val_size=5)
+    task = jsonl_tasks.math_task(
+        train_file=str(train), test_file=str(train), num_shots=2, val_size=5
+    )
     assert len(task.load("train")) == 23 and len(task.load("val")) == 5
     prompt = task.prompt(task.load("test")[5])
     assert prompt.count("Question:") == 3 and rows[0]["question"].strip() in prompt
@@ -88,8 +93,10 @@ def test_malformed_rows_name_file_line_and_field(tmp_path):
     good = '{"question": "q", "answer": "#### 1"}\n'
     cases = [
         ('{"question": "q"}\n', r'bad.jsonl:2: field "answer" is missing'),
-        ('\n{"question": 3, "answer": "x"}\n',
-         r'bad.jsonl:3: field "question" must be a string, got int'),
+        (
+            '\n{"question": 3, "answer": "x"}\n',
+            r'bad.jsonl:3: field "question" must be a string, got int',
+        ),
         ("{not json\n", r"bad.jsonl:2: invalid JSON \(Expecting property name"),
         ('["q", "a"]\n', r"bad.jsonl:2: expected a JSON object, got list"),
     ]
@@ -110,8 +117,9 @@ def test_malformed_rows_name_file_line_and_field(tmp_path):
 
 def test_jsonl_task_reports_a_bad_row_as_data_error(tmp_path):
     path = tmp_path / "train.jsonl"
-    path.write_text('{"question": "a", "answer": "so #### 4"}\n'
-                    '{"question": "b", "solution": "#### 5"}\n')
+    path.write_text(
+        '{"question": "a", "answer": "so #### 4"}\n{"question": "b", "solution": "#### 5"}\n'
+    )
     task = jsonl_tasks.gsm8k_task(train_file=None, test_file=str(path))
     with pytest.raises(errors.DataError, match=r'train.jsonl:2: field "answer" is missing'):
         task.load("test")
@@ -119,18 +127,23 @@ def test_jsonl_task_reports_a_bad_row_as_data_error(tmp_path):
 
 def test_val_size_must_leave_training_problems(tmp_path):
     path = tmp_path / "train.jsonl"
-    path.write_text("".join(json.dumps({"question": f"q{i}", "answer": f"#### {i}"}) + "\n"
-                            for i in range(6)))
-    task = jsonl_tasks.gsm8k_task(train_file=str(path), test_file=str(path), num_shots=2,
-                                  val_size=3)
+    path.write_text(
+        "".join(json.dumps({"question": f"q{i}", "answer": f"#### {i}"}) + "\n" for i in range(6))
+    )
+    task = jsonl_tasks.gsm8k_task(
+        train_file=str(path), test_file=str(path), num_shots=2, val_size=3
+    )
     assert (len(task.load("train")), len(task.load("val"))) == (1, 3)
     for val_size in (4, 10):
-        task = jsonl_tasks.gsm8k_task(train_file=str(path), test_file=str(path), num_shots=2,
-                                      val_size=val_size)
+        task = jsonl_tasks.gsm8k_task(
+            train_file=str(path), test_file=str(path), num_shots=2, val_size=val_size
+        )
         for split in ("train", "val", "sft"):
-            with pytest.raises(errors.ConfigError,
-                               match=rf"val_size={val_size} leaves no training problems: "
-                                     rf".*train.jsonl has 6 rows, 2 of them few-shot exemplars"):
+            with pytest.raises(
+                errors.ConfigError,
+                match=rf"val_size={val_size} leaves no training problems: "
+                rf".*train.jsonl has 6 rows, 2 of them few-shot exemplars",
+            ):
                 task.load(split)
         assert len(task.load("test")) == 6  # other splits still load
     with pytest.raises(errors.ConfigError, match=r"val_size must be >= 0, got -1"):
@@ -152,13 +165,16 @@ def test_scores_are_statuses():
 
 def test_problems_without_gold_are_kept_unscored(tmp_path):
     path = tmp_path / "g.jsonl"
-    path.write_text('{"question": "a", "answer": "so #### 4"}\n{"question": "b", "answer": "no answer"}\n')
+    path.write_text(
+        '{"question": "a", "answer": "so #### 4"}\n{"question": "b", "answer": "no answer"}\n'
+    )
     probs = jsonl_tasks.gsm8k_task(train_file=None, test_file=str(path)).load("test")
     assert probs[0].answer == "4" and probs[1].answer is None
 
 
 def test_seqio_task_matches_the_loop_view():
     from rest_em.tasks import seqio_tasks  # imports seqio + TensorFlow: only here
+
     task = arithmetic.make_task(num_train=20, num_sft=20, num_val=4, num_test=8)
     st = seqio_tasks.register(task, name="rest_em_arithmetic_test")
     tok = ByteTokenizer()
@@ -180,13 +196,20 @@ def test_arithmetic_human_solutions_terse_and_checked():
     assert task.score([task.target(p) for p in train], train) == ["correct"] * len(train)
     assert train[0].solution == arithmetic.human_solution(train[0], 0)  # deterministic
     q = arithmetic.Problem(0, "3+4+1-2", "6")
-    outs = ["3+4+1=8\n8-2=6\n#### 6",    # two operations folded into one line: fine
-            "3+4+1-2=6\n#### 6",          # the whole chain in one line: fine
-            "3+4+1=9\n9-2=6\n#### 6",     # a false line
-            "3+4=7\n7-2=5\n#### 6",       # skips an operation
-            "3+4+1=8\n#### 6"]            # stops early
+    outs = [
+        "3+4+1=8\n8-2=6\n#### 6",  # two operations folded into one line: fine
+        "3+4+1-2=6\n#### 6",  # the whole chain in one line: fine
+        "3+4+1=9\n9-2=6\n#### 6",  # a false line
+        "3+4=7\n7-2=5\n#### 6",  # skips an operation
+        "3+4+1=8\n#### 6",
+    ]  # stops early
     assert arithmetic.score(outs, [q] * 5, verify_steps=True) == [
-        "correct", "correct", "incorrect", "incorrect", "incorrect"]
+        "correct",
+        "correct",
+        "incorrect",
+        "incorrect",
+        "incorrect",
+    ]
 
 
 def test_arithmetic_transfer_split_is_shifted_and_held_out():
@@ -194,10 +217,14 @@ def test_arithmetic_transfer_split_is_shifted_and_held_out():
     transfer = task.load("transfer")
     assert len(transfer) == 100
     import re
+
     for p in transfer:
         assert any(int(n) >= 10 for n in re.findall(r"[+-](\d+)", p.question))
         assert "=-" not in p.solution
     assert task.score([task.target(p) for p in transfer], transfer) == ["correct"] * 100
     others = {p.question for s in ("sft", "train", "val", "test") for p in task.load(s)}
     assert not others & {p.question for p in transfer}
-    assert task.hint_prompt(transfer[0]) == f"Q: {transfer[0].question} (answer {transfer[0].answer})\n"
+    assert (
+        task.hint_prompt(transfer[0])
+        == f"Q: {transfer[0].question} (answer {transfer[0].answer})\n"
+    )

@@ -4,8 +4,9 @@ other *_multidevice tests)."""
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8")
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+)
 
 # pylint: disable=wrong-import-position
 import jax
@@ -14,9 +15,12 @@ import pytest
 
 from rest_em import model as model_lib
 from rest_em import partitioning, training
-from training_test import CFG, _data, _pairs
-FIT = training.FitConfig(batch_size=8, micro_batches=2, num_steps=4, max_length=16,
-                         eval_every=2)
+from helpers import token_data as _data
+from helpers import token_pairs as _pairs
+from helpers import tiny_model_cfg
+
+CFG = tiny_model_cfg()
+FIT = training.FitConfig(batch_size=8, micro_batches=2, num_steps=4, max_length=16, eval_every=2)
 
 
 @pytest.fixture(scope="module")
@@ -39,25 +43,47 @@ def test_sharded_fit_equals_one_device(mesh):
     prompts, comps = _data(16)
     params = model_lib.init_params(CFG, jax.random.key(0))
     one = training.fit(params, prompts, comps, model_cfg=CFG, cfg=FIT, seed=2)
-    many = training.fit(_on(mesh, params), prompts, comps, model_cfg=CFG, cfg=FIT, seed=2,
-                        mesh=mesh)
+    many = training.fit(
+        _on(mesh, params), prompts, comps, model_cfg=CFG, cfg=FIT, seed=2, mesh=mesh
+    )
     assert [h["step"] for h in many.history] == [2, 4]
-    np.testing.assert_allclose([h["loss"] for h in many.history],
-                               [h["loss"] for h in one.history], rtol=1e-4)
+    np.testing.assert_allclose(
+        [h["loss"] for h in many.history], [h["loss"] for h in one.history], rtol=1e-4
+    )
     _assert_close(many.params, one.params)
-    assert many.params["layer_0"]["mlp"]["gate_kernel"].sharding.spec != \
-        jax.sharding.PartitionSpec()  # really sharded, not gathered onto one device
+    assert (
+        many.params["layer_0"]["mlp"]["gate_kernel"].sharding.spec != jax.sharding.PartitionSpec()
+    )  # really sharded, not gathered onto one device
 
 
 def test_sharded_fit_dpo_equals_one_device(mesh):
     prompts, chosen, rejected = _pairs(16, seed=1)
     params = model_lib.init_params(CFG, jax.random.key(0))
     ref = model_lib.init_params(CFG, jax.random.key(1))
-    one = training.fit_dpo(params, prompts, chosen, rejected, model_cfg=CFG, cfg=FIT, seed=2,
-                           beta=0.5, reference_params=ref)
-    many = training.fit_dpo(_on(mesh, params), prompts, chosen, rejected, model_cfg=CFG,
-                            cfg=FIT, seed=2, beta=0.5, reference_params=_on(mesh, ref),
-                            mesh=mesh)
-    np.testing.assert_allclose([h["loss"] for h in many.history],
-                               [h["loss"] for h in one.history], rtol=1e-4)
+    one = training.fit_dpo(
+        params,
+        prompts,
+        chosen,
+        rejected,
+        model_cfg=CFG,
+        cfg=FIT,
+        seed=2,
+        beta=0.5,
+        reference_params=ref,
+    )
+    many = training.fit_dpo(
+        _on(mesh, params),
+        prompts,
+        chosen,
+        rejected,
+        model_cfg=CFG,
+        cfg=FIT,
+        seed=2,
+        beta=0.5,
+        reference_params=_on(mesh, ref),
+        mesh=mesh,
+    )
+    np.testing.assert_allclose(
+        [h["loss"] for h in many.history], [h["loss"] for h in one.history], rtol=1e-4
+    )
     _assert_close(many.params, one.params)

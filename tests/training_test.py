@@ -9,18 +9,15 @@ import numpy as np
 import optax
 import pytest
 
+import helpers
+
 from rest_em import losses, training
 from rest_em import model as model_lib
 
-CFG = model_lib.ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=2,
-                            num_heads=4, num_kv_heads=2, max_seq_len=64)
+CFG = helpers.tiny_model_cfg()
 
 
-def _data(n=8, seed=0):
-    rng = np.random.default_rng(seed)
-    prompts = [rng.integers(3, 32, size=rng.integers(2, 6)).tolist() for _ in range(n)]
-    comps = [rng.integers(3, 32, size=rng.integers(1, 8)).tolist() + [2] for _ in range(n)]
-    return prompts, comps
+_data = helpers.token_data
 
 
 def test_make_batch_targets_only_the_completion():
@@ -68,7 +65,9 @@ def test_golden_one_step_matches_a_direct_optax_update():
     state, metrics, params, batch, opt = _one_step(2)
 
     def loss_fn(p):
-        logits = model_lib.forward(p, CFG, jnp.asarray(batch.inputs_BxL), jnp.asarray(batch.valid_BxL))
+        logits = model_lib.forward(
+            p, CFG, jnp.asarray(batch.inputs_BxL), jnp.asarray(batch.valid_BxL)
+        )
         logp = jax.nn.log_softmax(logits, axis=-1)
         nll = -jnp.take_along_axis(logp, jnp.asarray(batch.targets_BxL)[..., None], -1)[..., 0]
         w = batch.loss_mask_BxL * batch.weights_B[:, None]
@@ -106,8 +105,15 @@ def test_fit_keeps_the_best_validation_checkpoint():
         return next(rewards)
 
     cfg = training.FitConfig(batch_size=4, num_steps=6, max_length=16, eval_every=2)
-    res = training.fit(model_lib.init_params(CFG, jax.random.key(0)), prompts, comps,
-                       model_cfg=CFG, cfg=cfg, seed=0, eval_fn=eval_fn)
+    res = training.fit(
+        model_lib.init_params(CFG, jax.random.key(0)),
+        prompts,
+        comps,
+        model_cfg=CFG,
+        cfg=cfg,
+        seed=0,
+        eval_fn=eval_fn,
+    )
     assert res.best_step == 4 and res.best_reward == 0.5
     assert [h["step"] for h in res.history] == [2, 4, 6]
     for x, y in zip(jax.tree.leaves(res.params), jax.tree.leaves(seen[1])):
@@ -118,8 +124,9 @@ def test_fit_resumes_after_an_interruption(tmp_path):
     prompts, comps = _data(16)
     params = model_lib.init_params(CFG, jax.random.key(0))
     cfg = training.FitConfig(batch_size=4, num_steps=8, max_length=16, eval_every=2)
-    full = training.fit(params, prompts, comps, model_cfg=CFG, cfg=cfg, seed=3,
-                        eval_fn=lambda p: 0.0)
+    full = training.fit(
+        params, prompts, comps, model_cfg=CFG, cfg=cfg, seed=3, eval_fn=lambda p: 0.0
+    )
 
     calls = {"n": 0}
 
@@ -130,10 +137,26 @@ def test_fit_resumes_after_an_interruption(tmp_path):
         return 0.0
 
     with pytest.raises(KeyboardInterrupt):
-        training.fit(params, prompts, comps, model_cfg=CFG, cfg=cfg, seed=3, eval_fn=crashing_eval,
-                     checkpoint_dir=tmp_path / "ckpt")
-    resumed = training.fit(params, prompts, comps, model_cfg=CFG, cfg=cfg, seed=3,
-                           eval_fn=lambda p: 0.0, checkpoint_dir=tmp_path / "ckpt")
+        training.fit(
+            params,
+            prompts,
+            comps,
+            model_cfg=CFG,
+            cfg=cfg,
+            seed=3,
+            eval_fn=crashing_eval,
+            checkpoint_dir=tmp_path / "ckpt",
+        )
+    resumed = training.fit(
+        params,
+        prompts,
+        comps,
+        model_cfg=CFG,
+        cfg=cfg,
+        seed=3,
+        eval_fn=lambda p: 0.0,
+        checkpoint_dir=tmp_path / "ckpt",
+    )
     assert resumed.history == full.history
     for x, y in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(full.params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -164,8 +187,16 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     training.make_batch = make_batch
     try:
         with pytest.raises(training.TrainingDiverged, match=r"loss is nan at step 4.*\(step 2\)"):
-            training.fit(params, prompts, comps, model_cfg=CFG, cfg=cfg, seed=0, weights=w,
-                         checkpoint_dir=tmp_path / "ckpt")
+            training.fit(
+                params,
+                prompts,
+                comps,
+                model_cfg=CFG,
+                cfg=cfg,
+                seed=0,
+                weights=w,
+                checkpoint_dir=tmp_path / "ckpt",
+            )
     finally:
         training.make_batch = original
     import orbax.checkpoint as ocp
@@ -182,12 +213,8 @@ def test_batch_indices_cover_each_epoch_once():
 
 # --- per-step DPO -------------------------------------------------------------------------
 
-def _pairs(n=4, seed=5):
-    rng = np.random.default_rng(seed)
-    prompts = [rng.integers(3, 32, size=rng.integers(2, 5)).tolist() for _ in range(n)]
-    chosen = [rng.integers(3, 32, size=rng.integers(1, 6)).tolist() + [2] for _ in range(n)]
-    rejected = [rng.integers(3, 32, size=rng.integers(1, 4)).tolist() for _ in range(n)]
-    return prompts, chosen, rejected
+
+_pairs = helpers.token_pairs
 
 
 def _dpo_step(a, batch, beta=0.5):
@@ -210,8 +237,9 @@ def _batch_logp(params, tb):
 
 def _pair_batch(ref):
     prompts, chosen, rejected = _pairs()
-    batch = training.make_pair_batch(prompts, chosen, rejected, length=12,
-                                     weights=[1.0, 1.0, 0.0, 1.0])
+    batch = training.make_pair_batch(
+        prompts, chosen, rejected, length=12, weights=[1.0, 1.0, 0.0, 1.0]
+    )
     ref_fn = jax.jit(functools.partial(training.reference_logprobs, model_cfg=CFG))
     return ref_fn(ref, jax.tree.map(jnp.asarray, batch))
 
@@ -232,8 +260,9 @@ def test_dpo_step_at_the_reference_is_log2_and_the_log_ratio_gradient():
         return (w * d).sum() / w.sum()  # the zero-weight pair does not count
 
     g = jax.jit(jax.grad(ratio))(params)
-    for new, old, gi in zip(jax.tree.leaves(state.params), jax.tree.leaves(params),
-                            jax.tree.leaves(g)):
+    for new, old, gi in zip(
+        jax.tree.leaves(state.params), jax.tree.leaves(params), jax.tree.leaves(g)
+    ):
         # SGD(lr=1): new = old - grad(loss) = old + (beta / 2) * grad(ratio).
         np.testing.assert_allclose(new - old, beta / 2 * gi, rtol=1e-3, atol=1e-6)
 
@@ -246,12 +275,17 @@ def test_dpo_step_golden_and_exact_accumulation():
     s2, m2, _ = _dpo_step(2, batch, beta)
     # Reference log-probs are the completion log-likelihoods weighted_nll sums (its masks
     # target exactly the completion: test_make_batch_targets_only_the_completion).
-    for tb, got in ((batch.chosen, batch.ref_chosen_logp_B),
-                    (batch.rejected, batch.ref_rejected_logp_B)):
-        logits = jax.jit(model_lib.forward, static_argnums=1)(ref, CFG, tb.inputs_BxL,
-                                                              tb.valid_BxL)
-        nll = [losses.weighted_nll(logits[i:i + 1], tb.targets_BxL[i:i + 1],
-                                   tb.loss_mask_BxL[i:i + 1])[1]["loss_sum"] for i in range(4)]
+    for tb, got in (
+        (batch.chosen, batch.ref_chosen_logp_B),
+        (batch.rejected, batch.ref_rejected_logp_B),
+    ):
+        logits = jax.jit(model_lib.forward, static_argnums=1)(ref, CFG, tb.inputs_BxL, tb.valid_BxL)
+        nll = [
+            losses.weighted_nll(
+                logits[i : i + 1], tb.targets_BxL[i : i + 1], tb.loss_mask_BxL[i : i + 1]
+            )[1]["loss_sum"]
+            for i in range(4)
+        ]
         np.testing.assert_allclose(got, -np.asarray(nll), rtol=1e-5)
     w = batch.chosen.weights_B
 
@@ -263,8 +297,12 @@ def test_dpo_step_golden_and_exact_accumulation():
     loss, g = jax.jit(jax.value_and_grad(loss_fn))(params)
     np.testing.assert_allclose(m1["loss"], loss, rtol=1e-5)
     np.testing.assert_allclose(m2["loss"], loss, rtol=1e-5)
-    for x, y, old, gi in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params),
-                             jax.tree.leaves(params), jax.tree.leaves(g)):
+    for x, y, old, gi in zip(
+        jax.tree.leaves(s1.params),
+        jax.tree.leaves(s2.params),
+        jax.tree.leaves(params),
+        jax.tree.leaves(g),
+    ):
         np.testing.assert_allclose(x, old - gi, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
@@ -278,8 +316,11 @@ def test_in_step_reference_equals_precomputed_reference_logprobs():
     opt = optax.sgd(1.0)
     state = training.init_train_state(model_lib.init_params(CFG, jax.random.key(0)), opt)
     plain = batch.replace(ref_chosen_logp_B=jnp.zeros(4), ref_rejected_logp_B=jnp.zeros(4))
-    step = jax.jit(functools.partial(training.dpo_train_step_with_reference, model_cfg=CFG,
-                                     optimizer=opt, beta=0.5))
+    step = jax.jit(
+        functools.partial(
+            training.dpo_train_step_with_reference, model_cfg=CFG, optimizer=opt, beta=0.5
+        )
+    )
     got, m_got = step(state, ref, _stack(plain, 2))
     np.testing.assert_allclose(m_got["loss"], m_want["loss"], rtol=1e-5)
     for x, y in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
@@ -291,13 +332,27 @@ def test_fit_dpo_prefers_chosen_and_resumes_exactly(tmp_path):
     frozen reference, and an interrupted run resumes to the uninterrupted result."""
     prompts, chosen, rejected = _pairs(8, seed=7)
     params = model_lib.init_params(CFG, jax.random.key(0))
-    cfg = training.FitConfig(batch_size=4, num_steps=8, max_length=16, eval_every=2,
-                             optimizer=training.OptimizerConfig(learning_rate=3e-3,
-                                                                warmup_steps=0))
-    full = training.fit_dpo(params, prompts, chosen, rejected, model_cfg=CFG, cfg=cfg, seed=1,
-                            beta=0.5, eval_fn=lambda p: 0.0)
-    batch = jax.tree.map(jnp.asarray, training.make_pair_batch(prompts, chosen, rejected,
-                                                               length=16))
+    cfg = training.FitConfig(
+        batch_size=4,
+        num_steps=8,
+        max_length=16,
+        eval_every=2,
+        optimizer=training.OptimizerConfig(learning_rate=3e-3, warmup_steps=0),
+    )
+    full = training.fit_dpo(
+        params,
+        prompts,
+        chosen,
+        rejected,
+        model_cfg=CFG,
+        cfg=cfg,
+        seed=1,
+        beta=0.5,
+        eval_fn=lambda p: 0.0,
+    )
+    batch = jax.tree.map(
+        jnp.asarray, training.make_pair_batch(prompts, chosen, rejected, length=16)
+    )
 
     def log_ratio(p):
         return _batch_logp(p, batch.chosen) - _batch_logp(p, batch.rejected)
@@ -316,11 +371,30 @@ def test_fit_dpo_prefers_chosen_and_resumes_exactly(tmp_path):
         return 0.0
 
     with pytest.raises(KeyboardInterrupt):
-        training.fit_dpo(params, prompts, chosen, rejected, model_cfg=CFG, cfg=cfg, seed=1,
-                         beta=0.5, eval_fn=crashing_eval, checkpoint_dir=tmp_path / "ckpt")
-    resumed = training.fit_dpo(params, prompts, chosen, rejected, model_cfg=CFG, cfg=cfg,
-                               seed=1, beta=0.5, eval_fn=lambda p: 0.0,
-                               checkpoint_dir=tmp_path / "ckpt")
+        training.fit_dpo(
+            params,
+            prompts,
+            chosen,
+            rejected,
+            model_cfg=CFG,
+            cfg=cfg,
+            seed=1,
+            beta=0.5,
+            eval_fn=crashing_eval,
+            checkpoint_dir=tmp_path / "ckpt",
+        )
+    resumed = training.fit_dpo(
+        params,
+        prompts,
+        chosen,
+        rejected,
+        model_cfg=CFG,
+        cfg=cfg,
+        seed=1,
+        beta=0.5,
+        eval_fn=lambda p: 0.0,
+        checkpoint_dir=tmp_path / "ckpt",
+    )
     assert resumed.history == full.history
     for x, y in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(full.params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -330,11 +404,27 @@ def test_fit_with_base_reward_keeps_the_start_when_nothing_beats_it():
     prompts, comps = _data()
     params = model_lib.init_params(CFG, jax.random.key(0))
     cfg = training.FitConfig(batch_size=4, num_steps=4, max_length=16, eval_every=2)
-    kept = training.fit(params, prompts, comps, model_cfg=CFG, cfg=cfg, seed=0,
-                        eval_fn=lambda p: 0.5, base_reward=0.5)  # ties keep the earlier: 0
+    kept = training.fit(
+        params,
+        prompts,
+        comps,
+        model_cfg=CFG,
+        cfg=cfg,
+        seed=0,
+        eval_fn=lambda p: 0.5,
+        base_reward=0.5,
+    )  # ties keep the earlier: 0
     assert kept.best_step == 0 and kept.best_reward == 0.5
     for x, y in zip(jax.tree.leaves(kept.params), jax.tree.leaves(params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    beaten = training.fit(params, prompts, comps, model_cfg=CFG, cfg=cfg, seed=0,
-                          eval_fn=lambda p: 0.6, base_reward=0.5)
+    beaten = training.fit(
+        params,
+        prompts,
+        comps,
+        model_cfg=CFG,
+        cfg=cfg,
+        seed=0,
+        eval_fn=lambda p: 0.6,
+        base_reward=0.5,
+    )
     assert beaten.best_step == 2 and beaten.best_reward == 0.6

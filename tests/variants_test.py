@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from em_test import TINY, _run
+from em_test import _run
 
 FAST = ["--gin.EMConfig.num_iterations=1"]
 
@@ -26,8 +26,10 @@ def _with_base(src, dst):
 
 def _tiny_task():
     from rest_em.tasks import arithmetic
-    return arithmetic.make_task(num_train=48, num_sft=64, num_val=16, num_test=32,
-                                verify_steps=False)
+
+    return arithmetic.make_task(
+        num_train=48, num_sft=64, num_val=16, num_test=32, verify_steps=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +59,12 @@ def test_rest_continues_from_the_last_model(restem, tmp_path):
     from rest_em import checkpoints
 
     w = _with_base(restem, tmp_path / "rest")
-    _run(w, "--gin_file=variants/rest.gin", "--gin.EMConfig.eval_splits=('test', 'transfer')",
-         "--gin.arithmetic_task.num_transfer=16")
+    _run(
+        w,
+        "--gin_file=variants/rest.gin",
+        "--gin.EMConfig.eval_splits=('test', 'transfer')",
+        "--gin.arithmetic_task.num_transfer=16",
+    )
     ref = [json.loads((restem / f"iter_00{i}" / "metrics.json").read_text()) for i in (1, 2)]
     got = [json.loads((w / f"iter_00{i}" / "metrics.json").read_text()) for i in (1, 2)]
     # Iteration 1 starts from the base either way; iteration 2 starts elsewhere.
@@ -67,7 +73,10 @@ def test_rest_continues_from_the_last_model(restem, tmp_path):
     a = checkpoints.restore_params(restem / "iter_002" / "params")
     b = checkpoints.restore_params(w / "iter_002" / "params")
     import jax
-    diffs = jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(np.asarray(x) - np.asarray(y)).max()), a, b))
+
+    diffs = jax.tree.leaves(
+        jax.tree.map(lambda x, y: float(np.abs(np.asarray(x) - np.asarray(y)).max()), a, b)
+    )
     assert max(diffs) > 0
     assert "transfer/greedy_pass@1" in got[1] and "transfer/pass@4" in got[1]
 
@@ -80,21 +89,27 @@ def test_rft_one_iteration_distinct_solutions(restem, tmp_path):
     assert selected, "the tiny base model finds some correct samples"
     pairs = [(r["problem_id"], r["completion"]) for r in selected]
     assert len(pairs) == len(set(pairs))
-    samples = [r for f in sorted((w / "iter_001" / "samples").glob("shard_*.jsonl")) for r in _rows(f)]
-    assert len(selected) <= len({(r["problem_id"], r["completion"]) for r in samples
-                                 if r["status"] == "correct"})
+    samples = [
+        r for f in sorted((w / "iter_001" / "samples").glob("shard_*.jsonl")) for r in _rows(f)
+    ]
+    assert len(selected) <= len(
+        {(r["problem_id"], r["completion"]) for r in samples if r["status"] == "correct"}
+    )
 
 
 def test_star_greedy_estep_and_rationalization(restem, tmp_path):
     w = _with_base(restem, tmp_path / "star")
     _run(w, "--gin_file=variants/star.gin", *FAST)
-    samples = [r for f in sorted((w / "iter_001" / "samples").glob("shard_*.jsonl")) for r in _rows(f)]
+    samples = [
+        r for f in sorted((w / "iter_001" / "samples").glob("shard_*.jsonl")) for r in _rows(f)
+    ]
     task = _tiny_task()
     assert sorted(r["problem_id"] for r in samples) == [p.problem_id for p in task.load("train")]
     assert {r["sample_index"] for r in samples} == {0}  # one greedy solution per problem
     solved = {r["problem_id"] for r in samples if r["status"] == "correct"}
-    hinted = [r for f in sorted((w / "iter_001" / "rationalized").glob("shard_*.jsonl"))
-              for r in _rows(f)]
+    hinted = [
+        r for f in sorted((w / "iter_001" / "rationalized").glob("shard_*.jsonl")) for r in _rows(f)
+    ]
     assert {r["problem_id"] for r in hinted} == {p.problem_id for p in task.load("train")} - solved
     m = json.loads((w / "iter_001" / "metrics.json").read_text())
     assert m["num_rationalized"] == sum(r["status"] == "correct" for r in hinted)
@@ -104,8 +119,9 @@ def test_star_greedy_estep_and_rationalization(restem, tmp_path):
     # Greedy decoding: the E-step equals the base model's greedy evaluation on train.
     base_eval = json.loads((restem / "iter_000" / "eval_train.json").read_text())
     first16 = [r for r in samples if r["problem_id"] < 16]
-    assert np.isclose(sum(r["status"] == "correct" for r in first16) / 16,
-                      base_eval["train/greedy_pass@1"])
+    assert np.isclose(
+        sum(r["status"] == "correct" for r in first16) / 16, base_eval["train/greedy_pass@1"]
+    )
 
 
 def test_distillation_samples_come_from_the_teacher(restem, tmp_path):
@@ -116,28 +132,57 @@ def test_distillation_samples_come_from_the_teacher(restem, tmp_path):
     from rest_em.tokenizers import ByteTokenizer
 
     w = tmp_path / "student"
-    _run(w, "--gin_file=variants/distill.gin", f"--gin.TEACHER_WORKDIR='{restem}'",
-         "--gin.rest_em.run.teacher_model=@teacher/rest_em.ModelConfig()",
-         "--gin.teacher/rest_em.ModelConfig.hidden_size=32",
-         "--gin.teacher/rest_em.ModelConfig.intermediate_size=64",
-         "--gin.rest_em.ModelConfig.hidden_size=16", "--gin.rest_em.ModelConfig.intermediate_size=32")
+    _run(
+        w,
+        "--gin_file=variants/distill.gin",
+        f"--gin.TEACHER_WORKDIR='{restem}'",
+        "--gin.rest_em.run.teacher_model=@teacher/rest_em.ModelConfig()",
+        "--gin.teacher/rest_em.ModelConfig.hidden_size=32",
+        "--gin.teacher/rest_em.ModelConfig.intermediate_size=64",
+        "--gin.rest_em.ModelConfig.hidden_size=16",
+        "--gin.rest_em.ModelConfig.intermediate_size=32",
+    )
     # The E-step samples equal the teacher's last model sampled with the run's keys.
-    teacher_cfg = ModelConfig(vocab_size=259, hidden_size=32, intermediate_size=64, num_layers=2,
-                              num_heads=4, num_kv_heads=2, max_seq_len=128)
+    teacher_cfg = ModelConfig(
+        vocab_size=259,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        max_seq_len=128,
+    )
     params = em.final_params(restem, teacher_cfg)
     task, tok = _tiny_task(), ByteTokenizer()
     train = task.load("train")[:16]
-    cfg = sampling.SamplingConfig(num_samples=4, temperature=1.0, top_k=0, max_new_tokens=32,
-                                  eos_id=tok.eos_id, pad_id=tok.pad_id)
+    cfg = sampling.SamplingConfig(
+        num_samples=4,
+        temperature=1.0,
+        top_k=0,
+        max_new_tokens=32,
+        eos_id=tok.eos_id,
+        pad_id=tok.pad_id,
+    )
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 1), 0)
-    want = em.generate_and_score(params, train, task=task, tokenizer=tok, model_cfg=teacher_cfg,
-                                 sampling_cfg=cfg, key=key, chunk_size=16)
+    want = em.generate_and_score(
+        params,
+        train,
+        task=task,
+        tokenizer=tok,
+        model_cfg=teacher_cfg,
+        sampling_cfg=cfg,
+        key=key,
+        chunk_size=16,
+    )
     got = _rows(w / "iter_001" / "samples" / "shard_00000.jsonl")
     assert [r["completion"] for r in got] == [c for s in want for c in s.completions]
     student = json.loads((w / "iter_001" / "metrics.json").read_text())
     assert "test/greedy_pass@1" in student
     from rest_em import checkpoints
-    shapes = {x.shape for x in jax.tree.leaves(checkpoints.restore_params(w / "iter_001" / "params"))}
+
+    shapes = {
+        x.shape for x in jax.tree.leaves(checkpoints.restore_params(w / "iter_001" / "params"))
+    }
     assert (259, 16) in shapes or (16, 259) in shapes  # the student is the small model
 
 
@@ -145,8 +190,13 @@ def test_step_negatives_mode(restem, tmp_path):
     """Positives + per-step weighted negatives: the rollouts' dataset is a file, the
     positives keep weight 1, the negatives' weights vary by step, and all of it trains."""
     w = _with_base(restem, tmp_path / "neg")
-    _run(w, "--gin_file=variants/step_negatives.gin", "--gin.StepNegativesConfig.num_rollouts=2",
-         "--gin.StepNegativesConfig.max_per_problem=2", *FAST)
+    _run(
+        w,
+        "--gin_file=variants/step_negatives.gin",
+        "--gin.StepNegativesConfig.num_rollouts=2",
+        "--gin.StepNegativesConfig.max_per_problem=2",
+        *FAST,
+    )
     rows = _rows(w / "iter_001" / "step_dataset.jsonl")
     stats = rows.pop()["stats"]
     selected = _rows(w / "iter_001" / "selected.jsonl")
@@ -170,15 +220,20 @@ def test_step_dpo_mode(restem, tmp_path):
     from rest_em.tokenizers import ByteTokenizer
 
     w = _with_base(restem, tmp_path / "dpo")
-    _run(w, "--gin_file=variants/step_dpo.gin", "--gin.StepNegativesConfig.num_rollouts=2",
-         "--gin.StepNegativesConfig.max_per_problem=2", *FAST)
+    _run(
+        w,
+        "--gin_file=variants/step_dpo.gin",
+        "--gin.StepNegativesConfig.num_rollouts=2",
+        "--gin.StepNegativesConfig.max_per_problem=2",
+        *FAST,
+    )
     pairs = _rows(w / "iter_001" / "step_pairs.jsonl")
     stats = _rows(w / "iter_001" / "step_dataset.jsonl")[-1]["stats"]
     assert 0 < len(pairs) == stats["num_pairs"] <= stats["num_negatives"]
     task, tok = _tiny_task(), ByteTokenizer()
     prompts = [em.prompt_ids(task, tok, p) for p in task.load("train")]
     for q in pairs:
-        assert any(q["prompt_ids"][:len(p)] == p for p in prompts)
+        assert any(q["prompt_ids"][: len(p)] == p for p in prompts)
         assert q["chosen_ids"] != q["rejected_ids"] and q["rejected_ids"]
         assert q["chosen_ids"][-1] == tok.eos_id  # a finished, correct continuation
     m = json.loads((w / "iter_001" / "metrics.json").read_text())
@@ -193,15 +248,26 @@ def test_every_shipped_variant_parses_on_the_default_task():
     import sys
 
     from em_test import REPO, _env
+
     variants = sorted(p.name for p in (REPO / "gin_configs" / "variants").glob("*.gin"))
-    assert {"sft_human.gin", "rest.gin", "rft.gin", "star.gin", "distill.gin",
-            "step_negatives.gin", "step_dpo.gin"} <= set(variants)
-    code = ("import gin; from rest_em import main\n"
-            f"for v in {variants!r}:\n"
-            "    gin.clear_config()\n"
-            "    main.parse_gin(['arithmetic.gin', 'variants/' + v], [\"TEACHER_WORKDIR='t'\"])\n"
-            "    print('ok', v)\n")
-    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True,
-                          text=True, timeout=300)
+    assert {
+        "sft_human.gin",
+        "rest.gin",
+        "rft.gin",
+        "star.gin",
+        "distill.gin",
+        "step_negatives.gin",
+        "step_dpo.gin",
+    } <= set(variants)
+    code = (
+        "import gin; from rest_em import main\n"
+        f"for v in {variants!r}:\n"
+        "    gin.clear_config()\n"
+        "    main.parse_gin(['arithmetic.gin', 'variants/' + v], [\"TEACHER_WORKDIR='t'\"])\n"
+        "    print('ok', v)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("ok ") == len(variants)

@@ -41,12 +41,27 @@ def _codec():
 
 def _read_paths() -> list[str]:
     """What a program may read (and execute): the standard library and system dirs."""
-    paths = [os.path.realpath(sys.base_prefix), os.path.realpath(sys.exec_prefix),
-             os.path.dirname(os.path.realpath(sys.executable)),
-             "/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin",
-             "/etc/ld.so.cache", "/etc/localtime", "/etc/passwd", "/etc/group",
-             "/etc/hosts", "/etc/nsswitch.conf", "/dev/urandom", "/dev/random",
-             "/dev/zero", "/sys/devices/system/cpu"]
+    paths = [
+        os.path.realpath(sys.base_prefix),
+        os.path.realpath(sys.exec_prefix),
+        os.path.dirname(os.path.realpath(sys.executable)),
+        "/usr",
+        "/lib",
+        "/lib64",
+        "/lib32",
+        "/bin",
+        "/sbin",
+        "/etc/ld.so.cache",
+        "/etc/localtime",
+        "/etc/passwd",
+        "/etc/group",
+        "/etc/hosts",
+        "/etc/nsswitch.conf",
+        "/dev/urandom",
+        "/dev/random",
+        "/dev/zero",
+        "/sys/devices/system/cpu",
+    ]
     out = []
     for p in paths:
         if os.path.exists(p) and p not in out:
@@ -65,8 +80,7 @@ def _work_root() -> str:
     except FileExistsError:
         pass
     st = os.lstat(root)
-    if not (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and
-            not st.st_mode & 0o077):
+    if not (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077):
         raise RuntimeError(f"{root} exists and is not a private directory of this user")
     for name in os.listdir(root):
         if name.isdigit() and not _is_zygote(int(name)):
@@ -84,8 +98,13 @@ def _is_zygote(pid: int) -> bool:
 
 def _remove_dir(path: str) -> None:
     if not _codec().wipe_contents(path):  # too deep for Python: rm copes with any depth
-        subprocess.run(["rm", "-rf", "--", path], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        subprocess.run(
+            ["rm", "-rf", "--", path],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
     try:
         os.rmdir(path)
     except OSError:
@@ -165,15 +184,25 @@ class _Host:
         root = _work_root()
         self._setup_cgroup()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        cfg = {"sock_fd": child.fileno(), "base": root, "read_paths": _read_paths(),
-               "tmpfs_mb": int(os.environ.get("REST_EM_SANDBOX_TMPFS_MB", "256")),
-               "cgroup_procs": self.cgroup and os.path.join(self.cgroup, "cgroup.procs"),
-               "namespaces": self.namespaces, "landlock": self.landlock}
+        cfg = {
+            "sock_fd": child.fileno(),
+            "base": root,
+            "read_paths": _read_paths(),
+            "tmpfs_mb": int(os.environ.get("REST_EM_SANDBOX_TMPFS_MB", "256")),
+            "cgroup_procs": self.cgroup and os.path.join(self.cgroup, "cgroup.procs"),
+            "namespaces": self.namespaces,
+            "landlock": self.landlock,
+        }
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
         self.proc = subprocess.Popen(
             [sys.executable, "-I", "-S", "-B", _CHILD_PATH, json.dumps(cfg)],
-            pass_fds=[child.fileno()], env=env, cwd=root, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, close_fds=True)
+            pass_fds=[child.fileno()],
+            env=env,
+            cwd=root,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            close_fds=True,
+        )
         child.close()
         self.sock = parent
         msg = self._recv_event(time.monotonic() + 60.0)
@@ -242,16 +271,14 @@ class _Host:
 
     # ---------------------------------------------------------------------- jobs
 
-    def start_job(self, program: str, mode: str, lim: dict, cpu_s: float,
-                  io: bool) -> _Job:
+    def start_job(self, program: str, mode: str, lim: dict, cpu_s: float, io: bool) -> _Job:
         try:
             return self._start_job(program, mode, lim, cpu_s, io)
         except OSError:  # the zygote went away between jobs: once more, on a new one
             self.stop()
             return self._start_job(program, mode, lim, cpu_s, io)
 
-    def _start_job(self, program: str, mode: str, lim: dict, cpu_s: float,
-                   io: bool) -> _Job:
+    def _start_job(self, program: str, mode: str, lim: dict, cpu_s: float, io: bool) -> _Job:
         self.ensure()
         nproc = int(lim["max_processes"]) + 2  # + the zygote and its namespace parent
         if self.cgroup and self._pids_max != nproc:
@@ -277,11 +304,14 @@ class _Host:
             for fd in child_fds[1:]:
                 os.close(fd)
         job = _Job(self, ctl, pipes, lim)
-        limits = {"cpu_s": math.ceil(cpu_s) + 1, "memory_bytes": int(lim["memory_mb"]) << 20,
-                  "file_bytes": int(lim["max_file_bytes"]), "nproc": nproc}
+        limits = {
+            "cpu_s": math.ceil(cpu_s) + 1,
+            "memory_bytes": int(lim["memory_mb"]) << 20,
+            "file_bytes": int(lim["max_file_bytes"]),
+            "nproc": nproc,
+        }
         try:
-            _codec().write_frame(ctl.fileno(), {"mode": mode, "program": program,
-                                                "limits": limits})
+            _codec().write_frame(ctl.fileno(), {"mode": mode, "program": program, "limits": limits})
         except OSError:
             pass  # the child died during setup: end_job reports it
         return job
@@ -343,15 +373,15 @@ class _Job:
                 n = int.from_bytes(self.buf[:4], "big")
                 if n > cap:
                     raise _FrameTooLarge(
-                        f"the program sent a value of {n} bytes (> max_output_bytes)")
+                        f"the program sent a value of {n} bytes (> max_output_bytes)"
+                    )
                 need = 4 + n
                 if len(self.buf) >= need:
                     data, self.buf = self.buf[4:need], self.buf[need:]
                     try:
                         return json.loads(data)
                     except (ValueError, RecursionError):
-                        raise _BadFrame("the program wrote garbage on its result channel") \
-                            from None
+                        raise _BadFrame("the program wrote garbage on its result channel") from None
             if self.dead:
                 raise _JobEnded()
             remaining = self.deadline - time.monotonic()

@@ -44,8 +44,11 @@ def _load(name: str) -> types.ModuleType:
 Outcome = _load("status").Outcome
 _hostlib = _load("_code_host")
 _Host, _Job, _codec = _hostlib._Host, _hostlib._Job, _hostlib._codec
-_JobEnded, _FrameTooLarge, _BadFrame = (_hostlib._JobEnded, _hostlib._FrameTooLarge,
-                                        _hostlib._BadFrame)
+_JobEnded, _FrameTooLarge, _BadFrame = (
+    _hostlib._JobEnded,
+    _hostlib._FrameTooLarge,
+    _hostlib._BadFrame,
+)
 
 
 _EXITED = "the program exited"
@@ -91,8 +94,7 @@ def _call(job: _Job, name: str, args: tuple, kwargs: dict) -> Any:
     try:
         req = ["call", name, codec.encode(list(args)), codec.encode(dict(kwargs))]
     except codec.UnsupportedValue as e:
-        raise _CheckerProblem(f"the test passes a value the sandbox cannot carry: {e}") \
-            from None
+        raise _CheckerProblem(f"the test passes a value the sandbox cannot carry: {e}") from None
     try:
         codec.write_frame(job.ctl.fileno(), req)
     except OSError:
@@ -107,9 +109,10 @@ def _call(job: _Job, name: str, args: tuple, kwargs: dict) -> Any:
     if tag == "exc" and len(reply) == 3 and all(isinstance(x, str) for x in reply[1:]):
         raise _remote_exception(reply[1], reply[2])
     if tag == "unsupported":
-        raise _Abort(Outcome.WRONG_ANSWER,
-                     f"{name} returned something that is not plain data: "
-                     f"{str(reply[1:])[:200]}")
+        raise _Abort(
+            Outcome.WRONG_ANSWER,
+            f"{name} returned something that is not plain data: {str(reply[1:])[:200]}",
+        )
     raise _Abort(Outcome.RUNTIME_ERROR, "the program broke the call protocol")
 
 
@@ -118,8 +121,7 @@ def _reply(job: _Job) -> Any:
     try:
         return job.recv()
     except TimeoutError:
-        raise _Abort(Outcome.TIMEOUT,
-                     f"no answer within {job.lim['time_limit_s']:g} s") from None
+        raise _Abort(Outcome.TIMEOUT, f"no answer within {job.lim['time_limit_s']:g} s") from None
     except _JobEnded:
         raise _Abort(Outcome.RUNTIME_ERROR, _EXITED) from None
     except _FrameTooLarge as e:
@@ -263,8 +265,9 @@ def _run_assert(host: _Host, program: str, t: dict, lim: dict) -> tuple[Outcome,
                     try:
                         exec(context_code, ns)  # noqa: S102 - trusted dataset code
                     except Exception as e:  # noqa: BLE001
-                        raise _CheckerProblem(f"the context raised {type(e).__name__}: {e}") \
-                            from None
+                        raise _CheckerProblem(
+                            f"the context raised {type(e).__name__}: {e}"
+                        ) from None
                 for name in free_names:
                     if name not in ns:
                         ns[name] = _Remote(job, name)
@@ -347,8 +350,7 @@ def _normalise(text: str, mode: str) -> Any:
     return text
 
 
-def _run_io_case(host: _Host, program: str, stdin: str, lim: dict
-                 ) -> tuple[Outcome, str, str]:
+def _run_io_case(host: _Host, program: str, stdin: str, lim: dict) -> tuple[Outcome, str, str]:
     """(status, detail, stdout) of one stdin/stdout run; status PASSED means "exited 0"."""
     job = host.start_job(program, "io", lim, lim["time_limit_s"], io=True)
     data = stdin.encode("utf-8", "surrogateescape")
@@ -376,10 +378,10 @@ def _run_io_case(host: _Host, program: str, stdin: str, lim: dict
                 poller.register(stdin_fd, select.POLLOUT)
             if not exited:
                 poller.register(host.sock.fileno(), select.POLLIN)
-            for fd, ev in poller.poll(max(1, math.ceil(remaining * 1000))):
+            for fd, _ in poller.poll(max(1, math.ceil(remaining * 1000))):
                 if fd == stdin_fd:
                     try:
-                        n = os.write(stdin_fd, data[:1 << 16])
+                        n = os.write(stdin_fd, data[: 1 << 16])
                         data = data[n:]
                     except BlockingIOError:
                         continue
@@ -430,7 +432,8 @@ def _run_io(host: _Host, program: str, t: dict, lim: dict) -> tuple[Outcome, str
     for i, (stdin, expected) in enumerate(zip(t["inputs"], t["outputs"])):
         status, detail, out = _run_io_case(host, program, stdin, lim)
         if status is Outcome.PASSED and _normalise(out, t["compare"]) != _normalise(
-                expected, t["compare"]):
+            expected, t["compare"]
+        ):
             status, detail = Outcome.WRONG_ANSWER, "output differs"
         if status is Outcome.PASSED:
             passed += 1
@@ -467,8 +470,17 @@ def _run_job(spec: dict) -> dict:
         status, detail, passed, total = runner(_host, spec["program"], t, lim)
     except Exception as e:  # noqa: BLE001 - our failure, not the program's
         _host.stop()
-        status, detail, passed, total = (Outcome.CHECKER_ERROR,
-                                         f"{type(e).__name__}: {e}"[:500], 0, 0)
-    return {"status": status.value, "detail": detail, "num_passed": passed,
-            "num_tests": total, "elapsed_s": time.monotonic() - t0,
-            "isolation": list(_host.features)}
+        status, detail, passed, total = (
+            Outcome.CHECKER_ERROR,
+            f"{type(e).__name__}: {e}"[:500],
+            0,
+            0,
+        )
+    return {
+        "status": status.value,
+        "detail": detail,
+        "num_passed": passed,
+        "num_tests": total,
+        "elapsed_s": time.monotonic() - t0,
+        "isolation": list(_host.features),
+    }

@@ -42,11 +42,13 @@ def _worker_init() -> None:
     def strict_numeric_eq(a, b, float_rounding, numeric_precision):
         """Replaces math-verify's tolerant numeric test (float rounding, evalf chop)."""
         if isinstance(a, (sympy.MatrixBase, sympy.MatrixExpr)) and isinstance(
-                b, (sympy.MatrixBase, sympy.MatrixExpr)):
+            b, (sympy.MatrixBase, sympy.MatrixExpr)
+        ):
             a, b = grader.safe_sympy_doit(a), grader.safe_sympy_doit(b)
             if isinstance(a, sympy.MatrixBase) and isinstance(b, sympy.MatrixBase):
                 return a.shape == b.shape and all(
-                    strict_numeric_eq(x, y, 0, 0) for x, y in zip(a.flat(), b.flat(), strict=True))
+                    strict_numeric_eq(x, y, 0, 0) for x, y in zip(a.flat(), b.flat(), strict=True)
+                )
             return False
         if not isinstance(a, sympy.Expr) or not isinstance(b, sympy.Expr):
             return False
@@ -73,11 +75,13 @@ def _worker_init() -> None:
 
 def _exact_decimals(s: str) -> str:
     """`1.25` -> `\\frac{125}{100}`: sympy then compares exactly, never at 6 digits."""
+
     def repl(m: re.Match) -> str:
         whole, frac = m.group(1) or "0", m.group(2)
         out = f"\\frac{{{int(whole + frac)}}}{{{10 ** len(frac)}}}"
         # A bare group {..} would parse as a set; only exponents and subscripts need one.
         return "{" + out + "}" if m.start() > 0 and s[m.start() - 1] in "^_" else out
+
     return _DECIMAL_RE.sub(repl, s)
 
 
@@ -89,11 +93,23 @@ def _parse(s: str) -> tuple:
     config = _mv.LatexExtractionConfig(
         boxed_match_priority=0,
         normalization_config=NormalizationConfig(
-            basic_latex=True, units=False, malformed_operators=False, nits=False,
-            boxed="all", equations=False))
-    return tuple(_mv.parse("$" + _exact_decimals(s) + "$", extraction_config=[config],
-                           fallback_mode="no_fallback", parsing_timeout=None,
-                           raise_on_error=True))
+            basic_latex=True,
+            units=False,
+            malformed_operators=False,
+            nits=False,
+            boxed="all",
+            equations=False,
+        ),
+    )
+    return tuple(
+        _mv.parse(
+            "$" + _exact_decimals(s) + "$",
+            extraction_config=[config],
+            fallback_mode="no_fallback",
+            parsing_timeout=None,
+            raise_on_error=True,
+        )
+    )
 
 
 def _clear_caches() -> None:
@@ -114,12 +130,19 @@ def _certainly_different(a: Any, b: Any) -> bool:
         return isinstance(a, sympy.Expr) or isinstance(b, sympy.Expr)
     if not (isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr)):
         return False
-    if a.free_symbols or b.free_symbols or a.has(sympy.UnevaluatedExpr) or b.has(
-            sympy.UnevaluatedExpr):
+    if (
+        a.free_symbols
+        or b.free_symbols
+        or a.has(sympy.UnevaluatedExpr)
+        or b.has(sympy.UnevaluatedExpr)
+    ):
         return False
     x, y = a.evalf(30), b.evalf(30)
-    if not (x.is_number and y.is_number) or x.has(sympy.nan, sympy.zoo) or y.has(
-            sympy.nan, sympy.zoo):
+    if (
+        not (x.is_number and y.is_number)
+        or x.has(sympy.nan, sympy.zoo)
+        or y.has(sympy.nan, sympy.zoo)
+    ):
         return False
     if not all(v.is_finite for v in (x, y)):
         return False

@@ -38,8 +38,14 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["HardTimeoutPool", "PerProcess", "PoolError", "TaskError", "TaskTimeout",
-           "WorkerCrashed"]
+__all__ = [
+    "HardTimeoutPool",
+    "PerProcess",
+    "PoolError",
+    "TaskError",
+    "TaskTimeout",
+    "WorkerCrashed",
+]
 
 T = TypeVar("T")
 
@@ -98,8 +104,13 @@ class _Worker:
             return
         self._buf, self._ready = b"", False
         self.proc = subprocess.Popen(
-            self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
-            close_fds=True, start_new_session=True)  # no terminal signals; own group to kill
+            self._argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+            close_fds=True,
+            start_new_session=True,
+        )  # no terminal signals; own group to kill
 
     def ensure_ready(self, start_timeout_s: float) -> None:
         self.launch()
@@ -195,12 +206,26 @@ class HardTimeoutPool:
       start_timeout_s: how long a worker may take to import and run `init`.
     """
 
-    def __init__(self, task_file: str, *, max_workers: int = 2, init: str | None = None,
-                 memory_limit_bytes: int | None = 4 << 30, start_timeout_s: float = 120.0):
+    def __init__(
+        self,
+        task_file: str,
+        *,
+        max_workers: int = 2,
+        init: str | None = None,
+        memory_limit_bytes: int | None = 4 << 30,
+        start_timeout_s: float = 120.0,
+    ):
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
-        argv = [sys.executable, "-c", _BOOTSTRAP, os.path.abspath(__file__),
-                os.path.abspath(task_file), init or "", str(memory_limit_bytes or 0)]
+        argv = [
+            sys.executable,
+            "-c",
+            _BOOTSTRAP,
+            os.path.abspath(__file__),
+            os.path.abspath(task_file),
+            init or "",
+            str(memory_limit_bytes or 0),
+        ]
         self.max_workers = max_workers
         self._start_timeout_s = start_timeout_s
         self._workers = [_Worker(argv) for _ in range(max_workers)]

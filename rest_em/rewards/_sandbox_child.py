@@ -154,7 +154,7 @@ def write_frame(fd: int, obj) -> None:
     data = json.dumps(obj, separators=(",", ":")).encode()
     data = _LEN.pack(len(data)) + data
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
 
 
 def read_frame(fd: int, max_bytes: int = 1 << 30):
@@ -195,7 +195,9 @@ CLONE_NEWNET = 0x40000000
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-_KEEP_MOUNT_FLAGS = 2 | 4 | 8 | 1024 | 2048 | 4096  # nosuid nodev noexec noatime nodiratime relatime
+_KEEP_MOUNT_FLAGS = (
+    2 | 4 | 8 | 1024 | 2048 | 4096
+)  # nosuid nodev noexec noatime nodiratime relatime
 
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
 PR_SET_SECUREBITS, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 28, 36, 38
@@ -230,14 +232,27 @@ class _Kernel:
         self.ctypes = ctypes
         self.libc = libc = ctypes.CDLL(None, use_errno=True)
         libc.syscall.restype = ctypes.c_long
-        libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                               ctypes.c_ulong, ctypes.c_char_p]
-        libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                               ctypes.c_ulong]
+        libc.mount.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_ulong,
+            ctypes.c_char_p,
+        ]
+        libc.prctl.argtypes = [
+            ctypes.c_int,
+            ctypes.c_ulong,
+            ctypes.c_ulong,
+            ctypes.c_ulong,
+            ctypes.c_ulong,
+        ]
 
         class RulesetAttr(ctypes.Structure):
-            _fields_ = [("fs", ctypes.c_uint64), ("net", ctypes.c_uint64),
-                        ("scoped", ctypes.c_uint64)]
+            _fields_ = [
+                ("fs", ctypes.c_uint64),
+                ("net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64),
+            ]
 
         class PathBeneath(ctypes.Structure):
             _pack_ = 1
@@ -261,24 +276,34 @@ class _Kernel:
         return self.libc.mount(enc(src), target.encode(), enc(fstype), flags, enc(data)) == 0
 
     def landlock_abi(self) -> int:
-        abi = self.libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, None, self.ctypes.c_size_t(0),
-                                self.ctypes.c_uint32(1))
+        abi = self.libc.syscall(
+            _SYS_LANDLOCK_CREATE_RULESET, None, self.ctypes.c_size_t(0), self.ctypes.c_uint32(1)
+        )
         return max(int(abi), 0)
 
     def landlock_ruleset(self, abi: int) -> int:
         attr = self.RulesetAttr(_ll_fs_rights(abi), 3 if abi >= 4 else 0, 3 if abi >= 6 else 0)
         size = 8 if abi < 4 else 16 if abi < 6 else 24
-        return int(self.libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, self.ctypes.byref(attr),
-                                     self.ctypes.c_size_t(size), self.ctypes.c_uint32(0)))
+        return int(
+            self.libc.syscall(
+                _SYS_LANDLOCK_CREATE_RULESET,
+                self.ctypes.byref(attr),
+                self.ctypes.c_size_t(size),
+                self.ctypes.c_uint32(0),
+            )
+        )
 
     def landlock_allow(self, ruleset: int, fd: int, rights: int) -> bool:
         rule = self.PathBeneath(rights, fd)
-        return self.libc.syscall(_SYS_LANDLOCK_ADD_RULE, ruleset, 1, self.ctypes.byref(rule),
-                                 self.ctypes.c_uint32(0)) == 0
+        return (
+            self.libc.syscall(
+                _SYS_LANDLOCK_ADD_RULE, ruleset, 1, self.ctypes.byref(rule), self.ctypes.c_uint32(0)
+            )
+            == 0
+        )
 
     def landlock_restrict(self, ruleset: int) -> bool:
-        return self.libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, ruleset,
-                                 self.ctypes.c_uint32(0)) == 0
+        return self.libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, ruleset, self.ctypes.c_uint32(0)) == 0
 
     def seccomp_filter_metadata(self) -> object | None:
         """A seccomp program (for `install_seccomp`) that fails the syscalls Landlock
@@ -288,11 +313,33 @@ class _Kernel:
         ctypes = self.ctypes
         machine = os.uname().machine
         if machine == "x86_64":
-            arch, numbers = 0xC000003E, (90, 91, 92, 93, 94, 132, 188, 189, 190, 197, 198,
-                                         199, 235, 260, 261, 268, 280, 452, 463, 466)
+            arch, numbers = (
+                0xC000003E,
+                (
+                    90,
+                    91,
+                    92,
+                    93,
+                    94,
+                    132,
+                    188,
+                    189,
+                    190,
+                    197,
+                    198,
+                    199,
+                    235,
+                    260,
+                    261,
+                    268,
+                    280,
+                    452,
+                    463,
+                    466,
+                ),
+            )
         elif machine == "aarch64":
-            arch, numbers = 0xC00000B7, (5, 6, 7, 14, 15, 16, 52, 53, 54, 55, 88, 452, 463,
-                                         466)
+            arch, numbers = 0xC00000B7, (5, 6, 7, 14, 15, 16, 52, 53, 54, 55, 88, 452, 463, 466)
         else:
             return None
         ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
@@ -306,8 +353,11 @@ class _Kernel:
 
         class Insn(ctypes.Structure):
             _fields_ = [  # noqa: RUF012 - ctypes reads a list
-                ("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
-                ("k", ctypes.c_uint32)]
+                ("code", ctypes.c_uint16),
+                ("jt", ctypes.c_uint8),
+                ("jf", ctypes.c_uint8),
+                ("k", ctypes.c_uint32),
+            ]
 
         class Prog(ctypes.Structure):
             _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Insn))]  # noqa: RUF012
@@ -337,10 +387,36 @@ class _Kernel:
 # --------------------------------------------------------------------- the zygote
 
 
-_PRELOAD = ("typing", "collections", "math", "itertools", "functools", "re", "heapq",
-            "bisect", "string", "random", "copy", "fractions", "decimal", "statistics",
-            "hashlib", "datetime", "operator", "array", "io", "traceback", "types",
-            "atexit", "resource", "signal", "socket", "shutil", "select", "fcntl")
+_PRELOAD = (
+    "typing",
+    "collections",
+    "math",
+    "itertools",
+    "functools",
+    "re",
+    "heapq",
+    "bisect",
+    "string",
+    "random",
+    "copy",
+    "fractions",
+    "decimal",
+    "statistics",
+    "hashlib",
+    "datetime",
+    "operator",
+    "array",
+    "io",
+    "traceback",
+    "types",
+    "atexit",
+    "resource",
+    "signal",
+    "socket",
+    "shutil",
+    "select",
+    "fcntl",
+)
 
 
 def _unescape_mount_path(p: str) -> str:
@@ -377,9 +453,15 @@ class Zygote:
         kernel.prctl(PR_SET_DUMPABLE, 0)
         self.jobdir = os.path.join(self.base, "job")  # one job at a time; wiped after each
         os.environ.clear()  # what every program's environment will be
-        os.environ.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": self.jobdir,
-                           "TMPDIR": self.jobdir, "LANG": "C.UTF-8",
-                           "PYTHONIOENCODING": "utf-8"})
+        os.environ.update(
+            {
+                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "HOME": self.jobdir,
+                "TMPDIR": self.jobdir,
+                "LANG": "C.UTF-8",
+                "PYTHONIOENCODING": "utf-8",
+            }
+        )
         self.ll_abi = kernel.landlock_abi() if cfg.get("landlock", True) else 0
         self.ruleset = -1
         if self.ll_abi:
@@ -418,8 +500,9 @@ class Zygote:
                 if mp not in mountpoints:
                     mountpoints.append(mp)
         # The working area first: if it cannot be made, do not make everything read-only.
-        if not k.mount("tmpfs", self.base, "tmpfs", MS_NOSUID | MS_NODEV,
-                       f"size={int(tmpfs_mb)}m,mode=0700"):
+        if not k.mount(
+            "tmpfs", self.base, "tmpfs", MS_NOSUID | MS_NODEV, f"size={int(tmpfs_mb)}m,mode=0700"
+        ):
             return
         f.append("tmpfs")
         root_ro = False
@@ -446,8 +529,9 @@ class Zygote:
         os.set_inheritable(rs, False)
         if "private_proc" in self.features:
             read_paths = [*read_paths, "/proc"]
-        rules = [(p, _LL_READ if os.path.isdir(p) else (_LL_EXECUTE | _LL_READ_FILE))
-                 for p in read_paths]
+        rules = [
+            (p, _LL_READ if os.path.isdir(p) else (_LL_EXECUTE | _LL_READ_FILE)) for p in read_paths
+        ]
         rules.append((os.devnull, _LL_READ_FILE | _LL_WRITE_FILE | _LL_TRUNCATE | _LL_IOCTL_DEV))
         rules.append((self.base, handled))
         for path, rights in rules:
@@ -528,8 +612,7 @@ class Zygote:
             pidfd = os.pidfd_open(pid)
         except (AttributeError, OSError):
             pidfd = None  # old kernel: poll with a short timeout instead
-        self.job = {"pid": pid, "pidfd": pidfd, "code": None, "setup_fd": setup_r,
-                    "setup": False}
+        self.job = {"pid": pid, "pidfd": pidfd, "code": None, "setup_fd": setup_r, "setup": False}
 
     def _check_exited(self, job: dict) -> None:
         pid, status = os.waitpid(job["pid"], os.WNOHANG)
@@ -748,12 +831,13 @@ def _make_stdio():
     def wrap(fd, mode, errors, line_buffering=False):
         raw = io.FileIO(fd, mode, closefd=False)
         buf = io.BufferedReader(raw) if mode == "r" else io.BufferedWriter(raw)
-        return io.TextIOWrapper(buf, encoding="utf-8", errors=errors,
-                                line_buffering=line_buffering)
+        return io.TextIOWrapper(buf, encoding="utf-8", errors=errors, line_buffering=line_buffering)
 
-    return (wrap(0, "r", "surrogateescape"), wrap(1, "w", "surrogateescape"),
-            wrap(2, "w", "backslashreplace", True))
-
+    return (
+        wrap(0, "r", "surrogateescape"),
+        wrap(1, "w", "surrogateescape"),
+        wrap(2, "w", "backslashreplace", True),
+    )
 
 
 def _run_program(job: dict, stdio: tuple) -> None:

@@ -218,8 +218,9 @@ Tests = AssertTests | IOTests | CallTests
 
 def humaneval_tests(problem: Mapping[str, Any]) -> AssertTests:
     """The tests of a HumanEval problem, with its prompt as trusted context."""
-    return AssertTests(test=problem["test"], entry_point=problem["entry_point"],
-                       context=problem["prompt"])
+    return AssertTests(
+        test=problem["test"], entry_point=problem["entry_point"], context=problem["prompt"]
+    )
 
 
 def humaneval_program(problem: Mapping[str, Any], completion: str) -> str:
@@ -246,25 +247,43 @@ def tests_from_dict(d: Mapping[str, Any]) -> Tests:
 
 # ------------------------------------------------------------------- library side (L)
 
-_DEFAULT_LIMITS = {"time_limit_s": 3.0, "memory_mb": 512, "max_processes": 16,
-                   "max_output_bytes": 8 << 20, "max_file_bytes": 16 << 20,
-                   "stop_at_first_failure": True}
+_DEFAULT_LIMITS = {
+    "time_limit_s": 3.0,
+    "memory_mb": 512,
+    "max_processes": 16,
+    "max_output_bytes": 8 << 20,
+    "max_file_bytes": 16 << 20,
+    "stop_at_first_failure": True,
+}
 
 
 def _tests_to_spec(tests: Tests | Mapping[str, Any]) -> dict:
     if isinstance(tests, Mapping):
         tests = tests_from_dict(tests)
     if isinstance(tests, AssertTests):
-        return {"kind": "assert", "test": tests.test, "entry_point": tests.entry_point,
-                "context": tests.context}
+        return {
+            "kind": "assert",
+            "test": tests.test,
+            "entry_point": tests.entry_point,
+            "context": tests.context,
+        }
     if isinstance(tests, IOTests):
-        return {"kind": "io", "inputs": [str(x) for x in tests.inputs],
-                "outputs": [str(x) for x in tests.outputs], "compare": tests.compare}
+        return {
+            "kind": "io",
+            "inputs": [str(x) for x in tests.inputs],
+            "outputs": [str(x) for x in tests.outputs],
+            "compare": tests.compare,
+        }
     if isinstance(tests, CallTests):
-        return {"kind": "call", "fn_name": tests.fn_name, "inputs": list(tests.inputs),
-                "outputs": list(tests.outputs)}
-    raise TypeError(f"tests must be AssertTests, IOTests, CallTests or a dict, "
-                    f"got {type(tests).__name__}")
+        return {
+            "kind": "call",
+            "fn_name": tests.fn_name,
+            "inputs": list(tests.inputs),
+            "outputs": list(tests.outputs),
+        }
+    raise TypeError(
+        f"tests must be AssertTests, IOTests, CallTests or a dict, got {type(tests).__name__}"
+    )
 
 
 def _num_runs(spec: dict) -> int:
@@ -279,16 +298,21 @@ class Sandbox:
     Limits given to the constructor are defaults for run/run_batch.
     """
 
-    def __init__(self, *, max_workers: int | None = None, start_timeout_s: float = 120.0,
-                 **limits: Any):
+    def __init__(
+        self, *, max_workers: int | None = None, start_timeout_s: float = 120.0, **limits: Any
+    ):
         unknown = set(limits) - set(_DEFAULT_LIMITS)
         if unknown:
             raise TypeError(f"unknown limits: {sorted(unknown)}")
         self.max_workers = max_workers or os.cpu_count() or 1
         self._limits = {**_DEFAULT_LIMITS, **limits}
-        self._pool = _pool.HardTimeoutPool(_WORKER_PATH, max_workers=self.max_workers,
-                                           init="_worker_init", memory_limit_bytes=None,
-                                           start_timeout_s=start_timeout_s)
+        self._pool = _pool.HardTimeoutPool(
+            _WORKER_PATH,
+            max_workers=self.max_workers,
+            init="_worker_init",
+            memory_limit_bytes=None,
+            start_timeout_s=start_timeout_s,
+        )
         self._warned = False
         self._lock = threading.Lock()
 
@@ -310,20 +334,35 @@ class Sandbox:
         try:
             out = self._pool.call("_run_job", spec, timeout_s=backstop)
         except _pool.TaskTimeout:
-            return Verdict(Outcome.TIMEOUT, "checker worker overran; killed and restarted",
-                           0, 0, time.monotonic() - t0)
+            return Verdict(
+                Outcome.TIMEOUT,
+                "checker worker overran; killed and restarted",
+                0,
+                0,
+                time.monotonic() - t0,
+            )
         except _pool.PoolError as e:
-            return Verdict(Outcome.CHECKER_ERROR, f"{type(e).__name__}: {e}",
-                           0, 0, time.monotonic() - t0)
-        verdict = Verdict(Outcome(out["status"]), out["detail"], out["num_passed"],
-                          out["num_tests"], out["elapsed_s"], tuple(out["isolation"]),
-                          "netns" in out["isolation"])
+            return Verdict(
+                Outcome.CHECKER_ERROR, f"{type(e).__name__}: {e}", 0, 0, time.monotonic() - t0
+            )
+        verdict = Verdict(
+            Outcome(out["status"]),
+            out["detail"],
+            out["num_passed"],
+            out["num_tests"],
+            out["elapsed_s"],
+            tuple(out["isolation"]),
+            "netns" in out["isolation"],
+        )
         self._maybe_warn(verdict.isolation)
         return verdict
 
-    def run_batch(self, programs: Sequence[str],
-                  tests: Tests | Mapping[str, Any] | Sequence[Tests | Mapping[str, Any]],
-                  **limits: Any) -> list[Verdict]:
+    def run_batch(
+        self,
+        programs: Sequence[str],
+        tests: Tests | Mapping[str, Any] | Sequence[Tests | Mapping[str, Any]],
+        **limits: Any,
+    ) -> list[Verdict]:
         """Runs programs[i] against tests[i] (or all against one `tests`), in parallel on
         every worker; verdicts in input order."""
         programs = list(programs)
@@ -333,8 +372,7 @@ class Sandbox:
         if len(tests) != len(programs):
             raise ValueError(f"{len(programs)} programs but {len(tests)} tests")
         with concurrent.futures.ThreadPoolExecutor(self.max_workers) as ex:
-            return list(ex.map(lambda pt: self.run(pt[0], pt[1], **limits),
-                               zip(programs, tests)))
+            return list(ex.map(lambda pt: self.run(pt[0], pt[1], **limits), zip(programs, tests)))
 
     def close(self) -> None:
         """Stops every worker and zygote."""
@@ -355,28 +393,36 @@ class Sandbox:
             self._warned = True
         missing = []
         if "netns" not in isolation:
-            missing.append("network namespace (programs may reach the network"
-                           + ("; TCP is blocked by Landlock)" if any(
-                               f.startswith("landlock") and int(f[8:]) >= 4
-                               for f in isolation) else ")"))
-        if not any(f.startswith("landlock") for f in isolation) and \
-                "readonly_fs" not in isolation:
+            missing.append(
+                "network namespace (programs may reach the network"
+                + (
+                    "; TCP is blocked by Landlock)"
+                    if any(f.startswith("landlock") and int(f[8:]) >= 4 for f in isolation)
+                    else ")"
+                )
+            )
+        if not any(f.startswith("landlock") for f in isolation) and "readonly_fs" not in isolation:
             missing.append("filesystem confinement (neither Landlock nor read-only mounts)")
         if "pidns" not in isolation:
             missing.append("PID namespace (background processes are killed by a sweep)")
         if "rlimit_nproc" not in isolation and "cgroup_pids" not in isolation:
             missing.append("process-count limit (running as root without a pids cgroup)")
         if missing:
-            warnings.warn("rest_em code sandbox is degraded on this machine: missing "
-                          + "; ".join(missing), RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                "rest_em code sandbox is degraded on this machine: missing " + "; ".join(missing),
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
 
 def _validate_limits(lim: dict) -> None:
     if not lim["time_limit_s"] > 0:
         raise ValueError(f"time_limit_s must be > 0, got {lim['time_limit_s']}")
     if lim["memory_mb"] < 64:
-        raise ValueError(f"memory_mb must be >= 64 (the interpreter needs ~30 MB of "
-                         f"address space), got {lim['memory_mb']}")
+        raise ValueError(
+            f"memory_mb must be >= 64 (the interpreter needs ~30 MB of "
+            f"address space), got {lim['memory_mb']}"
+        )
     if lim["max_processes"] < 1:
         raise ValueError(f"max_processes must be >= 1, got {lim['max_processes']}")
 
@@ -389,10 +435,17 @@ def _get_default() -> Sandbox:
     return _default.get()
 
 
-def run_tests(program: str, tests: Tests | Mapping[str, Any], *,
-              time_limit_s: float = 3.0, memory_mb: int = 512, max_processes: int = 16,
-              max_output_bytes: int = 8 << 20, max_file_bytes: int = 16 << 20,
-              stop_at_first_failure: bool = True) -> Verdict:
+def run_tests(
+    program: str,
+    tests: Tests | Mapping[str, Any],
+    *,
+    time_limit_s: float = 3.0,
+    memory_mb: int = 512,
+    max_processes: int = 16,
+    max_output_bytes: int = 8 << 20,
+    max_file_bytes: int = 16 << 20,
+    stop_at_first_failure: bool = True,
+) -> Verdict:
     """Runs one program against its tests in the shared default Sandbox.
 
     time_limit_s is wall-clock: for AssertTests the whole run (loading the program and
@@ -402,14 +455,22 @@ def run_tests(program: str, tests: Tests | Mapping[str, Any], *,
     file it writes in its private directory.
     """
     return _get_default().run(
-        program, tests, time_limit_s=time_limit_s, memory_mb=memory_mb,
-        max_processes=max_processes, max_output_bytes=max_output_bytes,
-        max_file_bytes=max_file_bytes, stop_at_first_failure=stop_at_first_failure)
+        program,
+        tests,
+        time_limit_s=time_limit_s,
+        memory_mb=memory_mb,
+        max_processes=max_processes,
+        max_output_bytes=max_output_bytes,
+        max_file_bytes=max_file_bytes,
+        stop_at_first_failure=stop_at_first_failure,
+    )
 
 
-def run_batch(programs: Sequence[str],
-              tests: Tests | Mapping[str, Any] | Sequence[Tests | Mapping[str, Any]],
-              **limits: Any) -> list[Verdict]:
+def run_batch(
+    programs: Sequence[str],
+    tests: Tests | Mapping[str, Any] | Sequence[Tests | Mapping[str, Any]],
+    **limits: Any,
+) -> list[Verdict]:
     """`Sandbox.run_batch` on the shared default Sandbox (os.cpu_count() workers)."""
     return _get_default().run_batch(programs, tests, **limits)
 

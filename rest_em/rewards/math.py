@@ -47,8 +47,13 @@ import sys
 from collections.abc import Sequence
 
 from rest_em.rewards.math_answers import STYLES, _strip_answer_tail, extract_answer, gold_answer
-from rest_em.rewards.math_check import (DEFAULT_TIMEOUT_S, check, check_batch, is_correct,
-                                        shutdown_pool)
+from rest_em.rewards.math_check import (
+    DEFAULT_TIMEOUT_S,
+    check,
+    check_batch,
+    is_correct,
+    shutdown_pool,
+)
 from rest_em.rewards.math_equivalence import Verdict
 from rest_em.rewards.status import Status
 
@@ -68,8 +73,6 @@ __all__ = [
 ]
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class SelfCheckFailure:
     line: int  # 1-based line in the JSONL file
@@ -79,12 +82,20 @@ class SelfCheckFailure:
 
 
 def _open_text(path: str):
-    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(
-        path, encoding="utf-8")
+    return (
+        gzip.open(path, "rt", encoding="utf-8")
+        if path.endswith(".gz")
+        else open(path, encoding="utf-8")
+    )
 
 
-def self_check(path: str, *, field: str = "answer", timeout_s: float = DEFAULT_TIMEOUT_S,
-               max_workers: int | None = None) -> tuple[int, list[SelfCheckFailure]]:
+def self_check(
+    path: str,
+    *,
+    field: str = "answer",
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_workers: int | None = None,
+) -> tuple[int, list[SelfCheckFailure]]:
     """Checks every gold of a JSONL dataset; returns (rows, failures).
 
     Per row: gold = gold_answer(row[field]); then (1) the reference solution (without its
@@ -100,15 +111,25 @@ def self_check(path: str, *, field: str = "answer", timeout_s: float = DEFAULT_T
         try:
             gold = gold_answer(row[field])
         except (KeyError, ValueError, TypeError) as e:
-            failures.append(SelfCheckFailure(
-                n, None, Verdict(Status.CHECKER_ERROR, None, f"no gold: {e}"), "reference"))
+            failures.append(
+                SelfCheckFailure(
+                    n, None, Verdict(Status.CHECKER_ERROR, None, f"no gold: {e}"), "reference"
+                )
+            )
             continue
         refs.append(_strip_answer_tail(row[field]))
         golds.append(gold)
         lines.append(n)
     by_reference = check_batch(refs, golds, timeout_s=timeout_s, max_workers=max_workers)
-    by_symbols = check_batch(golds, golds, style="raw", timeout_s=timeout_s,
-                             max_workers=max_workers, use_cache=False, fast_path=False)
+    by_symbols = check_batch(
+        golds,
+        golds,
+        style="raw",
+        timeout_s=timeout_s,
+        max_workers=max_workers,
+        use_cache=False,
+        fast_path=False,
+    )
     for n, gold, v_ref, v_sym in zip(lines, golds, by_reference, by_symbols):
         if not v_ref.correct:
             failures.append(SelfCheckFailure(n, gold, v_ref, "reference"))
@@ -120,21 +141,31 @@ def self_check(path: str, *, field: str = "answer", timeout_s: float = DEFAULT_T
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m rest_em.rewards.math",
-        description="Verify every gold answer of a JSONL dataset against its own reference.")
-    parser.add_argument("--self_check", metavar="FILE", required=True,
-                        help="JSONL (or .jsonl.gz) with a reference solution per line")
+        description="Verify every gold answer of a JSONL dataset against its own reference.",
+    )
+    parser.add_argument(
+        "--self_check",
+        metavar="FILE",
+        required=True,
+        help="JSONL (or .jsonl.gz) with a reference solution per line",
+    )
     parser.add_argument("--field", default="answer", help="field holding the reference")
     parser.add_argument("--timeout_s", type=float, default=DEFAULT_TIMEOUT_S)
     parser.add_argument("--max_workers", type=int, default=None)
     args = parser.parse_args(argv)
-    n_rows, failures = self_check(args.self_check, field=args.field, timeout_s=args.timeout_s,
-                                  max_workers=args.max_workers)
+    n_rows, failures = self_check(
+        args.self_check, field=args.field, timeout_s=args.timeout_s, max_workers=args.max_workers
+    )
     for f in failures:
-        print(f"line {f.line}: {f.verdict.status.value} [{f.mode}] gold={f.gold!r} "
-              f"answer={f.verdict.answer!r} reason={f.verdict.reason}")
+        print(
+            f"line {f.line}: {f.verdict.status.value} [{f.mode}] gold={f.gold!r} "
+            f"answer={f.verdict.answer!r} reason={f.verdict.reason}"
+        )
     ok = n_rows - len(failures)
-    print(f"{ok}/{n_rows} golds verify against their references "
-          f"({100.0 * ok / max(n_rows, 1):.2f}%); {len(failures)} listed above")
+    print(
+        f"{ok}/{n_rows} golds verify against their references "
+        f"({100.0 * ok / max(n_rows, 1):.2f}%); {len(failures)} listed above"
+    )
     shutdown_pool()
     return 1 if failures else 0
 

@@ -49,7 +49,7 @@ def _last_boxed(text: str) -> str | None:
         i += 1
     if i < len(text) and text[i] == "{":
         end = _match_brace(text, i)
-        return text[i + 1:end] if end >= 0 else None  # truncated: no answer, not a guess
+        return text[i + 1 : end] if end >= 0 else None  # truncated: no answer, not a guess
     m = re.match(r"[^\s$]+", text[i:])
     return m.group(0) if m else None
 
@@ -63,7 +63,7 @@ def _clean(answer: str | None) -> str | None:
         s = s.strip().strip("*").strip()
         for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
             if s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
-                s = s[len(left):len(s) - len(right)].strip()
+                s = s[len(left) : len(s) - len(right)].strip()
         s = re.sub(r"(?:\.|,|;|\\\.)$", "", s).strip()
     if "\\boxed" in s or "\\fbox" in s:
         s = _last_boxed(s) or s
@@ -157,8 +157,11 @@ def gold_answer(reference_solution: str) -> str:
     Raises ValueError when none is present (a dataset bug worth hearing about).
     """
     tail = _answer_tail(reference_solution)
-    for candidate in (_extract_gsm8k(reference_solution), tail.group(1) if tail else None,
-                      _last_boxed(reference_solution)):
+    for candidate in (
+        _extract_gsm8k(reference_solution),
+        tail.group(1) if tail else None,
+        _last_boxed(reference_solution),
+    ):
         answer = _clean(candidate)
         if answer is not None:
             return answer
@@ -169,6 +172,6 @@ def _strip_answer_tail(reference_solution: str) -> str:
     """The solution without its 'The answer is: X' line, so the self-check reads the
     \\boxed{} answer of the solution itself."""
     tail = _answer_tail(reference_solution)
-    if tail and _last_boxed(reference_solution[:tail.start()]) is not None:
-        return reference_solution[:tail.start()]
+    if tail and _last_boxed(reference_solution[: tail.start()]) is not None:
+        return reference_solution[: tail.start()]
     return reference_solution

@@ -35,12 +35,15 @@ _SYMBOLIC_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_math
 
 def _new_pool(max_workers: int | None) -> _pool.HardTimeoutPool:
     return _pool.HardTimeoutPool(
-        _SYMBOLIC_FILE, max_workers=max_workers or max(1, min(4, os.cpu_count() or 1)),
-        init="_worker_init")
+        _SYMBOLIC_FILE,
+        max_workers=max_workers or max(1, min(4, os.cpu_count() or 1)),
+        init="_worker_init",
+    )
 
 
 _default_pool: _pool.PerProcess[_pool.HardTimeoutPool] = _pool.PerProcess(
-    _new_pool, _pool.HardTimeoutPool.close)
+    _new_pool, _pool.HardTimeoutPool.close
+)
 _cache_lock = threading.Lock()
 _cache: dict[tuple[str, str], tuple[str, str]] = {}
 _CACHE_SIZE = 200_000
@@ -50,7 +53,8 @@ def _get_pool(max_workers: int | None = None) -> _pool.HardTimeoutPool:
     """The process-wide pool, made on first use (again after a fork, or when
     `max_workers` asks for another size)."""
     return _default_pool.get(
-        max_workers, reuse=lambda pool: not max_workers or pool.max_workers == max_workers)
+        max_workers, reuse=lambda pool: not max_workers or pool.max_workers == max_workers
+    )
 
 
 def shutdown_pool() -> None:
@@ -58,8 +62,9 @@ def shutdown_pool() -> None:
     _default_pool.reset()
 
 
-def _symbolic_verdict(key: tuple[str, str], answer: str, timeout_s: float,
-                      max_workers: int | None, use_cache: bool) -> Verdict:
+def _symbolic_verdict(
+    key: tuple[str, str], answer: str, timeout_s: float, max_workers: int | None, use_cache: bool
+) -> Verdict:
     if use_cache:
         with _cache_lock:  # another thread may be clearing it
             hit = _cache.get(key)
@@ -67,8 +72,7 @@ def _symbolic_verdict(key: tuple[str, str], answer: str, timeout_s: float,
             status, reason = hit
             return Verdict(Status(status), answer, reason + " (cached)")
     try:
-        status, reason = _get_pool(max_workers).call(
-            "_symbolic_compare", *key, timeout_s=timeout_s)
+        status, reason = _get_pool(max_workers).call("_symbolic_compare", *key, timeout_s=timeout_s)
     except _pool.TaskTimeout as e:
         return Verdict(Status.TIMEOUT, answer, str(e))
     except _pool.PoolError as e:
@@ -86,8 +90,9 @@ def _symbolic_verdict(key: tuple[str, str], answer: str, timeout_s: float,
 _MAX_ANSWER_CHARS = 2000
 
 
-def _in_process(response: str, gold: str, style: Style,
-                fast_path: bool) -> Verdict | tuple[tuple[str, str], str]:
+def _in_process(
+    response: str, gold: str, style: Style, fast_path: bool
+) -> Verdict | tuple[tuple[str, str], str]:
     """Extraction and the fast path: a Verdict, or ((gold, answer) for sympy, answer)."""
     answer = None
     try:
@@ -108,9 +113,16 @@ def _in_process(response: str, gold: str, style: Style,
     return fast if isinstance(fast, Verdict) else (fast, answer)
 
 
-def check_batch(responses: Sequence[str], golds: Sequence[str], *, style: Style = "auto",
-                timeout_s: float = DEFAULT_TIMEOUT_S, max_workers: int | None = None,
-                use_cache: bool = True, fast_path: bool = True) -> list[Verdict]:
+def check_batch(
+    responses: Sequence[str],
+    golds: Sequence[str],
+    *,
+    style: Style = "auto",
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_workers: int | None = None,
+    use_cache: bool = True,
+    fast_path: bool = True,
+) -> list[Verdict]:
     """One Verdict per (response, gold) pair; symbolic checks run in parallel workers.
 
     Args:
@@ -152,14 +164,16 @@ def check_batch(responses: Sequence[str], golds: Sequence[str], *, style: Style 
     return verdicts  # type: ignore[return-value]
 
 
-def check(response: str, gold: str, *, style: Style = "auto",
-          timeout_s: float = DEFAULT_TIMEOUT_S) -> Verdict:
+def check(
+    response: str, gold: str, *, style: Style = "auto", timeout_s: float = DEFAULT_TIMEOUT_S
+) -> Verdict:
     """The Verdict for one response; see check_batch."""
     return check_batch([response], [gold], style=style, timeout_s=timeout_s)[0]
 
 
-def is_correct(response: str, gold: str, *, style: Style = "auto",
-               timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+def is_correct(
+    response: str, gold: str, *, style: Style = "auto", timeout_s: float = DEFAULT_TIMEOUT_S
+) -> bool:
     """True only when the answer is verified equal to the gold.
 
     Timeouts and checker errors are False here (never train on an unverified sample);

@@ -42,35 +42,101 @@ class Verdict:
 
 _REMOVE_RE = re.compile(
     r"\\left\.|\\right\.|\\left(?![a-zA-Z])|\\right(?![a-zA-Z])|\\displaystyle|(?<!\\)\\!|"
-    r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree|\\\$|\$")
+    r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree|\\\$|\$"
+)
 _SPACE_RE = re.compile(r"(?<!\\)\\[,;: ]|\\q?quad(?![a-zA-Z])|~")
 _FRAC_RE = re.compile(r"\\[dtc]frac(?![a-zA-Z])")
-_PERCENT_RE = re.compile(r"\\%|%|\\text\{\s*\\?%\s*\}|\s*\b(?:percent|percentage|pct)\b",
-                         re.IGNORECASE)
+_PERCENT_RE = re.compile(
+    r"\\%|%|\\text\{\s*\\?%\s*\}|\s*\b(?:percent|percentage|pct)\b", re.IGNORECASE
+)
 _TEXT_CMD = r"\\(?:text|textrm|textnormal|textbf|textit|mbox|mathrm)"
 _WHOLE_TEXT_RE = re.compile(r"^" + _TEXT_CMD + r"\s*\{([^{}]*)\}$")
 _TRAILING_UNIT_RE = re.compile(  # "5 \text{ cm}^2" -> ("5", "cm")
-    r"^(.*?[^\s])\s*" + _TEXT_CMD
-    + r"\s*\{\s*([A-Za-z][A-Za-z .]*?)\s*\}\s*(?:\^\s*\{?\s*[23]\s*\}?)?$")
+    r"^(.*?[^\s])\s*"
+    + _TEXT_CMD
+    + r"\s*\{\s*([A-Za-z][A-Za-z .]*?)\s*\}\s*(?:\^\s*\{?\s*[23]\s*\}?)?$"
+)
 _TEXT_RE = re.compile(_TEXT_CMD + r"\s*\{([^{}]*)\}")
 _PLAIN_UNIT_RE = re.compile(r"^([-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+))\s+([A-Za-z][A-Za-z .]*?)\.?$")
 # Words that change the value or add structure: never strip them as "units".
-_NOT_UNITS = frozenset((
-    "and", "or", "to", "from", "plus", "minus", "times", "over", "by", "hundred", "hundreds",
-    "thousand", "thousands", "million", "millions", "billion", "billions", "trillion",
-    "dozen", "dozens", "half", "halves", "third", "thirds", "quarter", "quarters", "fourth",
-    "fourths", "fifth", "fifths", "tenth", "tenths", "hundredth", "hundredths", "thousandth",
-    "thousandths", "pi", "sqrt", "root", "roots", "inf", "infinity", "infty", "squared",
-    "cubed", "power", "percent", "percentage", "pct", "sin", "cos", "tan", "log", "ln", "exp",
-    "frac"))
+_NOT_UNITS = frozenset(
+    (
+        "and",
+        "or",
+        "to",
+        "from",
+        "plus",
+        "minus",
+        "times",
+        "over",
+        "by",
+        "hundred",
+        "hundreds",
+        "thousand",
+        "thousands",
+        "million",
+        "millions",
+        "billion",
+        "billions",
+        "trillion",
+        "dozen",
+        "dozens",
+        "half",
+        "halves",
+        "third",
+        "thirds",
+        "quarter",
+        "quarters",
+        "fourth",
+        "fourths",
+        "fifth",
+        "fifths",
+        "tenth",
+        "tenths",
+        "hundredth",
+        "hundredths",
+        "thousandth",
+        "thousandths",
+        "pi",
+        "sqrt",
+        "root",
+        "roots",
+        "inf",
+        "infinity",
+        "infty",
+        "squared",
+        "cubed",
+        "power",
+        "percent",
+        "percentage",
+        "pct",
+        "sin",
+        "cos",
+        "tan",
+        "log",
+        "ln",
+        "exp",
+        "frac",
+    )
+)
 _ASSIGN_RE = re.compile(  # "x = 5", "f(x) = 2x", "x \in [1,2]"
-    r"^[A-Za-z](?:_\{?\w+\}?)?(?:\([A-Za-z]\))?\s*(?:=|\\in(?![A-Za-z]))\s*(.+)$")
+    r"^[A-Za-z](?:_\{?\w+\}?)?(?:\([A-Za-z]\))?\s*(?:=|\\in(?![A-Za-z]))\s*(.+)$"
+)
 _THOUSANDS_RE = re.compile(r"^([-+]?)(\d{1,3}(?:,\d{3})+|\d{1,3}(?: \d{3})+)(\.\d+)?$")
 _SPACE_AROUND_SYMBOL_RE = re.compile(r"\s*([^\w\s\\])\s*")
 _CHOICE_RE = re.compile(r"^\(([A-Ea-e])\)$")
 _MACRO_RE = re.compile(r"\\(frac|sqrt)(?![a-zA-Z])")
-_UNICODE = str.maketrans({"\u2212": "-", "\u2013": "-", "\u00d7": "\\times ", "\u00f7": "\\div ",
-                          "\u03c0": "\\pi ", "\u221e": "\\infty ", "\u00a0": " "})
+_UNICODE = str.maketrans(
+    {
+        "\u2212": "-",
+        "\u2013": "-",
+        "\u00d7": "\\times ",
+        "\u00f7": "\\div ",
+        "\u03c0": "\\pi ",
+        "\u221e": "\\infty ",
+        "\u00a0": " ",
+    }
+)
 
 
 def _is_units(words: str) -> bool:
@@ -104,7 +170,7 @@ def _brace_macro_args(s: str) -> str:
             if j < len(s) and s[j] == "[":
                 close = s.find("]", j)
                 if close > 0:
-                    out.append(s[j:close + 1])
+                    out.append(s[j : close + 1])
                     i = close + 1
         for _ in range(n_args):
             while i < len(s) and s[i] == " ":
@@ -117,7 +183,7 @@ def _brace_macro_args(s: str) -> str:
                     out.append(s[i:])
                     i = len(s)
                     break
-                arg, i = s[i + 1:end], end + 1
+                arg, i = s[i + 1 : end], end + 1
             elif s[i] == "\\":
                 cmd = re.match(r"\\(?:[A-Za-z]+|.)", s[i:]).group(0)
                 arg, i = cmd, i + len(cmd)
@@ -280,7 +346,7 @@ class _ExactParser:
         bits = max(base.numerator.bit_length(), base.denominator.bit_length())
         if bits * abs(e) > _MAX_BITS or (base == 0 and e < 0):
             raise _NotExact()
-        return base ** e
+        return base**e
 
     def atom(self) -> fractions.Fraction:
         tok = self.take()

@@ -30,9 +30,15 @@ ANSWER_RE = re.compile(r"####\s*(-?\d+)\s*$")
 _SPLIT_OFFSETS = {"test": 0, "val": 1, "train": 2, "sft": 3}
 
 
-def make_problem(rng: np.random.Generator, level: int, problem_id: int,
-                 max_operand: int = 9, max_value: int | None = 19,
-                 style: str = "chain", first_max: int | None = None) -> Problem:
+def make_problem(
+    rng: np.random.Generator,
+    level: int,
+    problem_id: int,
+    max_operand: int = 9,
+    max_value: int | None = 19,
+    style: str = "chain",
+    first_max: int | None = None,
+) -> Problem:
     """A level-`level` problem. With `max_value`, each operator is chosen so the running
     value stays within [0, max_value] (small facts, long chains); None: any sign.
 
@@ -61,14 +67,21 @@ def make_problem(rng: np.random.Generator, level: int, problem_id: int,
         steps, acc = [], nums[0]
         for i, (op, n) in enumerate(zip(ops, nums[1:])):
             acc = acc + n if op == "+" else acc - n
-            steps.append(str(acc) + "".join(f"{o}{m}" for o, m in zip(ops[i + 1:], nums[i + 2:])))
+            steps.append(str(acc) + "".join(f"{o}{m}" for o, m in zip(ops[i + 1 :], nums[i + 2 :])))
     solution = "\n".join(steps) + f"\n#### {value}"
     return Problem(problem_id, question, str(value), solution, level)
 
 
 @functools.lru_cache(maxsize=32)
-def generate(split: str, *, num_problems: int, levels: tuple[int, ...], seed: int = 0,
-             max_operand: int = 9, style: str = "chain") -> tuple[Problem, ...]:
+def generate(
+    split: str,
+    *,
+    num_problems: int,
+    levels: tuple[int, ...],
+    seed: int = 0,
+    max_operand: int = 9,
+    style: str = "chain",
+) -> tuple[Problem, ...]:
     """`num_problems` problems spread evenly over `levels`, deterministic in (split, seed).
 
     Held-out questions (test, then val) never appear in a later split; sft and train
@@ -86,8 +99,10 @@ def generate(split: str, *, num_problems: int, levels: tuple[int, ...], seed: in
     i = 0
     while len(out) < num_problems:
         if i > 50 * num_problems + 1000:
-            raise ValueError(f"cannot draw {num_problems} distinct {split} problems of levels "
-                             f"{levels} with max_operand={max_operand}: too few exist")
+            raise ValueError(
+                f"cannot draw {num_problems} distinct {split} problems of levels "
+                f"{levels} with max_operand={max_operand}: too few exist"
+            )
         level = levels[i % len(levels)]
         p = make_problem(rng, level, len(out), max_operand, style=style)
         i += 1
@@ -106,9 +121,16 @@ ALL_LEVELS = (2, 3, 4, 5)
 @functools.lru_cache(maxsize=8)
 def _questions(split: str, seed: int, max_operand: int) -> frozenset[str]:
     if split in HELD_OUT:
-        return frozenset(p.question for p in generate(split, num_problems=HELD_OUT[split],
-                                                       levels=ALL_LEVELS, seed=seed,
-                                                       max_operand=max_operand))
+        return frozenset(
+            p.question
+            for p in generate(
+                split,
+                num_problems=HELD_OUT[split],
+                levels=ALL_LEVELS,
+                seed=seed,
+                max_operand=max_operand,
+            )
+        )
     return frozenset()
 
 
@@ -136,7 +158,7 @@ def steps_are_correct(completion: str, question: str) -> bool:
     """Every written line applies the question's next operation(s), in order, to the
     running value with true arithmetic ("7+8=15" or, tersely, "7+8-3=12"), and the
     lines use up the question: a verifier of the whole solution, not just its answer."""
-    ops = _OP_RE.findall(question[len(question.split("+")[0].split("-")[0]):])
+    ops = _OP_RE.findall(question[len(question.split("+")[0].split("-")[0]) :])
     value = int(re.match(r"\d+", question).group())
     lines = completion.strip().split("\n")[:-1]
     if not lines:
@@ -147,7 +169,7 @@ def steps_are_correct(completion: str, question: str) -> bool:
         if m is None or int(m[1]) != value:
             return False
         line_ops = _OP_RE.findall(m[2])
-        if [(o, n) for o, n in line_ops] != ops[i: i + len(line_ops)]:
+        if [(o, n) for o, n in line_ops] != ops[i : i + len(line_ops)]:
             return False
         for o, n in line_ops:
             value = value + int(n) if o == "+" else value - int(n)
@@ -166,11 +188,11 @@ def human_solution(problem: Problem, seed: int = 0) -> str:
     produce itself.
     """
     rng = np.random.default_rng([seed, 7, zlib.crc32(problem.question.encode())])
-    ops = _OP_RE.findall(problem.question[len(re.match(r"\d+", problem.question).group()):])
+    ops = _OP_RE.findall(problem.question[len(re.match(r"\d+", problem.question).group()) :])
     value, lines, i = int(re.match(r"\d+", problem.question).group()), [], 0
     while i < len(ops):
         size = int(rng.choice([1, 2, 3], p=[0.25, 0.5, 0.25]))
-        chunk = ops[i: i + size]
+        chunk = ops[i : i + size]
         start = value
         for o, n in chunk:
             value = value + int(n) if o == "+" else value - int(n)
@@ -185,8 +207,9 @@ def hint_prompt(problem: Problem) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def generate_transfer(*, num_problems: int, seed: int = 0, max_operand: int = 12,
-                      levels: tuple[int, ...] = (2, 3, 4)) -> tuple[Problem, ...]:
+def generate_transfer(
+    *, num_problems: int, seed: int = 0, max_operand: int = 12, levels: tuple[int, ...] = (2, 3, 4)
+) -> tuple[Problem, ...]:
     """A held-out transfer split: every problem uses at least one two-digit operand
     (10..max_operand), which no other split has, running values within [0, 19]; same
     checker, shifted distribution (the paper's held-out transfer evaluation)."""
@@ -196,14 +219,18 @@ def generate_transfer(*, num_problems: int, seed: int = 0, max_operand: int = 12
     while len(out) < num_problems:
         p = make_problem(rng, levels[i % len(levels)], len(out), max_operand)
         i += 1
-        if any(int(n) >= 10 for _, n in _OP_RE.findall(p.question)) and "=-" not in p.solution \
-                and p.question not in {q.question for q in out}:
+        if (
+            any(int(n) >= 10 for _, n in _OP_RE.findall(p.question))
+            and "=-" not in p.solution
+            and p.question not in {q.question for q in out}
+        ):
             out.append(p)
     return tuple(out)
 
 
-def score(completions: Sequence[str], problems: Sequence[Problem], *,
-          verify_steps: bool = False) -> list[Status]:
+def score(
+    completions: Sequence[str], problems: Sequence[Problem], *, verify_steps: bool = False
+) -> list[Status]:
     """Exact integer match of the final answer; in-process (integers need no sandbox).
 
     verify_steps (chain style) also checks every written step against the question, so
@@ -221,11 +248,20 @@ def score(completions: Sequence[str], problems: Sequence[Problem], *,
     return out
 
 
-def make_task(*, num_train: int = 2000, sft_levels: tuple[int, ...] = (2, 3),
-              num_sft: int = 300, levels: tuple[int, ...] = ALL_LEVELS, seed: int = 0,
-              max_operand: int = 9, num_val: int | None = None,
-              num_test: int | None = None, style: str = "chain",
-              verify_steps: bool = True, num_transfer: int = 300) -> Task:
+def make_task(
+    *,
+    num_train: int = 2000,
+    sft_levels: tuple[int, ...] = (2, 3),
+    num_sft: int = 300,
+    levels: tuple[int, ...] = ALL_LEVELS,
+    seed: int = 0,
+    max_operand: int = 9,
+    num_val: int | None = None,
+    num_test: int | None = None,
+    style: str = "chain",
+    verify_steps: bool = True,
+    num_transfer: int = 300,
+) -> Task:
     """The task with splits: sft (worked solutions of easy problems: the base model's
     data), train (all levels, with terse "human-written" solutions: the E-step's
     problems and the human-data SFT baseline), val (checkpoint selection), test, and
@@ -239,21 +275,48 @@ def make_task(*, num_train: int = 2000, sft_levels: tuple[int, ...] = (2, 3),
 
     def load(split: str) -> list[Problem]:
         if split == "sft":
-            return list(generate("sft", num_problems=num_sft, levels=sft_levels, seed=seed,
-                                 max_operand=max_operand, style=style))
+            return list(
+                generate(
+                    "sft",
+                    num_problems=num_sft,
+                    levels=sft_levels,
+                    seed=seed,
+                    max_operand=max_operand,
+                    style=style,
+                )
+            )
         if split == "train":
-            probs = generate("train", num_problems=num_train, levels=levels, seed=seed,
-                             max_operand=max_operand, style=style)
+            probs = generate(
+                "train",
+                num_problems=num_train,
+                levels=levels,
+                seed=seed,
+                max_operand=max_operand,
+                style=style,
+            )
             if style != "chain":
                 return list(probs)
             return [dataclasses.replace(p, solution=human_solution(p, seed)) for p in probs]
         if split in HELD_OUT:
-            held = generate(split, num_problems=HELD_OUT[split], levels=ALL_LEVELS, seed=seed,
-                            max_operand=max_operand, style=style)
+            held = generate(
+                split,
+                num_problems=HELD_OUT[split],
+                levels=ALL_LEVELS,
+                seed=seed,
+                max_operand=max_operand,
+                style=style,
+            )
             return [p for p in held if p.level in levels][: sizes[split]]
         if split == "transfer":
             return list(generate_transfer(num_problems=num_transfer, seed=seed))
         raise ValueError(f"unknown split {split!r}; expected sft, train, val, test or transfer")
 
-    return Task("arithmetic", load, prompt, target, extract,
-                functools.partial(score, verify_steps=verify_steps), hint_prompt=hint_prompt)
+    return Task(
+        "arithmetic",
+        load,
+        prompt,
+        target,
+        extract,
+        functools.partial(score, verify_steps=verify_steps),
+        hint_prompt=hint_prompt,
+    )

@@ -28,8 +28,14 @@ def gsm8k_reference(solution: str) -> str:
     return _CALC.sub("", solution)
 
 
-def load_problems(path: str | pathlib.Path, *, style: str, question_field: str = "question",
-                  solution_field: str = "answer", level_field: str | None = "level") -> list[Problem]:
+def load_problems(
+    path: str | pathlib.Path,
+    *,
+    style: str,
+    question_field: str = "question",
+    solution_field: str = "answer",
+    level_field: str | None = "level",
+) -> list[Problem]:
     """Problems of a JSONL file; `style` is "gsm8k" or "math" (how the gold is read)."""
     from rest_em.rewards import math as math_reward
 
@@ -46,8 +52,11 @@ def load_problems(path: str | pathlib.Path, *, style: str, question_field: str =
         if isinstance(level, str):
             m = re.search(r"\d+", level)
             level = int(m.group()) if m else None
-        problems.append(Problem(i, row[question_field], gold, solution,
-                                level if isinstance(level, int) else None))
+        problems.append(
+            Problem(
+                i, row[question_field], gold, solution, level if isinstance(level, int) else None
+            )
+        )
         del lineno
     return problems
 
@@ -67,7 +76,9 @@ def _target_text(problem: Problem, style: str) -> str:
     return " " + problem.solution.strip() if style == "gsm8k" else problem.solution.strip()
 
 
-def _make(name: str, style: str, files: dict[str, str | None], num_shots: int, val_size: int) -> Task:
+def _make(
+    name: str, style: str, files: dict[str, str | None], num_shots: int, val_size: int
+) -> Task:
     from rest_em.rewards import math as math_reward
 
     cache: dict[str, list[Problem]] = {}
@@ -92,7 +103,8 @@ def _make(name: str, style: str, files: dict[str, str | None], num_shots: int, v
                 raise ConfigError(
                     f"task {name!r}: val_size={val_size} leaves no training problems: "
                     f"{files['train']} has {len(rows)} rows{exemplars}; use a smaller "
-                    f"val_size or a larger file")
+                    f"val_size or a larger file"
+                )
             cut = len(rest) - val_size
             return rest[cut:] if split == "val" else rest[:cut]
         return raw(split)
@@ -118,11 +130,21 @@ def _make(name: str, style: str, files: dict[str, str | None], num_shots: int, v
 
     def hint_prompt(p: Problem) -> str:
         """STaR's rationalization: the question with its gold answer as a hint."""
-        hinted = dataclasses.replace(p, question=f"{p.question.strip()} "
-                                                 f"(Hint: the answer is {p.answer}.)")
+        hinted = dataclasses.replace(
+            p, question=f"{p.question.strip()} (Hint: the answer is {p.answer}.)"
+        )
         return prefix + _format(hinted, style)
 
-    return Task(name, load, prompt, target, extract, score, hint_prompt=hint_prompt)
+    return Task(
+        name,
+        load,
+        prompt,
+        target,
+        extract,
+        score,
+        hint_prompt=hint_prompt,
+        data_files=tuple(str(f) for f in files.values() if f is not None),
+    )
 
 
 def _first_answer(completion: str) -> str:
@@ -130,14 +152,16 @@ def _first_answer(completion: str) -> str:
     return completion.split("\nQuestion:", 1)[0]
 
 
-def gsm8k_task(*, train_file: str | None, test_file: str, num_shots: int = 0,
-               val_size: int = 200) -> Task:
+def gsm8k_task(
+    *, train_file: str | None, test_file: str, num_shots: int = 0, val_size: int = 200
+) -> Task:
     """GSM8K: the gold is the number after `####`."""
     return _make("gsm8k", "gsm8k", {"train": train_file, "test": test_file}, num_shots, val_size)
 
 
-def math_task(*, train_file: str | None, test_file: str, num_shots: int = 0,
-              val_size: int = 200) -> Task:
+def math_task(
+    *, train_file: str | None, test_file: str, num_shots: int = 0, val_size: int = 200
+) -> Task:
     """MATH (Hendrycks et al.): the gold is the last `\\boxed{}` of the reference."""
     return _make("math", "math", {"train": train_file, "test": test_file}, num_shots, val_size)
 

@@ -24,9 +24,9 @@ class Problem:
 
     problem_id: int
     question: str
-    answer: str | None           # the gold final answer; None = cannot be scored
+    answer: str | None  # the gold final answer; None = cannot be scored
     solution: str | None = None  # a reference (human-written) worked solution
-    level: int | None = None     # difficulty, for per-level breakdowns
+    level: int | None = None  # difficulty, for per-level breakdowns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +47,9 @@ class Task:
     prompt: Callable[[Problem], str]
     target: Callable[[Problem], str]
     extract: Callable[[str], str | None]
-    score: Callable[[Sequence[str], Sequence["Problem"]], list[Status]]
+    score: Callable[[Sequence[str], Sequence[Problem]], list[Status]]
     hint_prompt: Callable[[Problem], str] | None = None  # the prompt + gold answer (STaR)
+    data_files: tuple[str, ...] = ()  # files `load` reads: their hashes join the fingerprint
 
 
 def read_jsonl(path: str | pathlib.Path, *, required: Sequence[str]) -> list[tuple[int, dict]]:
@@ -70,8 +71,9 @@ def read_jsonl(path: str | pathlib.Path, *, required: Sequence[str]) -> list[tup
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte "
-                                    f"{e.start})") from None
+                    raise DataError(
+                        f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start})"
+                    ) from None
                 if line.strip():
                     rows.append((lineno, _parse_row(path, lineno, line, required)))
     except (OSError, EOFError) as e:  # e.g. a truncated or corrupt .gz
@@ -91,6 +93,8 @@ def _parse_row(path: pathlib.Path, lineno: int, line: str, required: Sequence[st
         if field not in row:
             raise DataError(f"{where}: field {json.dumps(field)} is missing")
         if not isinstance(row[field], str):
-            raise DataError(f"{where}: field {json.dumps(field)} must be a string, "
-                            f"got {type(row[field]).__name__}")
+            raise DataError(
+                f"{where}: field {json.dumps(field)} must be a string, "
+                f"got {type(row[field]).__name__}"
+            )
     return row

@@ -15,26 +15,36 @@ try:
 except ImportError as e:  # seqio (and TensorFlow) are an optional extra
     raise ImportError(
         f"rest_em.tasks.seqio_tasks needs seqio, which is not installed ({e}); install "
-        'the extra: pip install "rest_em[seqio]" (it brings TensorFlow)') from e
+        'the extra: pip install "rest_em[seqio]" (it brings TensorFlow)'
+    ) from e
 
 from rest_em.tasks.problems import Task
 
 
-def _dataset_fn(task: Task, split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+def _dataset_fn(
+    task: Task, split: str, shuffle_files: bool, seed: int | None = None
+) -> tf.data.Dataset:
     del shuffle_files, seed  # problems are a fixed, ordered list
     problems = task.load(split)
     has_solution = [p.solution is not None for p in problems]
-    return tf.data.Dataset.from_tensor_slices({
-        "problem_id": [p.problem_id for p in problems],
-        "inputs": [task.prompt(p) for p in problems],
-        "targets": [task.target(p) if ok else "" for p, ok in zip(problems, has_solution)],
-        "answer": [p.answer or "" for p in problems],
-        "level": [-1 if p.level is None else p.level for p in problems],
-    })
+    return tf.data.Dataset.from_tensor_slices(
+        {
+            "problem_id": [p.problem_id for p in problems],
+            "inputs": [task.prompt(p) for p in problems],
+            "targets": [task.target(p) if ok else "" for p, ok in zip(problems, has_solution)],
+            "answer": [p.answer or "" for p in problems],
+            "level": [-1 if p.level is None else p.level for p in problems],
+        }
+    )
 
 
-def register(task: Task, *, name: str | None = None, splits=("train", "val", "test"),
-             vocabulary: seqio.Vocabulary | None = None) -> seqio.Task:
+def register(
+    task: Task,
+    *,
+    name: str | None = None,
+    splits=("train", "val", "test"),
+    vocabulary: seqio.Vocabulary | None = None,
+) -> seqio.Task:
     """Registers (or replaces) `task` in seqio's TaskRegistry as `name` (default rest_em_<name>)."""
     name = name or f"rest_em_{task.name}"
     vocabulary = vocabulary or seqio.ByteVocabulary()
@@ -43,9 +53,11 @@ def register(task: Task, *, name: str | None = None, splits=("train", "val", "te
     return seqio.TaskRegistry.add(
         name,
         source=seqio.FunctionDataSource(
-            dataset_fn=lambda split, shuffle_files, seed=None: _dataset_fn(task, split,
-                                                                           shuffle_files, seed),
-            splits=list(splits)),
+            dataset_fn=lambda split, shuffle_files, seed=None: _dataset_fn(
+                task, split, shuffle_files, seed
+            ),
+            splits=list(splits),
+        ),
         preprocessors=[
             seqio.preprocessors.tokenize_and_append_eos,
         ],

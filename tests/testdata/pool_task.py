@@ -19,7 +19,7 @@ def sleep(seconds):
 
 def spin():
     """Holds the GIL inside C code (a huge integer power): SIGALRM could not stop it."""
-    return 9 ** (9 ** 9) % 7
+    return 9 ** (9**9) % 7
 
 
 def boom():
