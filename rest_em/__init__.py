@@ -11,7 +11,12 @@ costs nothing until a name is used, and the reward checkers never pull in JAX):
   losses        weighted NLL (per-example and per-token weights)
   training      train state, pure train_step, `fit` (the M-step), `fit_dpo`
   evaluation    greedy pass@1, unbiased pass@k, maj@k, per-level breakdowns
-  em            the outer loop, resumable (`EMConfig`, `run`)
+  estep         E-step: sample and score into resumable shards (the `SOURCES` table)
+  mstep         M-step: the objectives table (positives, per-step negatives, DPO)
+  em            the outer loop, Algorithm 1, resumable (`EMConfig`, `run`)
+  workdir       every path of a run; `unit`: skip, or compute and commit atomically
+  fingerprint   what determines a run's results; a rerun of another config is refused
+  errors        user errors (`ConfigError`, `DataError`, ...): one line, exit 2
   tasks         problems, the embedded arithmetic task, GSM8K / MATH from JSONL
 """
 
@@ -64,13 +69,23 @@ _EXPORTS = {
         "train_state_shardings",
         "train_step",
     ],
-    "evaluation": ["pass_at_k", "maj_at_k", "summarize"],
-    "em": ["EMConfig", "StepNegativesConfig", "Teacher"],
+    "evaluation": ["evaluate", "pass_at_k", "maj_at_k", "summarize"],
+    "estep": ["Policy", "Scored", "generate_and_score", "prompt_ids"],
+    "mstep": ["OBJECTIVES", "StepNegativesConfig"],
+    "em": ["EMConfig", "Teacher", "final_params", "load_history"],
+    "workdir": ["IterationPaths", "RunPaths"],
+    "errors": ["CheckpointError", "ConfigError", "DataError", "UserError", "WorkdirConflict"],
+    "rewards.status": ["Status"],
     "tasks": ["Problem", "Task"],
     "tokenizers": ["ByteTokenizer", "HFTokenizer"],
 }
 _NAME_TO_MODULE = {name: mod for mod, names in _EXPORTS.items() for name in names}
-_SUBMODULES = set(_EXPORTS) | {"rewards", "experiment", "metrics"}
+_SUBMODULES = {m for m in _EXPORTS if "." not in m} | {
+    "experiment",
+    "fingerprint",
+    "metrics",
+    "rewards",
+}
 
 __all__ = sorted(_NAME_TO_MODULE) + sorted(_SUBMODULES)
 

@@ -235,7 +235,7 @@ def run(
             params = None  # restored below if a later iteration needs it
             continue
         if params is None:
-            params = codec.read(paths.iteration(it - 1).params)
+            params = codec.read(paths.model(it - 1))
         m: dict[str, Any] = {"iteration": it}
         if it > 0:
             with timer("generate"):  # E-step: sample from the last model (or the teacher), score

@@ -187,18 +187,16 @@ def check(
         )
     path = paths.fingerprint
     if not workdir_lib.exists(path):
-        used = [p.name for p in paths.root.glob("iter_*")] if paths.root.exists() else []
-        if used:  # a workdir of a rest_em without fingerprints: cannot be checked
-            raise (
-                errors.WorkdirConflict(
-                    f"{paths.root} holds iterations ({', '.join(sorted(used)[:3])}...) but no "
-                    "fingerprint.json: it was written by an older rest_em and its config cannot "
-                    "be checked. Use a new --workdir, or pass --on_config_change=continue to "
-                    "adopt it with the current config."
-                )
-                if on_config_change == "refuse"
-                else None
+        used = sorted(p.name for p in paths.root.glob("iter_*")) if paths.root.exists() else []
+        if used and on_config_change == "refuse":  # written by a rest_em without fingerprints
+            raise errors.WorkdirConflict(
+                f"{paths.root} holds iterations ({', '.join(used[:3])}...) but no "
+                "fingerprint.json: it was written by an older rest_em and its config cannot "
+                "be checked. Use a new --workdir, or pass --on_config_change=continue to "
+                "adopt it with the current config."
             )
+        if used:
+            _record(paths, ["(no fingerprint) -> adopted with the current config"], [])
         workdir_lib.write_json(path, {"fingerprint": dict(new)})
         return
     old = workdir_lib.read_json(path)["fingerprint"]
@@ -211,20 +209,17 @@ def check(
             "with the new values (recorded in fingerprint_history.jsonl)."
         )
     if changes or extensions:
-        history = (
-            workdir_lib.read_jsonl(paths.fingerprint_history)
-            if paths.fingerprint_history.exists()
-            else []
-        )
-        history.append(
-            {
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "changes": changes,
-                "extensions": extensions,
-            }
-        )
-        workdir_lib.write_jsonl(paths.fingerprint_history, history)
+        _record(paths, changes, extensions)
         workdir_lib.write_json(path, {"fingerprint": dict(new)})
+
+
+def _record(paths: workdir_lib.RunPaths, changes: list[str], extensions: list[str]) -> None:
+    """Appends a change of config to the workdir's fingerprint_history.jsonl."""
+    path = paths.fingerprint_history
+    history = workdir_lib.read_jsonl(path) if path.exists() else []
+    when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    history.append({"time": when, "changes": changes, "extensions": extensions})
+    workdir_lib.write_jsonl(path, history)
 
 
 __all__ = [

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -88,7 +89,7 @@ def register_configurables() -> None:
     """Makes the library's plain functions and config dataclasses gin-configurable."""
     import gin
 
-    from rest_em import em, experiment, training
+    from rest_em import em, experiment, mstep, training
     from rest_em.model import ModelConfig
     from rest_em.tasks import arithmetic, jsonl_tasks
 
@@ -107,7 +108,7 @@ def register_configurables() -> None:
     for cls in (
         ModelConfig,
         em.EMConfig,
-        em.StepNegativesConfig,
+        mstep.StepNegativesConfig,
         training.FitConfig,
         training.OptimizerConfig,
     ):
@@ -125,6 +126,7 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
     from rest_em import errors
 
     register_configurables()
+    _quiet_gin_include_probe()
     gin.add_config_file_search_path(str(REPO_CONFIGS))
     resolved = []
     for f in files:
@@ -148,6 +150,19 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
         raise
     except (ValueError, KeyError, SyntaxError, TypeError, OSError) as e:
         raise errors.ConfigError("gin: " + " ".join(str(e).split())) from e
+
+
+def _quiet_gin_include_probe() -> None:
+    """gin logs `ERROR ... Path not found: x.gin` while it probes the Python path for an
+    `include` that the search path then finds: noise, not an error."""
+    import logging as std_logging
+
+    for logger in (std_logging.getLogger("absl"), std_logging.getLogger()):
+        logger.addFilter(_gin_probe_filter)  # (added once: addFilter skips a duplicate)
+
+
+def _gin_probe_filter(record) -> bool:
+    return not (record.filename == "resource_reader.py" and "Path not found" in str(record.msg))
 
 
 def _required_unset(config_str: str) -> list[str]:
@@ -194,7 +209,8 @@ def _fail(e: BaseException) -> None:
     """A user error: one line on stderr, exit 2 (the traceback only when asked for)."""
     if FLAGS["verbosity"].present or os.environ.get("REST_EM_TRACEBACK"):
         traceback.print_exception(e)
-    print("error: " + " ".join(str(e).split()), file=sys.stderr)
+    message = re.sub(r"\s*In call to configurable .*$", "", " ".join(str(e).split()))  # gin's
+    print("error: " + message, file=sys.stderr)
     sys.exit(USAGE_EXIT_CODE)
 
 

@@ -84,6 +84,10 @@ class RunPaths:
     def iteration(self, it: int) -> IterationPaths:
         return IterationPaths(self.root / f"iter_{it:03d}")
 
+    def model(self, it: int) -> pathlib.Path:
+        """The params after iteration `it` (iteration 0 evaluates the base: its params)."""
+        return self.base if it == 0 else self.iteration(it).params
+
     def completed(self) -> list[IterationPaths]:
         """Iterations with a completion marker, in order."""
         return [IterationPaths(p.parent) for p in sorted(self.root.glob("iter_*/metrics.json"))]

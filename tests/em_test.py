@@ -2,8 +2,7 @@
 the E-step and in the M-step giving the same final metrics as an uninterrupted run."""
 
 import json
-import os
-import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +10,8 @@ import time
 
 import pytest
 
-from helpers import REPO, TINY, cmd, env, launch, metrics, run, tree_hashes
+from helpers import REPO, cmd, env, launch, metrics, run, tree_hashes
+
 
 def _kill_when(workdir, ready, timeout=600):
     """Starts the run and SIGKILLs it as soon as `ready(workdir)` holds."""
@@ -94,26 +94,46 @@ def test_resume_after_sigkill_equals_uninterrupted(uninterrupted, tmp_path, phas
 
 
 def test_unknown_gin_binding_fails_before_any_work(tmp_path):
-    proc = subprocess.run(
-        cmd(tmp_path / "w", "--gin.EMConfig.num_iteratons=2"),
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode != 0
+    proc = launch(tmp_path / "w", "--gin.EMConfig.num_iteratons=2", timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "num_iteratons" in proc.stderr
     assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("config", ["gsm8k.gin", "math.gin", "arithmetic.gin"])
-def test_shipped_gin_configs_parse(config, tmp_path):
-    """Every shipped config binds only names that exist (parsed in a fresh process)."""
-    code = f"import sys; from rest_em import main; main.parse_gin(['{config}'], []); print('ok')"
+REQUIRED = {  # the values each shipped config marks %gin.REQUIRED
+    "gsm8k.gin": ["CHECKPOINT", "TRAIN_FILE", "TEST_FILE"],
+    "math.gin": ["CHECKPOINT", "TRAIN_FILE", "TEST_FILE"],
+    "arithmetic_distill.gin": ["TEACHER_WORKDIR"],
+    "variants/distill.gin": ["TEACHER_WORKDIR"],
+}
+SHIPPED = sorted(
+    str(p.relative_to(REPO / "gin_configs")) for p in (REPO / "gin_configs").rglob("*.gin")
+)
+
+
+@pytest.mark.parametrize("config", SHIPPED)
+def test_shipped_gin_configs_parse(config):
+    """Every shipped config binds only names that exist, and names what it needs
+    (parsed in a fresh process; a variant on top of arithmetic.gin)."""
+    files = ["arithmetic.gin", config] if config.startswith("variants/") else [config]
+    required = REQUIRED.get(config, [])
+    code = (
+        "import sys; from rest_em import main, errors\n"
+        "try:\n"
+        f"    main.parse_gin({files!r}, [])\n"
+        "except errors.ConfigError as e:\n"
+        "    print('needs', e)\n"
+        "import gin; gin.clear_config()\n"
+        f"main.parse_gin({files!r}, {[f'{m} = {chr(39)}x{chr(39)}' for m in required]!r})\n"
+        "print('ok')\n"
+    )
     proc = subprocess.run(
         [sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+    for m in required:
+        assert f"--gin.{m}=" in proc.stdout
+    assert ("needs" in proc.stdout) == bool(required)
 
 
 def test_problems_without_gold_are_reported_and_skipped(caplog):
@@ -125,3 +145,41 @@ def test_problems_without_gold_are_reported_and_skipped(caplog):
         kept = em.with_gold(probs, "train")
     assert [p.problem_id for p in kept] == [0]
     assert "2 problems have no gold answer" in caplog.text and "[1, 2]" in caplog.text
+
+
+def test_changed_num_samples_is_refused_and_nothing_changes(uninterrupted):
+    workdir, _ = uninterrupted
+    before = tree_hashes(workdir)
+    proc = launch(workdir, "--gin.EMConfig.num_samples=8", timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert 'config.rest_em.EMConfig.num_samples: "4" -> "8"' in proc.stderr
+    assert "--on_config_change=continue" in proc.stderr
+    assert tree_hashes(workdir) == before
+
+
+def test_continue_with_a_changed_config_is_recorded(uninterrupted, tmp_path):
+    workdir, _ = uninterrupted
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    run(copy, "--gin.EMConfig.temperature=0.5", "--on_config_change=continue")
+    (entry,) = [json.loads(x) for x in (copy / "fingerprint_history.jsonl").read_text().split("\n")
+                if x]  # fmt: skip
+    assert entry["changes"] == ['config.rest_em.EMConfig.temperature: "1.0" -> "0.5"']
+    assert metrics(copy) == metrics(workdir)  # every iteration was done: nothing recomputed
+    run(copy, "--gin.EMConfig.temperature=0.5")  # the new config is now the workdir's
+
+
+def test_more_iterations_continue_and_keep_finished_files(uninterrupted, tmp_path):
+    workdir, _ = uninterrupted
+    run(tmp_path, "--gin.EMConfig.num_iterations=1")
+    done = {k: v for k, v in tree_hashes(tmp_path).items() if k.startswith(("base", "iter_"))}
+    assert any(k.startswith("iter_001/") for k in done)
+    run(tmp_path)  # tiny_arithmetic.gin: 2 iterations
+    after = tree_hashes(tmp_path)
+    assert {k: after.get(k) for k in done} == done
+    assert metrics(tmp_path) == metrics(workdir)  # as if it had run 2 iterations at once
+    (entry,) = [json.loads(x) for x in (tmp_path / "fingerprint_history.jsonl").read_text().split()]
+    assert entry["changes"] == [] and entry["extensions"] == [
+        'config.rest_em.EMConfig.num_iterations: "1" -> "2"'
+    ]

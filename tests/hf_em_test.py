@@ -8,14 +8,14 @@ also covers the loop's zero-positive path (the M-step keeps its starting model).
 
 import gzip
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from helpers import REPO, env
+
 GSM8K = REPO / "tests" / "testdata" / "gsm8k_test.jsonl.gz"
 NUM_TRAIN, NUM_TEST, NUM_SHOTS, VAL_SIZE, NUM_SAMPLES = 40, 16, 1, 4, 2
 
@@ -130,14 +130,6 @@ def test_gsm8k_scoring_marks_reference_solutions_correct(checkpoint, data):
     )
 
 
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-    env["JAX_PLATFORMS"] = "cpu"
-    return env
-
-
 def test_gsm8k_gin_end_to_end(checkpoint, data, tmp_path):
     train, test = data
     workdir = tmp_path / "run"
@@ -168,7 +160,7 @@ def test_gsm8k_gin_end_to_end(checkpoint, data, tmp_path):
         f"--workdir={workdir}",
         *(f"--gin.{k}={v}" for k, v in overrides.items()),
     ]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
+    proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-6000:]
 
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

@@ -18,7 +18,6 @@ processes hold them, and the runs are bit-identical.
 
 import json
 import os
-import pathlib
 import socket
 import subprocess
 import sys
@@ -26,8 +25,8 @@ import sys
 import numpy as np
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY = REPO / "tests" / "testdata" / "tiny_arithmetic.gin"
+from helpers import TINY, env, metrics
+
 # (data, fsdp, tensor). Devices are process-major (process 0 holds mesh devices 0-3), so
 # FSDP over all 8 crosses the process boundary twice over: the batch rows are split
 # between the processes, and so are the params and optimizer state (each process's
@@ -35,17 +34,6 @@ TINY = REPO / "tests" / "testdata" / "tiny_arithmetic.gin"
 MESH = os.environ.get("REST_EM_MULTIHOST_TEST_MESH", "(1, 8, 1)")
 ARGS = ("--gin.EMConfig.num_iterations=1", f"--gin.rest_em.run.mesh_shape={MESH}")
 TIMEOUT = 1500
-
-
-def _env(devices):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = (
-        f"--xla_force_host_platform_device_count={devices} "
-        "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-    )
-    return env
 
 
 def _cmd(workdir, *extra):
@@ -74,7 +62,7 @@ def _run_one_process(workdir):
             "--num_processes=1",
             "--process_id=0",
         ),
-        env=_env(8),
+        env=env(8),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -93,7 +81,7 @@ def _run_two_processes(workdir):
                 "--num_processes=2",
                 f"--process_id={i}",
             ),
-            env=_env(4),
+            env=env(4),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -112,13 +100,6 @@ def _run_two_processes(workdir):
     return outs
 
 
-def _metrics(workdir):
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    for r in rows:
-        r.pop("seconds")
-    return rows
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     one = tmp_path_factory.mktemp("one_by_8")
@@ -130,11 +111,11 @@ def runs(tmp_path_factory):
 
 def test_two_processes_equal_one_process(runs):
     one, two, outs = runs
-    metrics = _metrics(two)
-    assert [m["iteration"] for m in metrics] == [0, 1]
+    rows = metrics(two)
+    assert [m["iteration"] for m in rows] == [0, 1]
     # The M-step really trained on something (the tiny config finds correct samples).
-    assert metrics[1]["num_selected"] > 0 and metrics[1]["num_train_steps"] > 0
-    assert metrics == _metrics(one)
+    assert rows[1]["num_selected"] > 0 and rows[1]["num_train_steps"] > 0
+    assert rows == metrics(one)
     shards = sorted(p.name for p in (one / "iter_001/samples").glob("shard_*.jsonl"))
     assert len(shards) == 3  # 48 problems in chunks of 16
     assert sorted(p.name for p in (two / "iter_001/samples").glob("shard_*.jsonl")) == shards
@@ -167,7 +148,7 @@ def test_two_processes_resume_the_same_units(runs):
     shard = (two / "iter_001/samples/shard_00000.jsonl").stat().st_mtime_ns
     _run_two_processes(two)
     assert (two / "iter_001/samples/shard_00000.jsonl").stat().st_mtime_ns == shard
-    assert _metrics(two) == _metrics(one)
+    assert metrics(two) == metrics(one)
 
 
 # --- the helpers, on 2 processes of 1 device each -------------------------------------------
@@ -205,7 +186,7 @@ def test_helpers_on_two_processes(tmp_path):
     procs = [
         subprocess.Popen(
             [sys.executable, str(script), str(i), str(port), str(tmp_path / f"out{i}.json")],
-            env=_env(1),
+            env=env(1),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

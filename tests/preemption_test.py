@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from em_test import REPO, TINY, _env, _metrics  # the launcher helpers of the EM tests
+from helpers import REPO, TINY, env, metrics
 from rest_em import main as main_lib
 from rest_em import model as model_lib
 from rest_em import training
@@ -166,7 +166,7 @@ def test_a_request_on_one_process_stops_every_process_at_the_same_step(tmp_path)
         port = s.getsockname()[1]
     script = tmp_path / "agree.py"
     script.write_text(_AGREE)
-    env = {
+    child_env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
         "JAX_PLATFORMS": "cpu",
@@ -175,7 +175,7 @@ def test_a_request_on_one_process_stops_every_process_at_the_same_step(tmp_path)
     procs = [
         subprocess.Popen(
             [sys.executable, str(script), str(i), str(port)],
-            env=env,
+            env=child_env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -213,14 +213,14 @@ def _mstep_steps(workdir):
 
 def test_sigterm_in_the_m_step_exits_75_and_the_same_command_resumes(tmp_path):
     full = tmp_path / "full"
-    proc = subprocess.run(_cmd(full), env=_env(), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(_cmd(full), env=env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     cut = tmp_path / "cut"
     cut.mkdir()
     shutil.copytree(full / "base", cut / "base")  # the same base SFT, not trained again
     proc = subprocess.Popen(
-        _cmd(cut), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        _cmd(cut), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and not _mstep_steps(cut):
@@ -235,6 +235,6 @@ def test_sigterm_in_the_m_step_exits_75_and_the_same_command_resumes(tmp_path):
     assert 4 <= step < 16 and _mstep_steps(cut) == [step]  # saved where it stopped
     assert not (cut / "iter_001" / "metrics.json").exists()
 
-    proc = subprocess.run(_cmd(cut), env=_env(), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(_cmd(cut), env=env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert _metrics(cut) == _metrics(full)
+    assert metrics(cut) == metrics(full)

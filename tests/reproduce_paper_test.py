@@ -12,10 +12,9 @@ import sys
 
 import pytest
 
-from em_test import _env
+from helpers import REPO, env
 from rest_em import model
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location(
     "reproduce_paper", REPO / "experiments" / "reproduce_paper.py"
 )
@@ -107,7 +106,7 @@ def test_reproduce_paper_quick(tmp_path):
         f"--workdir={runs}",
         f"--out={out}",
     ]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     text = (out / "RESULTS.md").read_text()
     for n in range(1, 9):
@@ -168,7 +167,7 @@ def test_reproduce_paper_quick(tmp_path):
     assert len(figs) == 8 and all((out / "figures" / f).stat().st_size > 5000 for f in figs)
     assert all(f"figures/{f}" in text for f in figs)
     # Resumable: a second call reruns nothing and rewrites the same report (bar wall time).
-    proc2 = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    proc2 = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert proc2.returncode == 0 and ": start" not in proc2.stdout
     strip = lambda t: [line for line in t.splitlines() if "wall time" not in line]
     assert strip((out / "RESULTS.md").read_text()) == strip(text)
@@ -179,7 +178,7 @@ def test_reproduce_paper_quick(tmp_path):
     partial = tmp_path / "partial"
     proc3 = subprocess.run(
         [*cmd[:-1], f"--out={partial}", "--report_only"],
-        env=_env(),
+        env=env(),
         capture_output=True,
         text=True,
         timeout=600,

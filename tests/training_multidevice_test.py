@@ -13,11 +13,11 @@ import jax
 import numpy as np
 import pytest
 
-from rest_em import model as model_lib
-from rest_em import partitioning, training
+from helpers import tiny_model_cfg
 from helpers import token_data as _data
 from helpers import token_pairs as _pairs
-from helpers import tiny_model_cfg
+from rest_em import model as model_lib
+from rest_em import partitioning, training
 
 CFG = tiny_model_cfg()
 FIT = training.FitConfig(batch_size=8, micro_batches=2, num_steps=4, max_length=16, eval_every=2)

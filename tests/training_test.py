@@ -10,7 +10,6 @@ import optax
 import pytest
 
 import helpers
-
 from rest_em import losses, training
 from rest_em import model as model_lib
 

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from em_test import _run
+from helpers import REPO, env, run
 
 FAST = ["--gin.EMConfig.num_iterations=1"]
 
@@ -36,13 +36,13 @@ def _tiny_task():
 def restem(tmp_path_factory):
     """The reference: 2 ReST^EM iterations (also the distillation teacher)."""
     workdir = tmp_path_factory.mktemp("restem")
-    _run(workdir)
+    run(workdir)
     return workdir
 
 
 def test_sft_on_human_solutions(restem, tmp_path):
     w = _with_base(restem, tmp_path / "sft")
-    _run(w, "--gin_file=variants/sft_human.gin")
+    run(w, "--gin_file=variants/sft_human.gin")
     task = _tiny_task()
     train = task.load("train")
     selected = _rows(w / "iter_001" / "selected.jsonl")
@@ -59,7 +59,7 @@ def test_rest_continues_from_the_last_model(restem, tmp_path):
     from rest_em import checkpoints
 
     w = _with_base(restem, tmp_path / "rest")
-    _run(
+    run(
         w,
         "--gin_file=variants/rest.gin",
         "--gin.EMConfig.eval_splits=('test', 'transfer')",
@@ -83,7 +83,7 @@ def test_rest_continues_from_the_last_model(restem, tmp_path):
 
 def test_rft_one_iteration_distinct_solutions(restem, tmp_path):
     w = _with_base(restem, tmp_path / "rft")
-    _run(w, "--gin_file=variants/rft.gin")
+    run(w, "--gin_file=variants/rft.gin")
     assert not (w / "iter_002").exists()
     selected = _rows(w / "iter_001" / "selected.jsonl")
     assert selected, "the tiny base model finds some correct samples"
@@ -99,7 +99,7 @@ def test_rft_one_iteration_distinct_solutions(restem, tmp_path):
 
 def test_star_greedy_estep_and_rationalization(restem, tmp_path):
     w = _with_base(restem, tmp_path / "star")
-    _run(w, "--gin_file=variants/star.gin", *FAST)
+    run(w, "--gin_file=variants/star.gin", *FAST)
     samples = [
         r for f in sorted((w / "iter_001" / "samples").glob("shard_*.jsonl")) for r in _rows(f)
     ]
@@ -132,7 +132,7 @@ def test_distillation_samples_come_from_the_teacher(restem, tmp_path):
     from rest_em.tokenizers import ByteTokenizer
 
     w = tmp_path / "student"
-    _run(
+    run(
         w,
         "--gin_file=variants/distill.gin",
         f"--gin.TEACHER_WORKDIR='{restem}'",
@@ -190,7 +190,7 @@ def test_step_negatives_mode(restem, tmp_path):
     """Positives + per-step weighted negatives: the rollouts' dataset is a file, the
     positives keep weight 1, the negatives' weights vary by step, and all of it trains."""
     w = _with_base(restem, tmp_path / "neg")
-    _run(
+    run(
         w,
         "--gin_file=variants/step_negatives.gin",
         "--gin.StepNegativesConfig.num_rollouts=2",
@@ -220,7 +220,7 @@ def test_step_dpo_mode(restem, tmp_path):
     from rest_em.tokenizers import ByteTokenizer
 
     w = _with_base(restem, tmp_path / "dpo")
-    _run(
+    run(
         w,
         "--gin_file=variants/step_dpo.gin",
         "--gin.StepNegativesConfig.num_rollouts=2",
@@ -247,8 +247,6 @@ def test_every_shipped_variant_parses_on_the_default_task():
     import subprocess
     import sys
 
-    from em_test import REPO, _env
-
     variants = sorted(p.name for p in (REPO / "gin_configs" / "variants").glob("*.gin"))
     assert {
         "sft_human.gin",
@@ -267,7 +265,7 @@ def test_every_shipped_variant_parses_on_the_default_task():
         "    print('ok', v)\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("ok ") == len(variants)
