@@ -39,7 +39,7 @@ def sft_base(
     """A base model trained from random init on `split`'s reference solutions."""
     problems = [p for p in task.load(split) if p.solution]
     if not problems:
-        raise ValueError(f"task {task.name!r}: split {split!r} has no reference solutions")
+        raise errors.ConfigError(f"task {task.name!r}: split {split!r} has no reference solutions")
     params = model_lib.init_params(model_cfg, jax.random.key(seed), mesh)
     result = training.fit(
         params,

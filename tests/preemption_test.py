@@ -15,20 +15,12 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import REPO, TINY, env, metrics
+from helpers import REPO, TINY, env, metrics, tiny_model_cfg
 from rest_em import main as main_lib
 from rest_em import model as model_lib
 from rest_em import training
 
-CFG = model_lib.ModelConfig(
-    vocab_size=32,
-    hidden_size=32,
-    intermediate_size=64,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    max_seq_len=64,
-)
+CFG = tiny_model_cfg()
 FIT = training.FitConfig(
     batch_size=4,
     num_steps=8,

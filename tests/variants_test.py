@@ -92,9 +92,13 @@ def test_rft_one_iteration_distinct_solutions(restem, tmp_path):
     samples = [
         r for f in sorted((w / "iter_001" / "samples").glob("shard_*.jsonl")) for r in _rows(f)
     ]
-    assert len(selected) <= len(
-        {(r["problem_id"], r["completion"]) for r in samples if r["status"] == "correct"}
-    )
+    distinct = {(r["problem_id"], r["completion"]) for r in samples if r["status"] == "correct"}
+    assert len(selected) <= len(distinct)
+    # The filter's statistics reach the metrics: repeated correct completions were dropped.
+    (m,) = [json.loads(x) for x in (w / "metrics.jsonl").read_text().splitlines()][1:]
+    correct = [r for r in samples if r["status"] == "correct"]
+    normalized = {(r["problem_id"], " ".join(r["completion"].split())) for r in correct}
+    assert m["num_duplicates_dropped"] == len(correct) - len(normalized)
 
 
 def test_star_greedy_estep_and_rationalization(restem, tmp_path):

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rest_em.errors import ConfigError
 from rest_em.rewards.status import Status
 from rest_em.tasks.problems import Problem, Task
 
@@ -268,10 +269,10 @@ def make_task(
     transfer (two-digit operands, held out). num_val / num_test take a prefix of the
     fixed held-out splits (small test runs)."""
     if verify_steps and style != "chain":
-        raise ValueError("verify_steps checks chain-style solutions; use style='chain'")
+        raise ConfigError("verify_steps checks chain-style solutions; use style='chain'")
     sizes = {"val": num_val, "test": num_test}
     if not set(levels) <= set(ALL_LEVELS) or not set(sft_levels) <= set(ALL_LEVELS):
-        raise ValueError(f"levels must be within {ALL_LEVELS}")
+        raise ConfigError(f"levels must be within {ALL_LEVELS}")
 
     def load(split: str) -> list[Problem]:
         if split == "sft":
@@ -309,7 +310,7 @@ def make_task(
             return [p for p in held if p.level in levels][: sizes[split]]
         if split == "transfer":
             return list(generate_transfer(num_problems=num_transfer, seed=seed))
-        raise ValueError(f"unknown split {split!r}; expected sft, train, val, test or transfer")
+        raise ConfigError(f"unknown split {split!r}; expected sft, train, val, test or transfer")
 
     return Task(
         "arithmetic",
