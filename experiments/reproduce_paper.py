@@ -222,6 +222,10 @@ def execute(run: Run, seed: int, root: pathlib.Path, base_config: str, log) -> N
         f"--gin.sft_base.seed={seed}",
         *args,
     ]
+    if run.base_from and not (workdir / "fingerprint.json").exists():
+        # A workdir seeded with another run's units has no fingerprint yet: adopt it
+        # (recorded in its fingerprint_history.jsonl); later reruns are checked as usual.
+        cmd.append("--on_config_change=continue")
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t = time.time()
     workdir.mkdir(parents=True, exist_ok=True)
