@@ -11,14 +11,16 @@ RFT, STaR, distillation) or "human" (the task's reference solutions: the SFT bas
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 import tqdm
 
-from rest_em import filtering, partitioning, sampling
+from rest_em import filtering, partitioning, sampling, stops
 from rest_em import model as model_lib
 from rest_em import workdir as workdir_lib
 from rest_em.tasks.problems import Problem, Task
@@ -100,6 +102,14 @@ def _scored(chunk: Sequence[Problem], rows: Sequence[dict]) -> list[Scored]:
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def stop_table(stop_sequences: tuple[str, ...], tokenizer: Tokenizer) -> np.ndarray | None:
+    """The sampler's table for a task's stop sequences (None: the task has none)."""
+    if not stop_sequences:
+        return None
+    return stops.token_table(stop_sequences, stops.token_bytes(tokenizer))
+
+
 def generate_and_score(
     params: Any,
     problems: Sequence[Problem],
@@ -142,10 +152,14 @@ def generate_and_score(
                 key=key,
                 problem_ids=[p.problem_id for p in padded],
                 mesh=mesh,
+                stop_table=stop_table(task.stop_sequences, tokenizer),
             )
             comps = [
                 [
-                    tokenizer.decode(res.tokens_BxNxT[b, j, : res.lengths_BxN[b, j]])
+                    stops.cut(
+                        tokenizer.decode(res.tokens_BxNxT[b, j, : res.lengths_BxN[b, j]]),
+                        task.stop_sequences,
+                    )
                     for j in range(sampling_cfg.num_samples)
                 ]
                 for b in range(len(chunk))

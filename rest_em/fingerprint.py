@@ -7,6 +7,7 @@ A fingerprint is a flat {name: value} dict of JSON values:
   model.<field>     the resolved ModelConfig (a Hugging Face config.json included)
   data.<split>      a content hash of each split's problems and prompts
   data.file:<path>  a content hash of each data file the task reads (`Task.data_files`)
+  task.*            its name and stop sequences
   tokenizer.*       the tokenizer's type, ids and (Hugging Face) file hash
   teacher.*         distillation: the teacher's model and a checksum of its params
   rest_em.version
@@ -123,6 +124,7 @@ def of_run(
     fp.update(config if config is not None else flatten("config.EMConfig", cfg))
     fp.update(flatten("model", model_cfg))
     fp["task.name"] = task.name
+    fp["task.stop_sequences"] = list(getattr(task, "stop_sequences", ()))
     for split, problems in splits.items():
         fp[f"data.{split}"] = problems_hash(problems, task.prompt)
     for path in getattr(task, "data_files", ()) or ():

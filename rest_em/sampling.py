@@ -149,6 +149,7 @@ def generate(
     prompt_lengths_B: Array,
     problem_ids_B: Array,
     key: Array,
+    stop_next_SxV: Array | None = None,
     *,
     model_cfg: model_lib.ModelConfig,
     cfg: SamplingConfig,
@@ -157,7 +158,9 @@ def generate(
 
     prompt_BxP: ids, the last `prompt_lengths_B[b]` entries of row b are the prompt.
     problem_ids_B: stable ids (e.g. dataset index) that, with `key`, fix each row's
-    randomness. Pure: call it under `jax.jit` (see `make_sampler`).
+    randomness. stop_next_SxV (`rest_em.stops.token_table`): a row also ends the step its
+    text first contains a stop sequence (its state reaches the last, absorbing one); the
+    tokens drawn do not change. Pure: call it under `jax.jit` (see `make_sampler`).
     """
     b, p = prompt_BxP.shape
     n, t_max = cfg.num_samples, cfg.max_new_tokens
@@ -211,12 +214,14 @@ def generate(
         logits, _ = run(seq_RxS, jnp.maximum(query - pad_R[:, None], 0), mask, None, 0)
         return jax.lax.dynamic_index_in_dim(logits, slot, axis=1, keepdims=False), cache
 
+    stopped = stop_next_SxV.shape[0] - 1 if stop_next_SxV is not None else None
+
     def cond(state):
         t, done_R = state[0], state[3]
         return (t < t_max) & ~jnp.all(done_R)
 
     def body(state):
-        t, tokens_RxT, logprobs_RxT, done_R, lengths_R, logits_RxV, cache, seq_RxS = state
+        t, tokens_RxT, logprobs_RxT, done_R, lengths_R, logits_RxV, cache, seq_RxS, stop_R = state
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys_R)
         tok = choose_tokens(logits_RxV, step_keys, cfg)
         logp = jnp.take_along_axis(logits_RxV, tok[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(
@@ -229,10 +234,23 @@ def generate(
         lengths_R = lengths_R + (~done_R).astype(jnp.int32)
         if cfg.eos_id is not None:
             done_R = done_R | (tok == cfg.eos_id)
+        if stop_next_SxV is not None:
+            stop_R = stop_next_SxV[stop_R, tok]
+            done_R = done_R | (stop_R == stopped)
         if not cfg.use_kv_cache:
             seq_RxS = jax.lax.dynamic_update_index_in_dim(seq_RxS, tok, p + t, axis=1)
         logits_RxV, cache = next_logits(tok, t, cache, seq_RxS)
-        return t + 1, tokens_RxT, logprobs_RxT, done_R, lengths_R, logits_RxV, cache, seq_RxS
+        return (
+            t + 1,
+            tokens_RxT,
+            logprobs_RxT,
+            done_R,
+            lengths_R,
+            logits_RxV,
+            cache,
+            seq_RxS,
+            stop_R,
+        )
 
     state = (
         jnp.int32(0),
@@ -244,8 +262,9 @@ def generate(
         cache,
         # The KV-cache path never reads the sequence buffer: carry an empty one.
         seq_RxS if not cfg.use_kv_cache else jnp.zeros((r, 0), jnp.int32),
+        jnp.zeros((r,), jnp.int32),  # each row's stop-automaton state
     )
-    steps, tokens_RxT, logprobs_RxT, _, lengths_R, _, _, _ = jax.lax.while_loop(cond, body, state)
+    steps, tokens_RxT, logprobs_RxT, _, lengths_R, *_ = jax.lax.while_loop(cond, body, state)
     return SampleOutput(
         tokens_BxNxT=tokens_RxT.reshape(b, n, t_max),
         lengths_BxN=lengths_R.reshape(b, n),
@@ -271,8 +290,10 @@ def make_sampler(
     cfg: SamplingConfig,
     mesh: Mesh | None = None,
     rules: partitioning.Rules = partitioning.LOGICAL_AXIS_RULES,
+    with_stops: bool = False,
 ):
-    """`generate` jitted for these configs (and shardings, with a mesh). Cached."""
+    """`generate` jitted for these configs (and shardings, with a mesh; `with_stops`: it
+    takes a stop table after the key). Cached."""
     fn = functools.partial(generate, model_cfg=model_cfg, cfg=cfg)
     if mesh is None:
         return jax.jit(fn)
@@ -285,9 +306,11 @@ def make_sampler(
         with partitioning.activation_sharding(mesh, rules):
             return fn(*args)
 
+    replicated = partitioning.replicated(mesh)
+    in_sh = (params_sh, batch2, batch, batch, replicated)
     return jax.jit(
         traced,
-        in_shardings=(params_sh, batch2, batch, batch, partitioning.replicated(mesh)),
+        in_shardings=(*in_sh, replicated) if with_stops else in_sh,
         out_shardings=out_sh,
     )
 
@@ -361,8 +384,13 @@ def sample(
     problem_ids: Sequence[int] | None = None,
     mesh: Mesh | None = None,
     rules: partitioning.Rules = partitioning.LOGICAL_AXIS_RULES,
+    stop_table: np.ndarray | None = None,
 ) -> SampleOutput:
     """Samples `cfg.num_samples` continuations for each prompt (lists of token ids).
+
+    `stop_table` (`rest_em.stops.token_table(stops, tokenizer's token bytes)`) also ends
+    a row the step its text first contains one of the stop sequences; cut the decoded
+    text with `rest_em.stops.cut`.
 
     `problem_ids` (default 0..B-1) make each row's randomness independent of batching:
     pass dataset indices so a problem's samples never depend on its neighbours.
@@ -383,15 +411,17 @@ def sample(
     )
     ids_B = np.zeros((prompt_BxP.shape[0],), np.int32)
     ids_B[: len(prompts)] = problem_ids
-    fn = make_sampler(model_cfg, cfg, mesh, tuple(rules))
+    with_stops = stop_table is not None
+    fn = make_sampler(model_cfg, cfg, mesh, tuple(rules), with_stops)
     args = (prompt_BxP, lengths_B, ids_B)
+    tail = (key, jnp.asarray(stop_table, jnp.int32)) if with_stops else (key,)
     if mesh is not None and partitioning.is_multiprocess():
         # A mesh over several processes: every process passes the same prompts, placed
         # as global arrays; the outputs are gathered so every process gets all rows.
         args = partitioning.to_global(args, input_shardings(mesh, rules))
-        out = partitioning.to_host(fn(params, *args, key))
+        out = partitioning.to_host(fn(params, *args, *tail))
     else:
-        out = jax.device_get(fn(params, *args, key))
+        out = jax.device_get(fn(params, *args, *tail))
     n = len(prompts)
     return SampleOutput(
         out.tokens_BxNxT[:n], out.lengths_BxN[:n], out.logprobs_BxNxT[:n], out.num_steps

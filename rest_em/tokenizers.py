@@ -6,7 +6,9 @@ Hugging Face `tokenizer.json` with the `tokenizers` library (imported lazily).
 
 from __future__ import annotations
 
+import json
 import pathlib
+import re
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -37,6 +39,10 @@ class ByteTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return [b + self.offset for b in text.encode("utf-8")]
+
+    def token_bytes(self) -> list[bytes]:
+        """Each id's bytes inside a decoded text (rest_em.stops): special ids none."""
+        return [b""] * self.offset + [bytes([i]) for i in range(256)]
 
     def decode(self, ids: Sequence[int]) -> str:
         """Stops at the first EOS; pad/BOS are dropped; invalid UTF-8 is replaced."""
@@ -85,6 +91,30 @@ class HFTokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def token_bytes(self) -> list[bytes]:
+        """Each id's bytes inside a decoded text (rest_em.stops): byte-level BPE pieces
+        (GPT-2, Llama 3, Qwen) through the byte alphabet; SentencePiece pieces (Llama 2,
+        Mistral, Gemma) with "\u2581" as a space and "<0xNN>" byte fallbacks; special
+        tokens none. (A SentencePiece decode drops the text's first space; a stop is
+        then found one byte early at worst, never missed.)"""
+        spec = json.loads(self._tok.to_str())
+        decoder = spec.get("decoder") or {}
+        kinds = {decoder.get("type")} | {d.get("type") for d in decoder.get("decoders") or []}
+        special = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
+        alphabet = {c: b for b, c in _gpt2_bytes_to_unicode().items()}
+        out = []
+        for i in range(self.vocab_size):
+            piece = self._tok.id_to_token(i)
+            if piece is None or i in special:
+                out.append(b"")
+            elif "ByteLevel" in kinds:
+                out.append(bytes(alphabet[c] for c in piece if c in alphabet))
+            elif m := re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece):
+                out.append(bytes([int(m[1], 16)]))
+            else:
+                out.append(piece.replace("\u2581", " ").encode("utf-8"))
+        return out
+
     def decode(self, ids: Sequence[int]) -> str:
         ids = [int(i) for i in ids]
         if self.eos_id in ids:
@@ -92,7 +122,15 @@ class HFTokenizer:
         return self._tok.decode(ids, skip_special_tokens=True)
 
 
-def _read_json(path: pathlib.Path) -> dict:
-    import json
+def _gpt2_bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map from bytes to the printable characters byte-level BPE pieces use."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    extra = [b for b in range(256) if b not in printable]
+    return {
+        **{b: chr(b) for b in printable},
+        **{b: chr(256 + k) for k, b in enumerate(extra)},
+    }
 
+
+def _read_json(path: pathlib.Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}

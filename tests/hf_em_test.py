@@ -100,6 +100,31 @@ def test_tokenizer_round_trips_and_finds_special_tokens(checkpoint):
     assert cfg.vocab_size == tok.vocab_size
 
 
+def test_token_bytes_concatenate_to_the_decoded_text(checkpoint):
+    """The stop automaton sees each token as its bytes inside a decoded text (byte-level
+    BPE pieces mapped back through GPT-2's byte alphabet)."""
+    import numpy as np
+
+    from rest_em import experiment, stops
+
+    tok = experiment.hf_tokenizer(checkpoint_dir=str(checkpoint))
+    pieces = tok.token_bytes()
+    assert len(pieces) == tok.vocab_size and pieces[tok.eos_id] == pieces[tok.bos_id] == b""
+    text = "Janet's ducks lay 16 eggs.\nQuestion: é? #### 18"
+    ids = tok.encode(text)
+    assert b"".join(pieces[i] for i in ids).decode() == text
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        ids = [int(i) for i in rng.integers(3, tok.vocab_size, size=30)]
+        joined = b"".join(pieces[i] for i in ids).decode("utf-8", errors="replace")
+        assert joined == tok.decode(ids)
+    table = stops.token_table(["\nQuestion:"], pieces)
+    state = 0
+    for i in tok.encode("A: 4\nQuestion: next"):
+        state = table[state, i]
+    assert state == table.shape[0] - 1
+
+
 def test_gsm8k_scoring_marks_reference_solutions_correct(checkpoint, data):
     from rest_em import em, experiment
     from rest_em.tasks import jsonl_tasks

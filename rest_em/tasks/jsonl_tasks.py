@@ -144,12 +144,16 @@ def _make(
         score,
         hint_prompt=hint_prompt,
         data_files=tuple(str(f) for f in files.values() if f is not None),
+        stop_sequences=(STOP,),
     )
 
 
+STOP = "\nQuestion:"  # few-shot models go on to the next question: the sampler stops there
+
+
 def _first_answer(completion: str) -> str:
-    """Few-shot models continue with the next "Question:"; only the first answer counts."""
-    return completion.split("\nQuestion:", 1)[0]
+    """Only the first answer counts (a completion sampled elsewhere may run on)."""
+    return completion.split(STOP, 1)[0]
 
 
 def gsm8k_task(

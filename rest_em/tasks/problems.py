@@ -50,6 +50,9 @@ class Task:
     score: Callable[[Sequence[str], Sequence[Problem]], list[Status]]
     hint_prompt: Callable[[Problem], str] | None = None  # the prompt + gold answer (STaR)
     data_files: tuple[str, ...] = ()  # files `load` reads: their hashes join the fingerprint
+    # Where a completion ends (few-shot separators, HumanEval's "\ndef"): the sampler
+    # stops there and the E-step stores, scores and trains on the text before it.
+    stop_sequences: tuple[str, ...] = ()
 
 
 def read_jsonl(path: str | pathlib.Path, *, required: Sequence[str]) -> list[tuple[int, dict]]:
