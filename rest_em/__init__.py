@@ -6,6 +6,7 @@ costs nothing until a name is used, and the reward checkers never pull in JAX):
   partitioning  meshes and the one logical-axis rules table
   checkpoints   Hugging Face safetensors import/export, orbax save/restore
   sampling      the pure, jitted, sharded sampler (E-step)
+  stops         stop sequences as a token automaton the sampler runs on device
   rewards       `rewards.math` answer checker, `rewards.code` sandboxed test runner
   filtering     reward filter, per-problem cap, dedup -> the M-step dataset
   losses        weighted NLL (per-example and per-token weights)
@@ -85,6 +86,7 @@ _SUBMODULES = {m for m in _EXPORTS if "." not in m} | {
     "fingerprint",
     "metrics",
     "rewards",
+    "stops",
 }
 
 __all__ = sorted(_NAME_TO_MODULE) + sorted(_SUBMODULES)
