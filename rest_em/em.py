@@ -125,8 +125,9 @@ class EMConfig:
 
 
 def with_gold(problems: Sequence[Problem], split: str) -> list[Problem]:
-    """Problems without a gold answer cannot be scored: reported and skipped, never scored 0."""
-    kept = [p for p in problems if p.answer is not None and str(p.answer).strip()]
+    """Problems without a gold answer (or tests) cannot be scored: reported and skipped,
+    never scored 0."""
+    kept = [p for p in problems if p.scorable]
     if len(kept) < len(problems):
         missing = [p.problem_id for p in problems if p not in kept]
         log.warning(

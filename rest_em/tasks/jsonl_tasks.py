@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from rest_em.errors import ConfigError
 from rest_em.rewards.status import Status
-from rest_em.tasks.problems import Problem, Task, read_jsonl
+from rest_em.tasks.problems import Problem, Task, holdout, read_jsonl
 
 _CALC = re.compile(r"<<[^<>]*>>")
 
@@ -94,19 +94,14 @@ def _make(
     def load(split: str) -> list[Problem]:
         """train minus the few-shot exemplars and the val tail; val = that tail."""
         if split in ("train", "val", "sft") and files.get("train"):
-            rows = raw("train")
-            rest = rows[num_shots:]
-            if val_size < 0:
-                raise ConfigError(f"task {name!r}: val_size must be >= 0, got {val_size}")
-            if val_size >= len(rest):
-                exemplars = f", {num_shots} of them few-shot exemplars" if num_shots else ""
-                raise ConfigError(
-                    f"task {name!r}: val_size={val_size} leaves no training problems: "
-                    f"{files['train']} has {len(rows)} rows{exemplars}; use a smaller "
-                    f"val_size or a larger file"
-                )
-            cut = len(rest) - val_size
-            return rest[cut:] if split == "val" else rest[:cut]
+            return holdout(
+                raw("train"),
+                split,
+                name=name,
+                path=files["train"],
+                num_shots=num_shots,
+                val_size=val_size,
+            )
         return raw(split)
 
     shots = raw("train")[:num_shots] if num_shots and files.get("train") else []

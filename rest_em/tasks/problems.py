@@ -11,11 +11,12 @@ import gzip
 import json
 import pathlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from rest_em.errors import DataError
+from rest_em.errors import ConfigError, DataError
 from rest_em.rewards.status import Status
 
-__all__ = ["DataError", "Problem", "Status", "Task", "read_jsonl"]
+__all__ = ["DataError", "Problem", "Status", "Task", "holdout", "read_jsonl"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,9 +25,19 @@ class Problem:
 
     problem_id: int
     question: str
-    answer: str | None  # the gold final answer; None = cannot be scored
+    answer: str | None  # the gold final answer (None: scored by `tests`, or not at all)
     solution: str | None = None  # a reference (human-written) worked solution
     level: int | None = None  # difficulty, for per-level breakdowns
+    # Code tasks: the hidden tests (`rest_em.rewards.code` AssertTests, IOTests,
+    # CallTests) the sandbox runs a sampled program against.
+    tests: Any = dataclasses.field(default=None, compare=False, hash=False)
+
+    @property
+    def scorable(self) -> bool:
+        """A gold answer or tests: a problem without either is skipped, never scored 0."""
+        return self.tests is not None or (
+            self.answer is not None and bool(str(self.answer).strip())
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +51,9 @@ class Task:
     Status is a str, equal to and written as "correct", "incorrect", ...).
     hint_prompt(problem) (optional) -> the prompt with the gold answer given as a hint,
     for STaR's rationalization of problems the model could not solve.
+    majority_vote: `extract` gives answers to vote on (maj@k is reported); code tasks
+    have none. scoring_stats (optional) -> the checker's counters since the last call
+    (code tasks: programs run, seconds in the sandbox, isolation), for the metrics.
     """
 
     name: str
@@ -53,6 +67,8 @@ class Task:
     # Where a completion ends (few-shot separators, HumanEval's "\ndef"): the sampler
     # stops there and the E-step stores, scores and trains on the text before it.
     stop_sequences: tuple[str, ...] = ()
+    majority_vote: bool = True
+    scoring_stats: Callable[[], dict[str, Any]] | None = None
 
 
 def read_jsonl(path: str | pathlib.Path, *, required: Sequence[str]) -> list[tuple[int, dict]]:
@@ -101,3 +117,28 @@ def _parse_row(path: pathlib.Path, lineno: int, line: str, required: Sequence[st
                 f"got {type(row[field]).__name__}"
             )
     return row
+
+
+def holdout(
+    rows: Sequence[Problem],
+    split: str,
+    *,
+    name: str,
+    path: str | pathlib.Path,
+    num_shots: int = 0,
+    val_size: int = 0,
+) -> list[Problem]:
+    """A training file's split: the rows after the `num_shots` few-shot exemplars, minus
+    a `val_size` tail ("train", "sft"), or that tail ("val")."""
+    rest = list(rows[num_shots:])
+    if val_size < 0:
+        raise ConfigError(f"task {name!r}: val_size must be >= 0, got {val_size}")
+    if val_size >= len(rest):
+        exemplars = f", {num_shots} of them few-shot exemplars" if num_shots else ""
+        raise ConfigError(
+            f"task {name!r}: val_size={val_size} leaves no training problems: "
+            f"{path} has {len(rows)} rows{exemplars}; use a smaller "
+            f"val_size or a larger file"
+        )
+    cut = len(rest) - val_size
+    return rest[cut:] if split == "val" else rest[:cut]
