@@ -352,6 +352,10 @@ class _Job:
         self.exit_code: int | None = None
         self.setup_ok = True  # False: the child failed before running the program
         self.dead = False
+        self.handles: dict[int, Any] = {}  # handle id -> W's opaque object for it (the
+        # worker's `_Handle`), so that one object of the program is one object here
+        self.names: frozenset[str] = frozenset()  # top-level names the program reported
+        self.requests = 0  # requests sent to the program so far
 
     def close(self) -> None:
         self.ctl.close()

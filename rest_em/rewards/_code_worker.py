@@ -52,6 +52,8 @@ _JobEnded, _FrameTooLarge, _BadFrame = (
 
 
 _EXITED = "the program exited"
+_MAX_HANDLES = _codec().MAX_HANDLES  # distinct handles one run may send (U caps its side)
+_MAX_NAMES = _codec().MAX_NAMES  # top-level names a program may report
 
 
 class _Abort(BaseException):  # not an error of the test: it ends the test
@@ -88,13 +90,48 @@ def _remote_exception(type_name: str, message: str) -> BaseException:
     return e
 
 
-def _call(job: _Job, name: str, args: tuple, kwargs: dict) -> Any:
-    """Asks the program to call `name`; its decoded return value, or raises."""
+def _encode(job: _Job, x: Any) -> Any:
+    """An argument for the program: plain data, builtin types, and handles of this run."""
     codec = _codec()
+
+    def hook(v: Any) -> Any:
+        if type(v) is _Handle:
+            if v._rest_em_job is job:
+                return ["h", v._rest_em_id]
+            raise codec.UnsupportedValue(f"{v!r} belongs to another run")
+        if type(v) is _Remote:
+            raise codec.UnsupportedValue(f"{v!r} (functions are not passed to the program)")
+        raise codec.UnsupportedValue(f"values of type {type(v).__name__} are not supported")
+
     try:
-        req = ["call", name, codec.encode(list(args)), codec.encode(dict(kwargs))]
+        return codec.encode(x, hook=hook)
     except codec.UnsupportedValue as e:
         raise _CheckerProblem(f"the test passes a value the sandbox cannot carry: {e}") from None
+
+
+def _handle_of(job: _Job, items: list) -> _Handle:
+    """W's one opaque object for the program's ["h", id, type name]."""
+    if not (
+        len(items) == 2
+        and type(items[0]) is int
+        and 0 <= items[0] < 1 << 62
+        and type(items[1]) is str
+    ):
+        raise ValueError("malformed handle")
+    h = job.handles.get(items[0])
+    if h is None:
+        if len(job.handles) >= _MAX_HANDLES:
+            raise _Abort(
+                Outcome.RUNTIME_ERROR, f"the program sent more than {_MAX_HANDLES} object handles"
+            )
+        h = job.handles[items[0]] = _Handle(job, items[0], items[1][:100])
+    return h
+
+
+def _request(job: _Job, req: list, what: str) -> Any:
+    """Sends one request to the program; the decoded value it answers, or raises."""
+    codec = _codec()
+    job.requests += 1
     try:
         codec.write_frame(job.ctl.fileno(), req)
     except OSError:
@@ -103,7 +140,7 @@ def _call(job: _Job, name: str, args: tuple, kwargs: dict) -> Any:
     tag = reply[0] if isinstance(reply, list) and reply else None
     if tag == "ok" and len(reply) == 2:
         try:
-            return codec.decode(reply[1])
+            return codec.decode(reply[1], hook=functools.partial(_handle_of, job))
         except (ValueError, TypeError, RecursionError, MemoryError) as e:
             raise _Abort(Outcome.RUNTIME_ERROR, f"malformed return value: {e}") from None
     if tag == "exc" and len(reply) == 3 and all(isinstance(x, str) for x in reply[1:]):
@@ -111,9 +148,15 @@ def _call(job: _Job, name: str, args: tuple, kwargs: dict) -> Any:
     if tag == "unsupported":
         raise _Abort(
             Outcome.WRONG_ANSWER,
-            f"{name} returned something that is not plain data: {str(reply[1:])[:200]}",
+            f"{what} returned something the sandbox cannot carry: {str(reply[1:])[:200]}",
         )
     raise _Abort(Outcome.RUNTIME_ERROR, "the program broke the call protocol")
+
+
+def _call(job: _Job, name: str, args: tuple, kwargs: dict) -> Any:
+    """Asks the program to call its top-level `name`; the decoded return value, or raises."""
+    req = ["call", name, _encode(job, list(args)), _encode(job, dict(kwargs))]
+    return _request(job, req, name)
 
 
 def _reply(job: _Job) -> Any:
@@ -131,7 +174,8 @@ def _reply(job: _Job) -> Any:
 
 
 class _Remote:
-    """Stands in for a function of the program inside the trusted test code."""
+    """Stands in for a top-level name of the program (a function or a class) inside the
+    trusted test code: calling it asks the program to call it."""
 
     def __init__(self, job: _Job, name: str):
         self._job, self._name, self.__name__ = job, name, name
@@ -141,6 +185,65 @@ class _Remote:
 
     def __repr__(self) -> str:
         return f"<sandboxed function {self._name}>"
+
+
+def _is_dunder(name: str) -> bool:
+    return name.startswith("__") and name.endswith("__")
+
+
+class _Handle:
+    """An object of the program that stays in the job child (U): what U cannot send as
+    plain data (an instance of a class of the program, the class itself, a function).
+
+    Opaque here: equal only to itself (W compares identity and never asks U), hashed by
+    identity, always true, unordered, not iterable. Attribute reads and writes and
+    calls are forwarded to U as requests ("getattr", "setattr", "delattr", "callh"),
+    with plain data or handles of this run as the values; a read or a call answers
+    plain data or a handle. Passing it to the program (also inside lists, tuples,
+    dicts, sets) hands U its own object back.
+    """
+
+    __slots__ = ("_rest_em_job", "_rest_em_id", "_rest_em_type")
+
+    def __init__(self, job: _Job, hid: int, type_name: str):
+        object.__setattr__(self, "_rest_em_job", job)
+        object.__setattr__(self, "_rest_em_id", hid)
+        object.__setattr__(self, "_rest_em_type", type_name)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __ne__(self, other: object) -> bool:
+        return self is not other
+
+    __hash__ = object.__hash__
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return f"<sandboxed {self._rest_em_type} object #{self._rest_em_id}>"
+
+    def __getattr__(self, name: str) -> Any:  # only for names not found on _Handle itself
+        if _is_dunder(name) or name.startswith("_rest_em_"):
+            raise AttributeError(name)
+        return _request(self._rest_em_job, ["getattr", self._rest_em_id, name], f"{self!r}.{name}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if _is_dunder(name) or name.startswith("_rest_em_"):
+            raise AttributeError(f"cannot set {name} on {self!r}")
+        job = self._rest_em_job
+        _request(job, ["setattr", self._rest_em_id, name, _encode(job, value)], repr(self))
+
+    def __delattr__(self, name: str) -> None:
+        if _is_dunder(name) or name.startswith("_rest_em_"):
+            raise AttributeError(f"cannot delete {name} on {self!r}")
+        _request(self._rest_em_job, ["delattr", self._rest_em_id, name], repr(self))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        job = self._rest_em_job
+        req = ["callh", self._rest_em_id, _encode(job, list(args)), _encode(job, dict(kwargs))]
+        return _request(job, req, repr(self))
 
 
 class _NullWriter:
@@ -217,8 +320,15 @@ def _classify_test_exception(e: BaseException, sources: dict[str, str]) -> tuple
 def _wait_ready(job: _Job) -> tuple[Outcome, str] | None:
     """None once the program has loaded; else the verdict."""
     reply = _reply(job)
-    if reply == ["ready"]:
-        return None
+    if isinstance(reply, list) and len(reply) == 2 and reply[0] == "ready":
+        names = reply[1]
+        if (
+            isinstance(names, list)
+            and len(names) <= _MAX_NAMES
+            and all(type(n) is str for n in names)
+        ):
+            job.names = frozenset(names)
+            return None
     if isinstance(reply, list) and reply and reply[0] == "load_error" and len(reply) == 3:
         return Outcome.RUNTIME_ERROR, f"loading the program raised {reply[1]}: {reply[2]}"[:500]
     return Outcome.RUNTIME_ERROR, "the program broke the call protocol while loading"
@@ -247,6 +357,7 @@ def _exit_verdict(code: int | None, setup_ok: bool) -> tuple[Outcome, str]:
 def _run_assert(host: _Host, program: str, t: dict, lim: dict) -> tuple[Outcome, str, int, int]:
     try:  # the test must be valid before any program is judged by it
         context_code = _compiled(t["context"], "<context>") if t["context"] else None
+        context_free = _free_names(t["context"]) if t["context"] else ()
         test_code = _compiled(t["test"], "<test>")
         free_names = _free_names(t["test"])
     except (SyntaxError, ValueError) as e:
@@ -261,25 +372,27 @@ def _run_assert(host: _Host, program: str, t: dict, lim: dict) -> tuple[Outcome,
                 status, detail = ready
             else:
                 ns: dict[str, Any] = {"__name__": "__rest_em_test__", "__builtins__": builtins}
-                if context_code is not None:
-                    try:
-                        exec(context_code, ns)  # noqa: S102 - trusted dataset code
-                    except Exception as e:  # noqa: BLE001
-                        raise _CheckerProblem(
-                            f"the context raised {type(e).__name__}: {e}"
-                        ) from None
-                for name in free_names:
-                    if name not in ns:
+                # The context may use names of the program (a class it builds objects
+                # of): those it does not bind itself, that are no builtins, and that the
+                # program defines. What the context binds (HumanEval's helpers) stays its.
+                for name in context_free:
+                    if name in job.names:
                         ns[name] = _Remote(job, name)
-                entry = t["entry_point"]
-                if entry:
-                    ns[entry] = _Remote(job, entry)
                 out, err = sys.stdout, sys.stderr
                 sys.stdout = sys.stderr = _NullWriter()
                 try:
+                    if context_code is not None:
+                        _run_context(job, context_code, ns, context_free)
+                    for name in free_names:
+                        if name not in ns:
+                            ns[name] = _Remote(job, name)
+                    entry = t["entry_point"]
+                    if entry:  # the one name that may shadow a builtin (MBPP's `sum`)
+                        ns[entry] = _Remote(job, entry)
                     exec(test_code, ns)  # noqa: S102 - trusted dataset code
-                    if entry and callable(ns.get("check")):
-                        ns["check"](ns[entry])
+                    check = ns.get("check")
+                    if entry and callable(check) and type(check) not in (_Remote, _Handle):
+                        check(ns[entry])
                 finally:
                     sys.stdout, sys.stderr = out, err
         except BaseException as e:  # noqa: BLE001 - classified, never propagated
@@ -287,6 +400,23 @@ def _run_assert(host: _Host, program: str, t: dict, lim: dict) -> tuple[Outcome,
     finally:
         status, detail = _finish(host, job, status, detail)
     return status, detail, int(status is Outcome.PASSED), 1
+
+
+def _run_context(job: _Job, code: Any, ns: dict, free: tuple[str, ...]) -> None:
+    """Runs the trusted setup code. Its own failure is the checker's problem; once it
+    has used the program (calls, handles), a failure is judged like the test's."""
+    try:
+        exec(code, ns)  # noqa: S102 - trusted dataset code
+    except Exception as e:  # noqa: BLE001
+        name = getattr(e, "name", None) if isinstance(e, NameError) else None
+        if name in free and name not in job.names:
+            raise _Abort(
+                Outcome.RUNTIME_ERROR,
+                f"the program does not define {name!r}, which the test's setup code uses",
+            ) from None
+        if job.requests or getattr(e, _REMOTE_ATTR, False):
+            raise
+        raise _CheckerProblem(f"the context raised {type(e).__name__}: {e}") from None
 
 
 def _apps_norm(x: Any) -> Any:

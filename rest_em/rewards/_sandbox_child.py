@@ -47,20 +47,45 @@ import sys
 # JSON with tagged arrays for everything that is not a JSON scalar:
 #   ["l", ...] list   ["t", ...] tuple   ["s", ...] set   ["f", ...] frozenset
 #   ["d", k1, v1, k2, v2, ...] dict   ["b", hex] bytes   ["y", hex] bytearray
-#   ["i", hex] big int   ["c", real, imag] complex
+#   ["i", hex] big int   ["c", real, imag] complex   ["T", name] a builtin type
+#   ["h", id(, type name)] a handle: an object that stays in the job child
 # Subclasses of builtin types are encoded as their builtin base through the base
 # type's own methods (an OrderedDict is a dict; a str subclass with an always-true
-# __eq__ becomes its plain characters). Anything else is unsupported.
+# __eq__ becomes its plain characters). The builtin types in `BUILTIN_TYPES` travel by
+# name (the other end maps the name back onto its own type object; no other `type`
+# does). Anything else goes to the `hook` of `encode` (the job child: its handle
+# table; the checker: its handle objects of this run), or is unsupported. `decode`
+# hands "h" to its `hook` (none: malformed).
 
 MAX_DEPTH = 200
 _BIG_INT = 1 << 1024
+BUILTIN_TYPES = {
+    t.__name__: t
+    for t in (
+        type(None),
+        bool,
+        int,
+        float,
+        complex,
+        str,
+        bytes,
+        bytearray,
+        list,
+        tuple,
+        dict,
+        set,
+        frozenset,
+        object,
+    )
+}
+_TYPE_NAMES = {id(t): name for name, t in BUILTIN_TYPES.items()}
 
 
 class UnsupportedValue(TypeError):
     """A value that the codec does not carry (functions, generators, custom objects)."""
 
 
-def encode(x, _depth: int = 0):
+def encode(x, _depth: int = 0, hook=None):
     if _depth > MAX_DEPTH:
         raise UnsupportedValue("value nested too deeply")
     t = type(x)
@@ -70,51 +95,56 @@ def encode(x, _depth: int = 0):
         return x if -_BIG_INT < x < _BIG_INT else ["i", format(x, "x")]
     d = _depth + 1
     if t is list:
-        return ["l", *[encode(e, d) for e in x]]
+        return ["l", *[encode(e, d, hook) for e in x]]
     if t is tuple:
-        return ["t", *[encode(e, d) for e in x]]
+        return ["t", *[encode(e, d, hook) for e in x]]
     if t is dict:
         out = ["d"]
         for k, v in x.items():
-            out.append(encode(k, d))
-            out.append(encode(v, d))
+            out.append(encode(k, d, hook))
+            out.append(encode(v, d, hook))
         return out
     if t is set:
-        return ["s", *[encode(e, d) for e in x]]
+        return ["s", *[encode(e, d, hook) for e in x]]
     if t is frozenset:
-        return ["f", *[encode(e, d) for e in x]]
+        return ["f", *[encode(e, d, hook) for e in x]]
     if t is bytes:
         return ["b", x.hex()]
     if t is bytearray:
         return ["y", x.hex()]
     if t is complex:
         return ["c", x.real, x.imag]
+    if t is type and id(x) in _TYPE_NAMES:  # identity: exactly these type objects
+        return ["T", _TYPE_NAMES[id(x)]]
     # Subclasses: project onto the builtin base with the base's own methods.
     if isinstance(x, int):
-        return encode(int.__int__(x), _depth)
+        return encode(int.__int__(x), _depth, hook)
     if isinstance(x, float):
         return float.__float__(x)
     if isinstance(x, str):
         return str.__str__(x)
     if isinstance(x, list):
-        return ["l", *[encode(e, d) for e in list.__iter__(x)]]
+        return ["l", *[encode(e, d, hook) for e in list.__iter__(x)]]
     if isinstance(x, tuple):
-        return ["t", *[encode(e, d) for e in tuple.__iter__(x)]]
+        return ["t", *[encode(e, d, hook) for e in tuple.__iter__(x)]]
     if isinstance(x, dict):
         out = ["d"]
         for k, v in dict.items(x):
-            out.append(encode(k, d))
-            out.append(encode(v, d))
+            out.append(encode(k, d, hook))
+            out.append(encode(v, d, hook))
         return out
     if isinstance(x, frozenset):
-        return ["f", *[encode(e, d) for e in frozenset.__iter__(x)]]
+        return ["f", *[encode(e, d, hook) for e in frozenset.__iter__(x)]]
     if isinstance(x, set):
-        return ["s", *[encode(e, d) for e in set.__iter__(x)]]
+        return ["s", *[encode(e, d, hook) for e in set.__iter__(x)]]
+    if hook is not None:
+        return hook(x)
     raise UnsupportedValue(f"values of type {t.__name__} are not supported")
 
 
-def decode(v, _depth: int = 0):
-    """Inverse of `encode` for untrusted input: builds builtin objects only, or raises."""
+def decode(v, _depth: int = 0, hook=None):
+    """Inverse of `encode` for untrusted input: builds builtin objects only (and, for
+    "h", whatever `hook(items)` returns), or raises."""
     if _depth > MAX_DEPTH:
         raise ValueError("value nested too deeply")
     t = type(v)
@@ -124,17 +154,20 @@ def decode(v, _depth: int = 0):
         raise ValueError(f"malformed value of type {t.__name__}")
     tag, items, d = v[0], v[1:], _depth + 1
     if tag == "l":
-        return [decode(e, d) for e in items]
+        return [decode(e, d, hook) for e in items]
     if tag == "t":
-        return tuple(decode(e, d) for e in items)
+        return tuple(decode(e, d, hook) for e in items)
     if tag == "s":
-        return {decode(e, d) for e in items}
+        return {decode(e, d, hook) for e in items}
     if tag == "f":
-        return frozenset(decode(e, d) for e in items)
+        return frozenset(decode(e, d, hook) for e in items)
     if tag == "d":
         if len(items) % 2:
             raise ValueError("malformed dict")
-        return {decode(items[i], d): decode(items[i + 1], d) for i in range(0, len(items), 2)}
+        return {
+            decode(items[i], d, hook): decode(items[i + 1], d, hook)
+            for i in range(0, len(items), 2)
+        }
     if tag in ("b", "y", "i") and len(items) == 1 and type(items[0]) is str:
         if tag == "i":
             if len(items[0]) > 1 << 20:
@@ -143,6 +176,10 @@ def decode(v, _depth: int = 0):
         return (bytes if tag == "b" else bytearray).fromhex(items[0])
     if tag == "c" and len(items) == 2 and all(type(e) in (int, float) for e in items):
         return complex(items[0], items[1])
+    if tag == "T" and len(items) == 1 and type(items[0]) is str and items[0] in BUILTIN_TYPES:
+        return BUILTIN_TYPES[items[0]]
+    if tag == "h" and hook is not None:
+        return hook(items)
     raise ValueError(f"malformed value tag {tag!r}")
 
 
@@ -865,7 +902,7 @@ def _run_program(job: dict, stdio: tuple) -> None:
         os._exit(1)
     if os.getpid() != me:  # a process the program forked came back here
         os._exit(0)
-    _report(["ready"])
+    _report(["ready", _program_names(g)])
     _serve_calls(g, me)
 
 
@@ -915,7 +952,59 @@ def _run_main(program: str, g: dict, me: int) -> int:
     return code
 
 
+MAX_HANDLES = 100_000  # objects one run may hold for the checker (W caps its side too)
+MAX_NAMES = 10_000  # top-level names reported when the program is ready
+
+
+def _program_names(g: dict) -> list[str]:
+    """The program's top-level names (what W may route the test's setup code to)."""
+    out = []
+    for k in list(g):
+        if type(k) is str and k.isidentifier() and not k.startswith("__") and len(k) <= 200:
+            out.append(k)
+            if len(out) >= MAX_NAMES:
+                break
+    return out
+
+
+class _Handles:
+    """This run's objects that the checker holds as opaque handles: a value `encode`
+    cannot carry as plain data is kept here (alive until the run ends) and sent as
+    ["h", id, type name]; ["h", id] in a request resolves back to it."""
+
+    def __init__(self):
+        self.objs: list = []
+        self.ids: dict[int, int] = {}  # id(obj) -> handle id; the list keeps obj alive
+
+    def out(self, x):
+        hid = self.ids.get(id(x))
+        if hid is None:
+            if len(self.objs) >= MAX_HANDLES:
+                raise UnsupportedValue(f"more than {MAX_HANDLES} objects held for the checker")
+            hid = len(self.objs)
+            self.objs.append(x)
+            self.ids[id(x)] = hid
+        try:
+            name = str.__str__(type(x).__name__)[:100]
+        except BaseException:  # noqa: BLE001 - a hostile metaclass
+            name = "object"
+        return ["h", hid, name]
+
+    def back(self, items):
+        if len(items) == 1 and type(items[0]) is int and 0 <= items[0] < len(self.objs):
+            return self.objs[items[0]]
+        raise ValueError(f"unknown handle {items!r}"[:200])
+
+    def obj(self, hid):
+        return self.back([hid])
+
+
 def _serve_calls(g: dict, me: int) -> None:
+    handles = _Handles()
+
+    def dec(v):
+        return decode(v, hook=handles.back)
+
     while True:
         try:
             req = read_frame(3)
@@ -923,17 +1012,30 @@ def _serve_calls(g: dict, me: int) -> None:
             os._exit(1)
         if req is None or os.getpid() != me:
             os._exit(0)
-        _, name, args, kwargs = req
+        op = req[0]
         try:
-            fn = g.get(name)
-            if fn is None and name not in g and isinstance(g.get("Solution"), type):
-                fn = getattr(g["Solution"](), name)  # LeetCode-style `class Solution`
-            if fn is None:
-                raise NameError(f"name {name!r} is not defined")
-            result = fn(*decode(args), **decode(kwargs))
+            if op == "call":  # ["call", name, args, kwargs]: a top-level name of the program
+                _, name, args, kwargs = req
+                fn = g.get(name)
+                if fn is None and name not in g and isinstance(g.get("Solution"), type):
+                    fn = getattr(g["Solution"](), name)  # LeetCode-style `class Solution`
+                if fn is None:
+                    raise NameError(f"name {name!r} is not defined")
+                result = fn(*dec(args), **dec(kwargs))
+            elif op == "callh":  # ["callh", handle id, args, kwargs]: call a held object
+                _, hid, args, kwargs = req
+                result = handles.obj(hid)(*dec(args), **dec(kwargs))
+            elif op == "getattr":  # ["getattr", handle id, attribute]
+                result = getattr(handles.obj(req[1]), req[2])
+            elif op == "setattr":  # ["setattr", handle id, attribute, value]
+                result = setattr(handles.obj(req[1]), req[2], dec(req[3]))
+            elif op == "delattr":  # ["delattr", handle id, attribute]
+                result = delattr(handles.obj(req[1]), req[2])
+            else:
+                os._exit(1)
             if os.getpid() != me:
                 os._exit(0)
-            reply = ["ok", encode(result)]
+            reply = ["ok", encode(result, hook=handles.out)]
         except UnsupportedValue as e:
             reply = ["unsupported", _msg(e)]
         except BaseException as e:  # noqa: BLE001 - reported, judged by the checker

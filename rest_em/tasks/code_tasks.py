@@ -180,14 +180,34 @@ def _mbpp_problem(row: dict, where: str) -> Problem:
     setup = row.get("test_setup_code") or ""
     if not isinstance(setup, str):
         raise DataError(f'{where}: field "test_setup_code" must be str')
+    import ast
+
     from rest_em.rewards import code
 
+    # The entry point: the first function the reference solution defines (by def) that
+    # the tests call. It is the one name the sandbox may route to the program even where
+    # it shadows a builtin (task 126 asks for a `sum`); other builtins stay builtins.
+    test = "\n".join(tests)
+    entry = None
+    try:
+        called = {
+            n.func.id
+            for n in ast.walk(ast.parse(test))
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+        }
+        defs = ast.parse(_normalise(row["code"])).body
+    except (SyntaxError, ValueError):  # the sandbox reports a test that does not compile
+        called, defs = set(), []
+    for node in defs:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in called:
+            entry = node.name
+            break
     return Problem(
         task_id,
         row["text"].strip(),
         None,
         _normalise(row["code"]),
-        tests=code.AssertTests(test="\n".join(tests), entry_point=None, context=setup),
+        tests=code.AssertTests(test=test, entry_point=entry, context=setup),
     )
 
 
