@@ -4,8 +4,9 @@ decides the verdict; the program runs in the sandbox, reached through `_code_hos
 `_run_job(spec)` is the HardTimeoutPool task: it judges one program against its tests
 (assert-style, call-based or stdin/stdout) and returns plain data, the outcome as its
 string value. The program's functions are replaced in the trusted test code by proxies
-(`_Remote`) that ask the job child to call them and decode what comes back; nothing the
-program claims decides a verdict.
+(`_Remote`) that ask the job child to call them and decode what comes back; objects
+the job child cannot send as plain data come back as opaque handles (`_Handle`, equal
+only to themselves); nothing the program claims decides a verdict.
 
 The pool worker loads this file by path, and it loads `status.py` and `_code_host.py`
 the same way: standard library only, and nothing from the rest_em package.
@@ -131,6 +132,8 @@ def _handle_of(job: _Job, items: list) -> _Handle:
 def _request(job: _Job, req: list, what: str) -> Any:
     """Sends one request to the program; the decoded value it answers, or raises."""
     codec = _codec()
+    if job.ctl.fileno() < 0:  # a handle (or proxy) kept from a run that has ended
+        raise _CheckerProblem(f"the test uses {what}, which belongs to a finished run")
     job.requests += 1
     try:
         codec.write_frame(job.ctl.fileno(), req)

@@ -28,9 +28,12 @@ never sees tests or expected answers, nor the programs: they arrive on the job's
 socket after the fork.
 
 A program talks to the checker only through values: in "call" mode U loads the program,
-then answers call requests ("call function f with these arguments") with the encoded
-return value (`encode`: plain builtin data only). The checker decodes with `decode`,
-which builds builtin objects only, and runs the tests itself.
+reports its top-level names, then answers requests ("call function f with these
+arguments"; for an object it holds: call it, get/set/delete an attribute) with the
+encoded result (`encode`: plain builtin data and the builtin types by name; any other
+object stays in U's per-run handle table, at most MAX_HANDLES of them, and travels as
+["h", id, type name]). The checker decodes with `decode`, which builds builtin objects
+only (a handle becomes an opaque object of the checker's), and runs the tests itself.
 
 Stdlib only; never imports rest_em (the checker worker loads this file by path for
 the codec).

@@ -41,22 +41,53 @@ abstract sockets outside). When a run ends, every process it started is SIGKILLe
 the expected values, or the checker's environment.
 
 The verdict is decided in W, never from anything U claims. U loads the program and then
-only answers "call function f with these arguments" with the return value, encoded as
-plain data (None, bool, int, float, complex, str, bytes, list, tuple, dict, set,
-frozenset; subclasses of these are reduced to the builtin base, anything else is an
-"unsupported value"). W decodes that into fresh builtin objects and runs the test code
-itself, with the program's functions replaced by proxies that make those calls. So:
+only answers requests with a value: "call function f with these arguments", and, for an
+object it holds for W (below), "call it" and "get / set / delete its attribute a".
+Values are encoded as plain data (None, bool, int, float, complex, str, bytes, list,
+tuple, dict, set, frozenset; subclasses of these are reduced to the builtin base) or
+as one of the builtin types themselves (NoneType, bool, int, float, complex, str,
+bytes, bytearray, list, tuple, dict, set, frozenset, object: sent by name, mapped back
+onto the receiver's own type object; no other `type` crosses). Anything else the
+program returns (an instance of a class it defines, the class itself, a function) stays
+in U, in a table of that run (at most 100000 objects; U's memory limit applies to
+them too), and W gets a *handle*: an opaque object of W's own class carrying U's table
+index and, for messages only, the type's name. In W a handle is equal only to itself
+(identity: W never asks U), hashed by identity, always true, unordered, not iterable,
+with no arithmetic; reading or writing an attribute of it or calling it (a method is an
+attribute that comes back as a callable handle) sends the request to U, whose answer is
+again plain data or a handle. A handle passed back in a call (also inside lists,
+tuples, dicts or sets) gives U its own object; a handle of another run (or a finished
+one) is refused (CHECKER_ERROR), and W accepts at most 100000 distinct handles per run.
+W decodes everything into fresh builtin objects or handles and runs the test code
+itself, with the program's names replaced by proxies that make those calls: the free
+names of the test (never builtins, except the test's declared `entry_point`: MBPP task
+126 asks for a `sum`), and the free names of the context that the context does not bind
+itself, are no builtins, and that U reported as top-level names of the program when it
+was ready (MBPP's setup code builds a tree of the program's `Node`s; HumanEval's helpers
+in the prompt stay the dataset's). So:
 
 * `sys.exit(0)` / `os._exit(0)` before the asserts: the program never answers; fail.
-* An object whose `__eq__` always returns True: it cannot cross the boundary; fail.
+* An object whose `__eq__` always returns True: it stays in U; W compares its handle
+  by identity, so `f(x) == 3` is False; `__bool__`, `__hash__`, `__lt__` are never
+  called either (a handle's truthiness is always True, which gives nothing: the program
+  chooses every returned value, True and False included).
 * Printing "PASSED", patching `check`, `assert` helpers, `__builtins__` or the test:
   none of that reaches W, where the test runs; only returned values count.
-* Writing forged replies on its socket: the program can only claim return values,
-  which is what it is asked for anyway.
+* Defining `abs`, `sorted` or `isinstance` to shadow what the test uses: builtins in the
+  test stay W's own (only the declared entry point may shadow one).
+* Writing forged replies on its socket: the program can only claim return values (a
+  forged handle is just another opaque object; a forged name list only matters for the
+  context's free names, which would otherwise be undefined), which is what it is asked
+  for anyway.
 Residual: a program that can compute the right outputs passes (that is the task);
-arguments are passed by value (a test that inspects an argument the function mutated
-sees the unmutated copy); tests that pass functions or other non-data values to the
-program are reported as CHECKER_ERROR.
+plain-data arguments are passed by value (a test that inspects a list the function
+mutated sees the unmutated copy), handles by reference (the test sees the object's
+attributes as U has them now); identity between handles is the program's to choose (it
+could return the object the test passed in, as a correct `return x` does); a test that
+needs more of an object than identity, attributes and calls (iterating it, `len`,
+`isinstance(h, Node)`, operators) gets a TypeError (WRONG_ANSWER); tests that pass
+functions (the proxies) or other non-data values of W's to the program are reported as
+CHECKER_ERROR.
 
 stdin/stdout tests compare the program's output (captured by W, capped at
 `max_output_bytes`) with the expected output in W; a non-zero exit is a runtime error.

@@ -181,6 +181,7 @@ def _mbpp_problem(row: dict, where: str) -> Problem:
     if not isinstance(setup, str):
         raise DataError(f'{where}: field "test_setup_code" must be str')
     import ast
+    import warnings
 
     from rest_em.rewards import code
 
@@ -190,12 +191,14 @@ def _mbpp_problem(row: dict, where: str) -> Problem:
     test = "\n".join(tests)
     entry = None
     try:
-        called = {
-            n.func.id
-            for n in ast.walk(ast.parse(test))
-            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
-        }
-        defs = ast.parse(_normalise(row["code"])).body
+        with warnings.catch_warnings():  # invalid escapes in old regexes ("\d")
+            warnings.simplefilter("ignore")
+            called = {
+                n.func.id
+                for n in ast.walk(ast.parse(test))
+                if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+            }
+            defs = ast.parse(_normalise(row["code"])).body
     except (SyntaxError, ValueError):  # the sandbox reports a test that does not compile
         called, defs = set(), []
     for node in defs:
