@@ -10,7 +10,9 @@ Tests come in three shapes:
   defines `check(candidate)` (called with the program's `entry_point`) and/or has
   module-level asserts. `context` is trusted code run before the test (for HumanEval,
   the prompt: the helpers it defines, such as `poly` or `encode_cyclic`, are then the
-  dataset's, not the program's). `humaneval_tests(problem)` builds one.
+  dataset's, not the program's; for MBPP, the setup code: the names it uses without
+  defining them, such as the program's class `Node`, are the program's). Only
+  `entry_point` may shadow a builtin name. `humaneval_tests(problem)` builds one.
 * `IOTests(inputs, outputs, compare="tokens")` - stdin/stdout (APPS, CodeContests): one
   fresh process per case, output compared after whitespace normalisation.
 * `CallTests(fn_name, inputs, outputs)` - call-based APPS: `fn_name(*inputs[i])` must
@@ -61,10 +63,11 @@ one) is refused (CHECKER_ERROR), and W accepts at most 100000 distinct handles p
 W decodes everything into fresh builtin objects or handles and runs the test code
 itself, with the program's names replaced by proxies that make those calls: the free
 names of the test (never builtins, except the test's declared `entry_point`: MBPP task
-126 asks for a `sum`), and the free names of the context that the context does not bind
-itself, are no builtins, and that U reported as top-level names of the program when it
-was ready (MBPP's setup code builds a tree of the program's `Node`s; HumanEval's helpers
-in the prompt stay the dataset's). So:
+126 asks for a `sum`), and those free names of the context that the context does not
+bind itself, that are not builtins, and that U reported as top-level names of the
+program when it was ready (MBPP's setup code builds a tree of the program's `Node`s;
+HumanEval's helpers in the prompt stay the dataset's; a free name the program does not
+define makes the context's NameError the program's RUNTIME_ERROR). So:
 
 * `sys.exit(0)` / `os._exit(0)` before the asserts: the program never answers; fail.
 * An object whose `__eq__` always returns True: it stays in U; W compares its handle
@@ -210,7 +213,7 @@ class AssertTests:
     """Assert-style tests (HumanEval: test defines check(candidate); MBPP: bare asserts)."""
 
     test: str
-    entry_point: str | None = None
+    entry_point: str | None = None  # the program's; the one name that may shadow a builtin
     context: str = ""  # trusted code run before `test` in the checker (HumanEval prompt)
 
 
