@@ -143,19 +143,29 @@ def with_gold(problems: Sequence[Problem], split: str) -> list[Problem]:
 @dataclasses.dataclass(frozen=True)
 class Splits:
     """The problems of a run: train (E-step), val (checkpoint selection), the greedy
-    train subset (the train-test gap) and the evaluation splits."""
+    train subset (the train-test gap), the evaluation splits, and the transfer tasks'
+    test problems (other tasks the model is evaluated on; never used for any choice)."""
 
     train: list[Problem]
     val: list[Problem]
     evals: dict[str, list[Problem]]
     train_eval: list[Problem]
+    transfer: dict[str, tuple[Task, list[Problem]]] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def load(cls, task: Task, cfg: EMConfig) -> Splits:
+    def load(cls, task: Task, cfg: EMConfig, transfer_tasks: Sequence[Task] = ()) -> Splits:
         train = with_gold(task.load("train"), "train")
         val = with_gold(task.load("val"), "val")[: cfg.val_size]
         evals = {s: with_gold(task.load(s), s) for s in cfg.eval_splits}
-        return cls(train, val, evals, train[: cfg.train_eval_size])
+        transfer = {}
+        for t in transfer_tasks:
+            if t.name == task.name or t.name in transfer:
+                raise errors.ConfigError(
+                    f"transfer task {t.name!r}: its name must differ from the training "
+                    "task's and the other transfer tasks' (it prefixes its metrics)"
+                )
+            transfer[t.name] = (t, with_gold(t.load("test"), f"{t.name}/test"))
+        return cls(train, val, evals, train[: cfg.train_eval_size], transfer)
 
     def named(self) -> dict[str, list[Problem]]:
         """split -> problems, for the fingerprint."""
@@ -164,9 +174,14 @@ class Splits:
     def by_id(self) -> dict[int, Problem]:
         return {p.problem_id: p for p in self.train}
 
-    def to_evaluate(self) -> dict[str, tuple[list[Problem], bool]]:
-        """split -> (problems, sampled): train greedy only, evaluation splits sampled too."""
-        return {"train": (self.train_eval, False), **{s: (p, True) for s, p in self.evals.items()}}
+    def to_evaluate(self) -> dict[str, tuple]:
+        """name -> (problems, sampled[, task]): train greedy only, the evaluation splits
+        and the transfer tasks' test splits (`<task>/test`) sampled too."""
+        return {
+            "train": (self.train_eval, False),
+            **{s: (p, True) for s, p in self.evals.items()},
+            **{f"{name}/test": (p, True, t) for name, (t, p) in self.transfer.items()},
+        }
 
 
 class _Timer(dict):
@@ -199,6 +214,7 @@ def run(
     config: Mapping[str, Any] | None = None,
     on_config_change: str = "refuse",
     on_start: Callable[[], None] | None = None,
+    transfer_tasks: Sequence[Task] = (),
 ) -> list[dict]:
     """Runs (or resumes) the EM loop in `workdir`; returns the metrics of every iteration.
 
@@ -215,13 +231,17 @@ def run(
         `errors.WorkdirConflict`) or "continue" (recorded, then go on).
       on_start: called once the fingerprint is accepted, before any work (the launcher
         writes config.gin there).
+      transfer_tasks: other tasks each iteration's model is evaluated on (their "test"
+        split, metrics `<task name>/test/...`); never used for any choice.
     """
     _check_mesh(mesh)
     paths, root = workdir_lib.RunPaths(pathlib.Path(workdir)), jax.random.key(cfg.seed)
     parts = dict(task=task, tokenizer=tokenizer, cfg=cfg, mesh=mesh)  # what every phase reads
     learner = dict(model_cfg=model_cfg, **parts)
-    splits = Splits.load(task, cfg)
-    fp = fingerprint.of_run(teacher=teacher, config=config, splits=splits.named(), **learner)
+    splits = Splits.load(task, cfg, transfer_tasks)
+    fp = fingerprint.of_run(
+        teacher=teacher, config=config, splits=splits.named(), transfer=splits.transfer, **learner
+    )
     fingerprint.check(paths, fp, on_config_change=on_config_change)  # before any work
     if on_start is not None:
         on_start()
@@ -244,6 +264,7 @@ def run(
                 records, counts = estep.generate(
                     policy, splits.train, paths=ipaths, key=key, **parts
                 )
+            timer.update(counts.pop("seconds", {}))
             with timer("filter"):  # the M-step dataset: verified, capped per problem
                 selected, selection = _select(records, ipaths, cfg)
             start = base if cfg.from_base else params  # M-step: fine-tune from the base
@@ -318,7 +339,7 @@ def _one_line(m: dict) -> str:
     parts = [
         f"{k}={m[k]:.3f}" if isinstance(m.get(k), float) else f"{k}={m[k]}" for k in keys if k in m
     ]
-    secs = ", ".join(f"{k} {v:.0f}s" for k, v in m["seconds"].items())
+    secs = ", ".join(f"{k} {v:.0f}s" for k, v in m["seconds"].items() if "/" not in k)
     return f"iteration {m['iteration']}: " + " ".join(parts) + f"  ({secs})"
 
 
@@ -330,6 +351,7 @@ def final_table(history: Sequence[dict]) -> str:
         key=lambda k: (k.split("@")[0], int(k.split("@")[1])),
     )
     cols += ks
+    cols += sorted({k for m in history for k in m if k.endswith("/test/greedy_pass@1")})  # transfer
     lines = [" | ".join(cols), " | ".join("---" for _ in cols)]
     for m in history:
         cells = []
@@ -337,6 +359,12 @@ def final_table(history: Sequence[dict]) -> str:
             v = m.get(c, "")
             cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
         lines.append(" | ".join(cells))
+    sandbox = next((m["sandbox"] for m in reversed(history) if m.get("sandbox")), None)
+    if sandbox is not None:  # a code task: say how programs were confined
+        lines.append(
+            f"code sandbox: isolation {sandbox['isolation'] or '(none)'}"
+            + (f"; DEGRADED, missing {sandbox['degraded']}" if sandbox["degraded"] else "")
+        )
     return "\n".join(lines)
 
 

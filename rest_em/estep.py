@@ -10,9 +10,13 @@ RFT, STaR, distillation) or "human" (the task's reference solutions: the SFT bas
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import pathlib
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -58,11 +62,19 @@ def prompt_ids(
 def score_problems(
     task: Task, problems: Sequence[Problem], completions: Sequence[list[str]]
 ) -> list[list[str]]:
-    """`task.score` of each problem's completions (one call per problem). With several
-    processes each scores its contiguous share of the problems; all get every status."""
+    """`task.score` of every problem's completions, in one call (a code task's sandbox
+    then runs them all in parallel). With several processes each scores its contiguous
+    share of the problems; all get every status."""
 
     def score(probs, comps):
-        return [[str(s) for s in task.score(c, [p] * len(c))] for p, c in zip(probs, comps)]
+        flat = task.score(
+            [c for cs in comps for c in cs], [p for p, cs in zip(probs, comps) for _ in cs]
+        )
+        out, i = [], 0
+        for cs in comps:
+            out.append([str(s) for s in flat[i : i + len(cs)]])
+            i += len(cs)
+        return out
 
     return partitioning.split_over_processes(score)(problems, completions)
 
@@ -124,55 +136,104 @@ def generate_and_score(
     desc: str = "",
     shard_dir: pathlib.Path | None = None,
     prompt_fn: Callable[[Problem], str] | None = None,
+    seconds: dict[str, float] | None = None,
 ) -> list[Scored]:
     """Samples and scores `problems` in chunks of `chunk_size` (one sampler shape).
 
-    With `shard_dir`, each chunk's results are a unit of work there (`workdir.unit`):
+    The checker scores a chunk in a background thread while the sampler generates the
+    next one (a code task's sandbox runs programs in parallel workers meanwhile). With
+    `shard_dir`, each chunk's results are a unit of work there (`workdir.unit`):
     finished chunks are read back instead of recomputed. Keys depend only on (key,
     problem_id, sample index), so chunking never changes a sample. `prompt_fn` replaces
-    `task.prompt` (STaR's hinted prompts).
+    `task.prompt` (STaR's hinted prompts). `seconds` (if given) accumulates "sampler"
+    (sampling and decoding), "scoring" (the checker, overlapped) and "scoring_wait"
+    (the sampler idle, waiting for the checker).
     """
-    out: list[Scored] = []
-    starts = range(0, len(problems), chunk_size)
-    for shard, start in enumerate(tqdm.tqdm(starts, desc=desc, leave=False, dynamic_ncols=True)):
-        chunk = list(problems[start : start + chunk_size])
+    timing = seconds if seconds is not None else {}
+    chunks = [list(problems[s : s + chunk_size]) for s in range(0, len(problems), chunk_size)]
+    rows: list[list[dict] | None] = [None] * len(chunks)
+    todo = []
+    for i in range(len(chunks)):
+        path = None if shard_dir is None else workdir_lib.shard(shard_dir, i)
+        if path is not None and workdir_lib.exists(path):
+            rows[i] = workdir_lib.JSONL.read(path)
+        else:
+            todo.append((i, path))
 
-        def compute(chunk=chunk) -> list[dict]:
-            # Pad the last chunk with copies of its first problem: one compiled shape.
-            padded = (
-                chunk + [chunk[0]] * (chunk_size - len(chunk))
-                if len(problems) > chunk_size
-                else chunk
-            )
-            res = sampling.sample(
-                params,
-                [prompt_ids(task, tokenizer, p, prompt_fn) for p in padded],
-                model_cfg=model_cfg,
-                cfg=sampling_cfg,
-                key=key,
-                problem_ids=[p.problem_id for p in padded],
-                mesh=mesh,
-                stop_table=stop_table(task.stop_sequences, tokenizer),
-            )
-            comps = [
-                [
-                    stops.cut(
-                        tokenizer.decode(res.tokens_BxNxT[b, j, : res.lengths_BxN[b, j]]),
-                        task.stop_sequences,
-                    )
-                    for j in range(sampling_cfg.num_samples)
-                ]
-                for b in range(len(chunk))
+    def sample(chunk: list[Problem]) -> list[list[str]]:
+        # Pad the last chunk with copies of its first problem: one compiled shape.
+        padded = (
+            chunk + [chunk[0]] * (chunk_size - len(chunk)) if len(problems) > chunk_size else chunk
+        )
+        res = sampling.sample(
+            params,
+            [prompt_ids(task, tokenizer, p, prompt_fn) for p in padded],
+            model_cfg=model_cfg,
+            cfg=sampling_cfg,
+            key=key,
+            problem_ids=[p.problem_id for p in padded],
+            mesh=mesh,
+            stop_table=stop_table(task.stop_sequences, tokenizer),
+        )
+        return [
+            [
+                stops.cut(
+                    tokenizer.decode(res.tokens_BxNxT[b, j, : res.lengths_BxN[b, j]]),
+                    task.stop_sequences,
+                )
+                for j in range(sampling_cfg.num_samples)
             ]
+            for b in range(len(chunk))
+        ]
+
+    def score(chunk: list[Problem], comps: list[list[str]]) -> list[dict]:
+        with _timed(timing, "scoring"):
             return _shard_rows(chunk, comps, score_problems(task, chunk, comps), task)
 
-        rows = (
-            compute()
-            if shard_dir is None
-            else workdir_lib.unit(workdir_lib.shard(shard_dir, shard), compute, workdir_lib.JSONL)
-        )
-        out += _scored(chunk, rows)
-    return out
+    def finish(i: int, path: pathlib.Path | None, scoring: concurrent.futures.Future) -> None:
+        with _timed(timing, "scoring_wait"):
+            result = scoring.result()
+        if path is None:
+            rows[i] = result
+        else:
+            rows[i] = workdir_lib.unit(path, lambda: result, workdir_lib.JSONL)
+
+    # Several processes: each scores its share and all gather (a collective), so the
+    # scoring runs in this thread, in the same order on every process.
+    overlap = not partitioning.is_multiprocess()
+    pending = None
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rest_em-score") as pool:
+        for i, path in tqdm.tqdm(todo, desc=desc, leave=False, dynamic_ncols=True):
+            with _timed(timing, "sampler"):
+                comps = sample(chunks[i])
+            scoring = (
+                pool.submit(score, chunks[i], comps) if overlap else _done(score(chunks[i], comps))
+            )
+            if pending is not None:
+                finish(*pending)
+            pending = (i, path, scoring)
+        if pending is not None:
+            finish(*pending)
+    return [s for chunk, r in zip(chunks, rows) for s in _scored(chunk, r)]
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], name: str):
+    t = time.monotonic()
+    try:
+        yield
+    finally:
+        with _TIMING_LOCK:
+            seconds[name] = seconds.get(name, 0.0) + time.monotonic() - t
+
+
+_TIMING_LOCK = threading.Lock()
+
+
+def _done(value: Any) -> concurrent.futures.Future:
+    f: concurrent.futures.Future = concurrent.futures.Future()
+    f.set_result(value)
+    return f
 
 
 # --- the E-step's data sources ----------------------------------------------------------
@@ -238,13 +299,16 @@ def model_samples(
         chunk_size=cfg.chunk_size,
         mesh=mesh,
     )
-    it = paths.number
+    it, seconds = paths.number, {}
+    if task.scoring_stats is not None:
+        task.scoring_stats()  # start the counters afresh: this E-step's work only
     scored = generate_and_score(
         policy.params,
         train,
         key=jax.random.fold_in(key, 0),
         desc=f"iter {it} E-step",
         shard_dir=paths.samples,
+        seconds=seconds,
         **common,
     )
     workdir_lib.write_json(
@@ -269,6 +333,7 @@ def model_samples(
                 desc=f"iter {it} rationalize",
                 shard_dir=paths.rationalized,
                 prompt_fn=task.hint_prompt,
+                seconds=seconds,
                 **common,
             )
             if unsolved
@@ -277,7 +342,29 @@ def model_samples(
         extra = _records(task, hinted, e_cfg.num_samples)
         records += extra
         counts["num_rationalized"] = sum(r.reward > 0 for r in extra)
+    counts["seconds"] = {f"generate/{k}": v for k, v in seconds.items()}
+    if task.scoring_stats is not None:
+        counts["sandbox"] = sandbox_metrics(task.scoring_stats())
     return records, counts
+
+
+def sandbox_metrics(stats: dict[str, Any]) -> dict[str, Any]:
+    """A code task's E-step work in the sandbox (this process's: a resumed E-step counts
+    only the chunks it scored), for the metrics: programs run, identical programs
+    skipped, programs/s in the sandbox, the isolation in effect and what it lacks."""
+    from rest_em.tasks import programs
+
+    ran = stats["programs"] - stats["no_program"]
+    isolation = stats["isolation"]
+    return {
+        "programs": stats["programs"],
+        "runs": stats["runs"],
+        "skipped_identical": ran - stats["runs"],
+        "programs_per_s": stats["runs"] / stats["seconds"] if stats["seconds"] else 0.0,
+        "seconds": stats["seconds"],
+        "isolation": isolation,
+        "degraded": ",".join(programs.missing_isolation(isolation.split(","))) if isolation else "",
+    }
 
 
 def human_solutions(

@@ -152,7 +152,9 @@ def evaluate(
         sample_correct=None
         if samples is None
         else [[st == "correct" for st in s.statuses] for s in samples],
-        sample_answers=None if samples is None else [s.answers for s in samples],
+        sample_answers=None
+        if samples is None or not task.majority_vote
+        else [s.answers for s in samples],
         levels=[p.level for p in problems],
         ks=cfg.eval_ks,
     )
@@ -166,15 +168,17 @@ def evaluate_splits(
     key: Any,
     **kwargs: Any,
 ) -> dict[str, float]:
-    """`evaluate` on each (problems, sampled) split, each a unit of work
+    """`evaluate` on each (problems, sampled[, task]) split, each a unit of work
     (`paths.eval(split)`: iter_NNN/eval_<split>.json), merged into one dict; `kwargs` are
-    `evaluate`'s (task, tokenizer, model_cfg, cfg, mesh)."""
+    `evaluate`'s (task, tokenizer, model_cfg, cfg, mesh); a split's own task (a transfer
+    task) replaces kwargs' task."""
     from rest_em import workdir
 
     out: dict[str, float] = {}
-    for split, (problems, sampled) in splits.items():
+    for split, (problems, sampled, *task) in splits.items():
+        args = {**kwargs, "task": task[0]} if task else kwargs
         compute = functools.partial(
-            evaluate, params, problems, prefix=split, sampled=sampled, key=key, **kwargs
+            evaluate, params, problems, prefix=split, sampled=sampled, key=key, **args
         )
         out.update(workdir.unit(paths.eval(split), compute))
     return out

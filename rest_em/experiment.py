@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import pathlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -108,6 +108,7 @@ def run(
     config: Mapping[str, Any] | None = None,
     on_config_change: str = "refuse",
     on_start: Callable[[], None] | None = None,
+    transfer_tasks: Sequence[Task] = (),
 ) -> list[dict]:
     """Runs (or resumes) the experiment in `workdir`; returns per-iteration metrics.
 
@@ -118,7 +119,8 @@ def run(
     Distillation: `teacher_workdir` is a finished run (of model `teacher_model`, default
     `model`) whose last model generates the E-step samples that train this run's
     (student) model. `config`, `on_config_change`, `on_start`: as `em.run`'s (the
-    launcher passes its gin bindings as the workdir's fingerprint).
+    launcher passes its gin bindings as the workdir's fingerprint). `transfer_tasks`:
+    other tasks evaluated each iteration (their "test" split; metrics `<name>/test/...`).
     """
     if model.vocab_size < tokenizer.vocab_size:
         raise errors.ConfigError(
@@ -146,4 +148,5 @@ def run(
         config=config,
         on_config_change=on_config_change,
         on_start=on_start,
+        transfer_tasks=transfer_tasks,
     )

@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import pathlib
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -116,6 +117,7 @@ def of_run(
     teacher: Any = None,
     config: Mapping[str, Any] | None = None,
     mesh: Any = None,
+    transfer: Mapping[str, tuple[Any, Sequence[Any]]] | None = None,
 ) -> dict[str, Any]:
     """The fingerprint of an `em.run` call; `config` (the launcher's gin bindings,
     `gin_bindings`) replaces the EMConfig's fields. `mesh` is not part of it: a run gives
@@ -132,6 +134,11 @@ def of_run(
         fp[f"data.{split}"] = problems_hash(problems, task.prompt)
     for path in getattr(task, "data_files", ()) or ():
         fp[f"data.file:{path}"] = file_hash(path)
+    for name, (t, problems) in (transfer or {}).items():  # evaluated only: may be added
+        fp[f"transfer.{name}.data"] = problems_hash(problems, t.prompt)
+        fp[f"transfer.{name}.stop_sequences"] = list(t.stop_sequences)
+        for path in t.data_files:
+            fp[f"transfer.{name}.file:{path}"] = file_hash(path)
     fp["tokenizer.type"] = type(tokenizer).__name__
     for attr in ("vocab_size", "bos_id", "eos_id", "pad_id"):
         fp[f"tokenizer.{attr}"] = getattr(tokenizer, attr, None)
@@ -153,9 +160,12 @@ def _literal(v: Any) -> Any:
 
 
 def _is_extension(key: str, old: Any, new: Any) -> bool:
-    """More iterations, more evaluation splits (and their data): a run may grow."""
-    if key.startswith("data.") and old is None:
+    """More iterations, more evaluation splits or transfer tasks (and their data): a run
+    may grow."""
+    if key.startswith(("data.", "transfer.")) and old is None:
         return True
+    if key.endswith(".transfer_tasks"):  # gin: a list of @task() references
+        return _transfer_refs({key: old}) <= _transfer_refs({key: new})
     if not key.endswith(_EXTENDABLE):
         return False
     old, new = _literal(old), _literal(new)
@@ -169,6 +179,7 @@ def _is_extension(key: str, old: Any, new: Any) -> bool:
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """(changes, extensions), each a list of "name: old -> new" lines."""
     changes, extensions = [], []
+    added = _added_transfer_tasks(old, new)
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if a == b or (key.startswith("data.") and b is None):  # a split not evaluated now
@@ -177,8 +188,20 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[list[st
             f"{key}: {'(unset)' if key not in old else json.dumps(a)} -> "
             f"{'(unset)' if key not in new else json.dumps(b)}"
         )
-        (extensions if _is_extension(key, a, b) else changes).append(line)
+        # A transfer task added now: the bindings of its configurable are new, not changes.
+        new_binding = key not in old and key.rsplit(".", 2)[-2].split("/")[-1] in added
+        (extensions if new_binding or _is_extension(key, a, b) else changes).append(line)
     return changes, extensions
+
+
+def _transfer_refs(fp: Mapping[str, Any]) -> set[str]:
+    """The configurables a fingerprint's `transfer_tasks` binding names (`@a.b()` -> b)."""
+    values = [v for k, v in fp.items() if k.endswith(".transfer_tasks")]
+    return {r.split(".")[-1] for v in values for r in re.findall(r"@([\w./]+)", str(v))}
+
+
+def _added_transfer_tasks(old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str]:
+    return _transfer_refs(new) - _transfer_refs(old)
 
 
 def check(

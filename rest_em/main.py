@@ -65,6 +65,14 @@ flags.DEFINE_enum(
     "with the new config (the change is recorded in fingerprint_history.jsonl)",
 )
 
+flags.DEFINE_bool(
+    "require_isolation",
+    False,
+    "code tasks: a sandbox without network namespace, PID namespace or Landlock is an "
+    "error instead of a warning and a metric (sets REST_EM_REQUIRE_ISOLATION=1; per task: "
+    "rest_em.SandboxConfig.require_isolation)",
+)
+
 REPO_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "gin_configs"
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "temporary failure, retry": rerun to resume
 USAGE_EXIT_CODE = 2  # a user error: fix the command, the config or the data
@@ -91,7 +99,8 @@ def register_configurables() -> None:
 
     from rest_em import em, experiment, mstep, training
     from rest_em.model import ModelConfig
-    from rest_em.tasks import arithmetic, jsonl_tasks
+    from rest_em.tasks import embedded_code
+    from rest_em.tasks import arithmetic, code_tasks, jsonl_tasks, programs
 
     if _CONFIGURED:
         return
@@ -103,6 +112,8 @@ def register_configurables() -> None:
         experiment.hf_tokenizer,
         experiment.hf_model_config,
         *jsonl_tasks.GIN_CONFIGURABLES,
+        *embedded_code.GIN_CONFIGURABLES,
+        *code_tasks.GIN_CONFIGURABLES,
     ):
         _CONFIGURED[fn.__name__] = gin.external_configurable(fn, module="rest_em")
     for cls in (
@@ -111,10 +122,14 @@ def register_configurables() -> None:
         mstep.StepNegativesConfig,
         training.FitConfig,
         training.OptimizerConfig,
+        programs.SandboxConfig,
     ):
         _CONFIGURED[cls.__name__] = gin.external_configurable(cls, module="rest_em")
     _CONFIGURED["arithmetic_task"] = gin.external_configurable(
         arithmetic.make_task, name="arithmetic_task", module="rest_em"
+    )
+    _CONFIGURED["arithmetic_transfer_task"] = gin.external_configurable(
+        arithmetic.make_transfer_task, name="arithmetic_transfer_task", module="rest_em"
     )
 
 
@@ -226,6 +241,8 @@ def main(argv: Sequence[str]) -> None:
             logging.set_verbosity(logging.WARNING)
         from rest_em import partitioning, training
 
+        if FLAGS.require_isolation:  # every code task of this process (programs.py)
+            os.environ["REST_EM_REQUIRE_ISOLATION"] = "1"
         parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
         if FLAGS.distributed or FLAGS.coordinator_address:  # before any other JAX use
             partitioning.initialize_distributed(

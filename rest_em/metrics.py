@@ -50,7 +50,8 @@ def flatten(m: dict, prefix: str = "") -> dict:
 
 
 def plot_accuracy(history: Sequence[dict], path: str | pathlib.Path) -> None:
-    """Greedy pass@1 on train and test (and test pass@k) per iteration."""
+    """Greedy pass@1 on train and test (and test pass@k, and the transfer tasks' greedy
+    pass@1) per iteration."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,6 +64,7 @@ def plot_accuracy(history: Sequence[dict], path: str | pathlib.Path) -> None:
         {k for m in history for k in m if k.startswith("test/pass@")},
         key=lambda k: int(k.split("@")[1]),
     )
+    keys += sorted({k for m in history for k in m if k.endswith("/test/greedy_pass@1")})
     for k in keys:
         ys = [m.get(k) for m in history]
         if any(y is not None for y in ys):

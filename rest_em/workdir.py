@@ -12,7 +12,7 @@
   workdir/iter_NNN/mstep/, dpo/        resumable M-step checkpoints (orbax)
   workdir/iter_NNN/params/             the iteration's model (orbax)
   workdir/iter_NNN/mstep.json          the M-step's metrics: marks params/ complete
-  workdir/iter_NNN/eval_<split>.json   evaluation results
+  workdir/iter_NNN/eval_<split>.json   evaluation results (transfer: eval_<task>.test.json)
   workdir/iter_NNN/metrics.json        the iteration's metrics: its completion marker
   workdir/metrics.jsonl, tensorboard/, accuracy.png   rebuilt from the markers
 
@@ -60,7 +60,8 @@ class IterationPaths:
     marker = property(lambda self: self.dir / "metrics.json")
 
     def eval(self, split: str) -> pathlib.Path:
-        return self.dir / f"eval_{split}.json"
+        """A split's evaluation; a transfer task's `<task>/test` -> eval_<task>.test.json."""
+        return self.dir / f"eval_{split.replace('/', '.')}.json"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,11 +53,14 @@ def run(workdir, *extra, gin_file=TINY, timeout=900) -> subprocess.CompletedProc
 
 
 def metrics(workdir) -> list[dict]:
-    """metrics.jsonl without "seconds" (the only field two identical runs differ in)."""
+    """metrics.jsonl without "seconds" and "sandbox" (the fields two identical runs differ
+    in: wall time, and a code task's sandbox work, which a resumed E-step does only for
+    the chunks it scores)."""
     path = pathlib.Path(workdir) / "metrics.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     for r in rows:
         r.pop("seconds")
+        r.pop("sandbox", None)
     return rows
 
 

@@ -20,6 +20,7 @@ import functools
 import re
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -321,3 +322,16 @@ def make_task(
         functools.partial(score, verify_steps=verify_steps),
         hint_prompt=hint_prompt,
     )
+
+
+def make_transfer_task(**task_kwargs: Any) -> Task:
+    """The transfer split as a task of its own ("arithmetic_transfer": its "test" split is
+    `make_task(**task_kwargs)`'s held-out "transfer" split), for `transfer_tasks`."""
+    task = make_task(**task_kwargs)
+
+    def load(split: str) -> list[Problem]:
+        if split != "test":
+            raise ConfigError(f"task 'arithmetic_transfer' has only a 'test' split, not {split!r}")
+        return task.load("transfer")
+
+    return dataclasses.replace(task, name="arithmetic_transfer", load=load)

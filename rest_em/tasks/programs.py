@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import threading
 import time
@@ -54,7 +55,9 @@ class SandboxConfig:
 
     max_workers: parallel checker workers (None: one per CPU). require_isolation: a
     sandbox without network namespace, Landlock or PID namespace is an error
-    (`SandboxNotIsolated`) instead of a warning and a metric.
+    (`SandboxNotIsolated`) instead of a warning and a metric (also set for every task
+    by REST_EM_REQUIRE_ISOLATION=1, which `python -m rest_em.main --require_isolation`
+    sets).
     """
 
     time_limit_s: float = 3.0
@@ -121,7 +124,7 @@ class ProgramScorer:
         )
         seconds = time.monotonic() - t0
         isolation = next((v.isolation for v in verdicts if v.isolation), None)
-        if isolation is not None and self.config.require_isolation:
+        if isolation is not None and self.require_isolation:
             missing = missing_isolation(isolation)
             if missing:
                 raise SandboxNotIsolated(
@@ -139,6 +142,11 @@ class ProgramScorer:
             if isolation is not None:
                 s["isolation"] = ",".join(isolation)
         return [Status.NO_ANSWER if i is None else verdicts[i].reward_status for i in index]
+
+    @property
+    def require_isolation(self) -> bool:
+        """The config's, or REST_EM_REQUIRE_ISOLATION=1 (the launcher's --require_isolation)."""
+        return self.config.require_isolation or os.environ.get("REST_EM_REQUIRE_ISOLATION") == "1"
 
     def take_stats(self) -> dict[str, Any]:
         """The counters since the last call: programs scored, with no program, distinct
