@@ -340,6 +340,7 @@ def _wait_ready(job: _Job) -> tuple[Outcome, str] | None:
 def _finish(host: _Host, job: _Job, status: Outcome, detail: str) -> tuple[Outcome, str]:
     """Ends the job; refines "the program exited" with how it ended."""
     code = host.end_job(job)
+    job.handles.clear()  # handles kept elsewhere still name this job: refused later
     if not job.setup_ok:
         return _exit_verdict(code, False)
     if status is Outcome.RUNTIME_ERROR and detail == _EXITED and code is not None:
