@@ -1269,10 +1269,10 @@ def test_handle_tables_are_bounded(sandbox):
 
 MBPP = REPO.parent / "shared" / "data" / "mbpp" / "mbpp.jsonl"
 # Reference solutions that fail for reasons of the data, not of the sandbox: 596 and 642
-# assert wrong expected values (596: a sys.getsizeof result of another Python build; 642:
-# a set literal that does not match the function's output); 123 (amicable numbers below
-# 9999 by trial division) needs about 3 s, the default time limit: it passes on a fast
-# machine and times out on a slow or busy one.
+# assert wrong expected values (596: sys.getsizeof of a tuple on another Python build;
+# 642: expects the row ((5, 7), (3, 3)) where the reference sorts it to ((3, 3), (5, 7)));
+# 123 (amicable numbers below 9999 by trial division) needs 3-5 s of CPU, around the
+# default 3 s limit: it may pass on a fast machine and times out on a slow or busy one.
 MBPP_DATA_ERRORS = {596, 642}
 MBPP_SLOW = {123}
 
