@@ -14,7 +14,7 @@ from rest_em.rewards.status import Status
 from rest_em.tasks import code_tasks, programs
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-HUMANEVAL = SHARED / "humaneval" / "HumanEval.jsonl.gz"
+HUMANEVAL = pathlib.Path(__file__).parent / "testdata" / "humaneval.jsonl.gz"
 MBPP = SHARED / "mbpp" / "mbpp.jsonl"
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -105,6 +105,8 @@ REQUIRED = {  # the values each shipped config marks %gin.REQUIRED
     "math.gin": ["CHECKPOINT", "TRAIN_FILE", "TEST_FILE"],
     "arithmetic_distill.gin": ["TEACHER_WORKDIR"],
     "variants/distill.gin": ["TEACHER_WORKDIR"],
+    "mbpp.gin": ["CHECKPOINT", "MBPP_FILE", "HUMANEVAL_FILE"],
+    "apps.gin": ["CHECKPOINT", "TRAIN_FILE", "TEST_FILE", "HUMANEVAL_FILE"],
 }
 SHIPPED = sorted(
     str(p.relative_to(REPO / "gin_configs")) for p in (REPO / "gin_configs").rglob("*.gin")

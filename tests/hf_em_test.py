@@ -8,7 +8,6 @@ also covers the loop's zero-positive path (the M-step keeps its starting model).
 
 import gzip
 import json
-import pathlib
 import subprocess
 import sys
 
@@ -25,39 +24,6 @@ def _rows():
         return [json.loads(line) for line in f][: NUM_TRAIN + NUM_TEST]
 
 
-def _write_tokenizer(directory: pathlib.Path, texts) -> int:
-    """A byte-level BPE tokenizer.json + tokenizer_config.json; returns its vocab size."""
-    import tokenizers
-    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
-
-    tok = tokenizers.Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    # As Llama's tokenizer.json does: encode(..., add_special_tokens=True) prepends BOS.
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
-    )
-    tok.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "bos_token": "<s>",
-                "eos_token": "</s>",
-                "unk_token": "<unk>",
-                "tokenizer_class": "PreTrainedTokenizerFast",
-            }
-        )
-    )
-    return tok.get_vocab_size()
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny random Llama checkpoint dir whose vocabulary is the tokenizer's."""
@@ -65,7 +31,9 @@ def checkpoint(tmp_path_factory):
 
     directory = tmp_path_factory.mktemp("hf_llama")
     rows = _rows()
-    vocab = _write_tokenizer(directory, [r["question"] + "\n" + r["answer"] for r in rows])
+    vocab = hf_testing.write_tokenizer(
+        directory, [r["question"] + "\n" + r["answer"] for r in rows]
+    )
     bos, eos = 1, 2  # the special tokens' ids, in training order
     hf = hf_testing.make_hf_model(
         "Llama", vocab_size=vocab, max_position_embeddings=1024, bos_token_id=bos, eos_token_id=eos

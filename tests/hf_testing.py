@@ -4,6 +4,9 @@ Imports neither jax nor rest_em, so a test module may set XLA_FLAGS before or af
 importing it.
 """
 
+import json
+import pathlib
+
 import torch
 import transformers
 
@@ -38,3 +41,36 @@ def make_hf_model(
             noise = torch.randn_like(p)
             p.copy_(1.0 + 0.2 * noise if "norm" in name else 0.1 * noise)
     return hf
+
+
+def write_tokenizer(directory: pathlib.Path, texts) -> int:
+    """A byte-level BPE tokenizer.json + tokenizer_config.json; returns its vocab size."""
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+    tok = tokenizers.Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    # As Llama's tokenizer.json does: encode(..., add_special_tokens=True) prepends BOS.
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "tokenizer_class": "PreTrainedTokenizerFast",
+            }
+        )
+    )
+    return tok.get_vocab_size()
