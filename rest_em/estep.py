@@ -137,6 +137,7 @@ def generate_and_score(
     shard_dir: pathlib.Path | None = None,
     prompt_fn: Callable[[Problem], str] | None = None,
     seconds: dict[str, float] | None = None,
+    overlap: bool = True,
 ) -> list[Scored]:
     """Samples and scores `problems` in chunks of `chunk_size` (one sampler shape).
 
@@ -147,7 +148,8 @@ def generate_and_score(
     problem_id, sample index), so chunking never changes a sample. `prompt_fn` replaces
     `task.prompt` (STaR's hinted prompts). `seconds` (if given) accumulates "sampler"
     (sampling and decoding), "scoring" (the checker, overlapped) and "scoring_wait"
-    (the sampler idle, waiting for the checker).
+    (the sampler idle, waiting for the checker). `overlap=False` scores each chunk before
+    sampling the next (the benchmark's baseline; also what several processes do).
     """
     timing = seconds if seconds is not None else {}
     chunks = [list(problems[s : s + chunk_size]) for s in range(0, len(problems), chunk_size)]
@@ -200,7 +202,7 @@ def generate_and_score(
 
     # Several processes: each scores its share and all gather (a collective), so the
     # scoring runs in this thread, in the same order on every process.
-    overlap = not partitioning.is_multiprocess()
+    overlap = overlap and not partitioning.is_multiprocess()
     pending = None
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rest_em-score") as pool:
         for i, path in tqdm.tqdm(todo, desc=desc, leave=False, dynamic_ncols=True):
