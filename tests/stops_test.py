@@ -151,3 +151,62 @@ def test_estep_stores_completions_cut_at_the_task_stop():
         assert c.completions == [stops.cut(t, (stop,)) for t in f.completions]
         assert list(c.statuses) == list(task.score(c.completions, [p] * len(c.completions)))
     assert any(stop in t for t in texts)
+
+
+def test_sentencepiece_token_bytes_concatenate_to_the_decoded_text(tmp_path):
+    """A Llama-2-style tokenizer.json (Metaspace pieces with "\u2581", <0xNN> byte
+    fallback, a decoder that strips the first space): token_bytes joined give the decoded
+    text (after that first space), and the stop table finds a stop spanning pieces."""
+    import json
+
+    import tokenizers as hf_lib
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = hf_lib.Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Split("\u2581", "merged_with_next")
+    tok.decoder = decoders.Sequence(
+        [
+            decoders.Replace("\u2581", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False
+    )
+    text = "Question: how many eggs?\nAnswer: 16 - 3 = 13 eggs. #### 13\n" * 20
+    tok.train_from_iterator([text, "def f(x):\n    return x + 1\n"], trainer=trainer)
+    # As in Llama 2's tokenizer.json: the 256 <0xNN> pieces are vocabulary, ids 3-258.
+    trained = json.loads(tok.to_str())["model"]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for piece in sorted(trained["vocab"], key=trained["vocab"].get):
+        vocab.setdefault(piece, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+    tok.model = models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+    )
+    hf = tokenizers.HFTokenizer(tmp_path)
+    pieces = hf.token_bytes()
+    assert pieces[hf.eos_id] == b"" and pieces[3 + 0x41] == b"A"  # <0x41>
+    sample = "Answer: 16 eggs, é ü 日本\nQuestion: next"
+    ids = hf.encode(sample)
+    assert any(3 <= i < 3 + 256 for i in ids)  # the non-ASCII text used byte fallback
+    joined = b"".join(pieces[i] for i in ids).decode()
+    assert joined.removeprefix(" ") == hf.decode(ids) == sample
+    rng = np.random.default_rng(0)
+    plain = [i for i in range(3 + 256, hf.vocab_size)]  # no byte pieces: always valid text
+    for _ in range(20):
+        ids = [plain[j] for j in rng.integers(0, len(plain), size=25)]
+        joined = b"".join(pieces[i] for i in ids).decode()
+        assert joined.removeprefix(" ") == hf.decode(ids)
+    table = stops.token_table(["\nQuestion:"], pieces)
+    state = 0
+    for i in hf.encode(sample):
+        state = table[state, i]
+    assert state == table.shape[0] - 1
