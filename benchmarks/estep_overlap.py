@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import _common  # noqa: E402
 import jax  # noqa: E402
 
-from rest_em import em, estep, main, sampling  # noqa: E402
+from rest_em import em, estep, main  # noqa: E402
 from rest_em import workdir as workdir_lib  # noqa: E402
 
 
@@ -88,15 +88,7 @@ def main_(argv: Sequence[str] | None = None) -> int:
     params = workdir_lib.unit(paths.base, exp["make_base_params"], codec)
     base_s = time.perf_counter() - t0
     problems = task.load("train")[: args.num_problems]
-    s_cfg = sampling.SamplingConfig(
-        num_samples=cfg.num_samples,
-        temperature=cfg.temperature,
-        top_k=cfg.top_k,
-        top_p=cfg.top_p,
-        max_new_tokens=cfg.max_new_tokens,
-        eos_id=tok.eos_id,
-        pad_id=tok.pad_id,
-    )
+    s_cfg = estep.sampling_config(cfg, tok, cfg.num_samples)
     chunk = min(cfg.chunk_size, max(1, len(problems) // 4))  # >= 4 chunks: something to overlap
 
     def run(overlap: bool) -> dict:

@@ -238,6 +238,20 @@ def _done(value: Any) -> concurrent.futures.Future:
     return f
 
 
+def sampling_config(cfg: Any, tokenizer: Tokenizer, num_samples: int) -> sampling.SamplingConfig:
+    """`num_samples` per prompt at the EMConfig's temperature, top-k, top-p and length:
+    the E-step's (and the per-step rollouts') sampler settings."""
+    return sampling.SamplingConfig(
+        num_samples=num_samples,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        eos_id=tokenizer.eos_id,
+        pad_id=tokenizer.pad_id,
+    )
+
+
 # --- the E-step's data sources ----------------------------------------------------------
 
 Records = list[filtering.Sample]
@@ -284,15 +298,9 @@ def model_samples(
     again from the hinted prompt and the correct ones kept with the plain prompt (STaR),
     sample indices continuing after the first round's."""
     greedy = cfg.estep == "greedy"
-    e_cfg = sampling.SamplingConfig(
-        num_samples=1 if greedy else cfg.num_samples,
-        temperature=0.0 if greedy else cfg.temperature,
-        top_k=cfg.top_k,
-        top_p=cfg.top_p,
-        max_new_tokens=cfg.max_new_tokens,
-        eos_id=tokenizer.eos_id,
-        pad_id=tokenizer.pad_id,
-    )
+    e_cfg = sampling_config(cfg, tokenizer, 1 if greedy else cfg.num_samples)
+    if greedy:
+        e_cfg = dataclasses.replace(e_cfg, temperature=0.0)
     common = dict(
         task=task,
         tokenizer=tokenizer,
@@ -427,5 +435,6 @@ __all__ = [
     "human_solutions",
     "model_samples",
     "prompt_ids",
+    "sampling_config",
     "score_problems",
 ]

@@ -24,7 +24,7 @@ from typing import Any
 
 import jax
 
-from rest_em import errors, estep, filtering, partitioning, sampling, training
+from rest_em import errors, estep, filtering, partitioning, training
 from rest_em import model as model_lib
 from rest_em import workdir as workdir_lib
 from rest_em.tasks.problems import Problem, Task
@@ -196,15 +196,7 @@ def step_values_data(m: Inputs) -> tuple[list[dict], list[dict], dict]:
     dpo = neg.objective == "dpo"
 
     def compute():
-        rollout_cfg = sampling.SamplingConfig(
-            num_samples=neg.num_rollouts,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k,
-            top_p=cfg.top_p,
-            max_new_tokens=cfg.max_new_tokens,
-            eos_id=tok.eos_id,
-            pad_id=tok.pad_id,
-        )
+        rollout_cfg = estep.sampling_config(cfg, tok, neg.num_rollouts)
         prompts = {i: estep.prompt_ids(m.task, tok, p) for i, p in m.problems.items()}
         ds = step_values.step_negatives_dataset(
             m.policy.params,
