@@ -56,7 +56,9 @@ def run_seed(gin_file: pathlib.Path, workdir: pathlib.Path, seed: int, extra: li
     with open(workdir / "study.log", "a") as log:
         proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
-        raise SystemExit(f"seed {seed}: the launcher failed (exit {proc.returncode}); see {log.name}")
+        raise SystemExit(
+            f"seed {seed}: the launcher failed (exit {proc.returncode}); see {log.name}"
+        )
     return time.monotonic() - t0
 
 
@@ -140,7 +142,8 @@ def report(runs: dict[int, list[dict]], walls: dict[int, float]) -> str:
             tr, te = get(s, it, "train/greedy_pass@1"), get(s, it, "test/greedy_pass@1")
             gap = None if tr is None or te is None else tr - te
             cells = [_fmt(get(s, it, f"test/pass@{k}")) for k in ks]
-            cells += [_fmt(tr), _fmt(te), _fmt(gap), _fmt(get(s, it, f"{TRANSFER}/test/greedy_pass@1"))]
+            transfer = get(s, it, f"{TRANSFER}/test/greedy_pass@1")
+            cells += [_fmt(tr), _fmt(te), _fmt(gap), _fmt(transfer)]
             out.append(" | ".join([str(s), str(it), *cells]))
     # 4. wall seconds per iteration.
     head = ["seed", *[f"iteration {it}" for it in iters], "total", "this launch"]
@@ -161,7 +164,7 @@ def main(argv=None) -> None:
     ap.add_argument("--root", required=True, help="the seeds' workdirs: ROOT/seed<N>")
     ap.add_argument("--out", required=True, help="the markdown report")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--gin_file", default=None, help=f"default {GIN.name} ({TINY.name} with --quick)")
+    ap.add_argument("--gin_file", default=None, help=f"default {GIN.name} (--quick: {TINY.name})")
     ap.add_argument("--quick", action="store_true", help="the tiny test config, seed 0")
     ap.add_argument("--gin", action="append", default=[], help="extra gin bindings")
     args = ap.parse_args(argv)
