@@ -150,7 +150,10 @@ def report(runs: dict[int, list[dict]], walls: dict[int, float]) -> str:
     out += ["", "## wall seconds per iteration", "", " | ".join(head)]
     out.append(" | ".join("---" for _ in head))
     for s in seeds:
-        secs = [sum(by[s].get(it, {}).get("seconds", {}).values()) for it in iters]
+        secs = [  # top-level phases only ("generate/sampler" etc. are parts of "generate")
+            sum(v for k, v in by[s].get(it, {}).get("seconds", {}).items() if "/" not in k)
+            for it in iters
+        ]
         out.append(
             " | ".join(
                 [str(s), *[f"{x:.0f}" for x in secs], f"{sum(secs):.0f}", f"{walls.get(s, 0):.0f}"]
