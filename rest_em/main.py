@@ -99,8 +99,7 @@ def register_configurables() -> None:
 
     from rest_em import em, experiment, mstep, training
     from rest_em.model import ModelConfig
-    from rest_em.tasks import embedded_code
-    from rest_em.tasks import arithmetic, code_tasks, jsonl_tasks, programs
+    from rest_em.tasks import arithmetic, code_tasks, embedded_code, jsonl_tasks, programs
 
     if _CONFIGURED:
         return
