@@ -54,6 +54,24 @@ def test_arithmetic_worked_solution_format():
     assert arithmetic.score(outs, [q] * 4) == ["correct"] * 4  # answer-only checking
 
 
+def test_arithmetic_sft_level_weights_mix_easy_and_hard():
+    # Equal weights are round-robin; a mix gives every prefix its share of each level.
+    assert arithmetic.weighted_levels((2, 3, 4, 5), (1, 1, 1, 1), 8) == [2, 3, 4, 5] * 2
+    mix = arithmetic.weighted_levels((2, 3, 4, 5), (0.4, 0.4, 0.1, 0.1), 1000)
+    for n in (10, 100, 1000):
+        assert [mix[:n].count(lv) for lv in (2, 3, 4, 5)] == [0.4 * n, 0.4 * n, 0.1 * n, 0.1 * n]
+    task = arithmetic.make_task(
+        num_sft=200, sft_levels=(2, 3, 4, 5), sft_level_weights=(0.4, 0.4, 0.1, 0.1)
+    )
+    sft = task.load("sft")
+    assert [sum(p.level == lv for p in sft) for lv in (2, 3, 4, 5)] == [80, 80, 20, 20]
+    assert all(task.score([task.target(p)], [p]) == ["correct"] for p in sft)
+    held = {p.question for split in ("test", "val") for p in task.load(split)}
+    assert not held & {p.question for p in sft}
+    with pytest.raises(errors.ConfigError, match="one non-negative weight per level"):
+        arithmetic.make_task(sft_levels=(2, 3), sft_level_weights=(1.0,)).load("sft")
+
+
 def test_arithmetic_refuses_impossible_sizes():
     with pytest.raises(ValueError, match="too few exist"):
         arithmetic.generate("sft", num_problems=5000, levels=(2,), max_operand=2)

@@ -83,11 +83,14 @@ def generate(
     seed: int = 0,
     max_operand: int = 9,
     style: str = "chain",
+    level_weights: tuple[float, ...] | None = None,
 ) -> tuple[Problem, ...]:
     """`num_problems` problems spread evenly over `levels`, deterministic in (split, seed).
 
     Held-out questions (test, then val) never appear in a later split; sft and train
     may share questions (as human solutions and model samples of the same problems do).
+    `level_weights` (one per level) spreads them in those proportions instead, levels
+    interleaved (`weighted_levels`).
     """
     if split not in _SPLIT_OFFSETS:
         raise ValueError(f"unknown split {split!r}; expected one of {list(_SPLIT_OFFSETS)}")
@@ -97,6 +100,9 @@ def generate(
             break
         taken |= _questions(earlier, seed, max_operand)
     rng = np.random.default_rng([seed, _SPLIT_OFFSETS[split]])
+    schedule = (
+        None if level_weights is None else weighted_levels(levels, level_weights, num_problems)
+    )
     out, seen = [], set()
     i = 0
     while len(out) < num_problems:
@@ -105,7 +111,7 @@ def generate(
                 f"cannot draw {num_problems} distinct {split} problems of levels "
                 f"{levels} with max_operand={max_operand}: too few exist"
             )
-        level = levels[i % len(levels)]
+        level = levels[i % len(levels)] if schedule is None else schedule[len(out)]
         p = make_problem(rng, level, len(out), max_operand, style=style)
         i += 1
         if p.question in taken or p.question in seen:
@@ -113,6 +119,25 @@ def generate(
         seen.add(p.question)
         out.append(p)
     return tuple(out)
+
+
+def weighted_levels(levels: Sequence[int], weights: Sequence[float], n: int) -> list[int]:
+    """The levels of problems 0..n-1: every prefix as close to `weights` as whole counts
+    allow (smooth weighted round-robin: each problem goes to the level furthest below
+    its share; ties to the earlier level). Equal weights give round-robin in order."""
+    if len(weights) != len(levels) or min(weights) < 0 or sum(weights) <= 0:
+        raise ConfigError(
+            f"level weights {tuple(weights)} must be one non-negative weight per level "
+            f"{tuple(levels)}, not all zero"
+        )
+    share = np.asarray(weights, dtype=float) / sum(weights)
+    counts = np.zeros(len(levels))
+    out = []
+    for i in range(n):
+        j = int(np.argmax(share * (i + 1) - counts))
+        counts[j] += 1
+        out.append(levels[j])
+    return out
 
 
 # Sizes of the held-out splits; fixed so that train problems never collide with them.
@@ -255,6 +280,7 @@ def make_task(
     num_train: int = 2000,
     sft_levels: tuple[int, ...] = (2, 3),
     num_sft: int = 300,
+    sft_level_weights: tuple[float, ...] | None = None,
     levels: tuple[int, ...] = ALL_LEVELS,
     seed: int = 0,
     max_operand: int = 9,
@@ -268,7 +294,9 @@ def make_task(
     data), train (all levels, with terse "human-written" solutions: the E-step's
     problems and the human-data SFT baseline), val (checkpoint selection), test, and
     transfer (two-digit operands, held out). num_val / num_test take a prefix of the
-    fixed held-out splits (small test runs)."""
+    fixed held-out splits (small test runs). sft_level_weights (one per sft level, e.g.
+    many easy and a few hard worked solutions, as a pretrained model has seen) replaces
+    the even spread of sft problems over sft_levels."""
     if verify_steps and style != "chain":
         raise ConfigError("verify_steps checks chain-style solutions; use style='chain'")
     sizes = {"val": num_val, "test": num_test}
@@ -285,6 +313,7 @@ def make_task(
                     seed=seed,
                     max_operand=max_operand,
                     style=style,
+                    level_weights=sft_level_weights,
                 )
             )
         if split == "train":
