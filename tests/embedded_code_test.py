@@ -79,6 +79,33 @@ def test_reference_solutions_pass_in_the_sandbox(task):
     assert stats["runs"] > 0 and stats["no_program"] == 0
 
 
+def test_sft_level_weights_and_commented_style():
+    # Many easy sft problems and a few hard ones; level 1 runs out of distinct functions
+    # (a few dozen remain after test and val), and its place goes to the others by share.
+    mixed = ec.embedded_code_task(
+        num_sft=600, sft_level_weights=(0.3, 0.5, 0.1, 0.1), style="commented"
+    )
+    sft = mixed.load("sft")
+    counts = collections.Counter(p.level for p in sft)
+    assert counts[1] < 0.3 * 600 and counts[2] > 4 * counts[3]
+    assert abs(counts[3] - counts[4]) <= 1 and counts[3] > 0
+    plain = ec.embedded_code_task(num_sft=600, sft_level_weights=(0.3, 0.5, 0.1, 0.1))
+    assert [p.question for p in plain.load("sft")] == [p.question for p in sft]
+    # "commented": each clause of the description above its line; the same programs.
+    for p, q in zip(sft, plain.load("sft")):
+        clauses = p.question.split("\n")[0][2:].split("; ")
+        lines = p.solution.split("\n")
+        assert [line.strip()[2:] for line in lines[::2]] == clauses
+        assert lines[1::2] == q.solution.split("\n")
+    assert mixed.score([p.solution for p in sft], sft) == [Status.CORRECT] * len(sft)
+    test = mixed.load("test")
+    assert [p.question for p in test] == [p.question for p in plain.load("test")]
+    with pytest.raises(Exception, match="style must be one of"):
+        ec.embedded_code_task(style="terse").load("sft")
+    with pytest.raises(Exception, match="one non-negative weight per level"):
+        ec.embedded_code_task(sft_level_weights=(1.0, 2.0)).load("sft")
+
+
 def test_transfer_task_composes_held_out_pairs():
     tr = ec.embedded_code_transfer_task(num_test=30)
     assert tr.name == "embedded_code_transfer"

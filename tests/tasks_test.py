@@ -205,29 +205,30 @@ def test_seqio_task_matches_the_loop_view():
         assert ex["answer"].decode() == p.answer and int(ex["problem_id"]) == p.problem_id
 
 
-def test_arithmetic_human_solutions_terse_and_checked():
+def test_arithmetic_human_solutions_worded_and_checked():
     task = arithmetic.make_task(num_train=400)
     train = task.load("train")
-    # Terse: on average fewer lines than operations; every one verified step by step.
-    lines = sum(task.target(p).count("\n") for p in train)
-    assert lines < 0.8 * sum(p.level for p in train)
+    # Worded: one operation per line, in another phrasing than the model's "a+b=c"
+    # (no line of the model's own style); every one verified step by step.
+    for p in train:
+        lines = task.target(p).split("\n")
+        assert len(lines) == p.level + 1 and not any("=" in line for line in lines[:-1])
+        assert all(" is " in line for line in lines[:-1])
     assert task.score([task.target(p) for p in train], train) == ["correct"] * len(train)
-    assert train[0].solution == arithmetic.human_solution(train[0], 0)  # deterministic
+    gen = arithmetic.generate("train", num_problems=400, levels=arithmetic.ALL_LEVELS)
+    assert train[0].solution == arithmetic.human_solution(gen[0])  # from the worked one
     q = arithmetic.Problem(0, "3+4+1-2", "6")
     outs = [
         "3+4+1=8\n8-2=6\n#### 6",  # two operations folded into one line: fine
         "3+4+1-2=6\n#### 6",  # the whole chain in one line: fine
+        "3 plus 4 is 7\n7 plus 1 is 8\n8 minus 2 is 6\n#### 6",  # worded: fine
         "3+4+1=9\n9-2=6\n#### 6",  # a false line
+        "3 plus 4 is 7\n7 minus 1 is 6\n6 minus 2 is 4\n#### 6",  # a wrong operation
         "3+4=7\n7-2=5\n#### 6",  # skips an operation
         "3+4+1=8\n#### 6",
     ]  # stops early
-    assert arithmetic.score(outs, [q] * 5, verify_steps=True) == [
-        "correct",
-        "correct",
-        "incorrect",
-        "incorrect",
-        "incorrect",
-    ]
+    expected = ["correct"] * 3 + ["incorrect"] * 4
+    assert arithmetic.score(outs, [q] * 7, verify_steps=True) == expected
 
 
 def test_arithmetic_transfer_split_is_shifted_and_held_out():

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +25,7 @@ import numpy as np
 
 from rest_em.errors import ConfigError
 from rest_em.rewards.status import Status
-from rest_em.tasks.problems import Problem, Task
+from rest_em.tasks.problems import Problem, Task, weighted_levels
 
 ANSWER_RE = re.compile(r"####\s*(-?\d+)\s*$")
 _SPLIT_OFFSETS = {"test": 0, "val": 1, "train": 2, "sft": 3}
@@ -121,25 +120,6 @@ def generate(
     return tuple(out)
 
 
-def weighted_levels(levels: Sequence[int], weights: Sequence[float], n: int) -> list[int]:
-    """The levels of problems 0..n-1: every prefix as close to `weights` as whole counts
-    allow (smooth weighted round-robin: each problem goes to the level furthest below
-    its share; ties to the earlier level). Equal weights give round-robin in order."""
-    if len(weights) != len(levels) or min(weights) < 0 or sum(weights) <= 0:
-        raise ConfigError(
-            f"level weights {tuple(weights)} must be one non-negative weight per level "
-            f"{tuple(levels)}, not all zero"
-        )
-    share = np.asarray(weights, dtype=float) / sum(weights)
-    counts = np.zeros(len(levels))
-    out = []
-    for i in range(n):
-        j = int(np.argmax(share * (i + 1) - counts))
-        counts[j] += 1
-        out.append(levels[j])
-    return out
-
-
 # Sizes of the held-out splits; fixed so that train problems never collide with them.
 HELD_OUT = {"test": 500, "val": 200}
 ALL_LEVELS = (2, 3, 4, 5)
@@ -181,9 +161,17 @@ _LINE_RE = re.compile(r"^(-?\d+)((?:[+-]\d+)+)=(-?\d+)$")
 _OP_RE = re.compile(r"([+-])(\d+)")
 
 
+def _unword(line: str) -> str:
+    """A worded line ("7 plus 8 is 15", `human_solution`) in symbols ("7+8=15")."""
+    for sym, word in _WORDS.items():
+        line = line.replace(word, sym)
+    return line
+
+
 def steps_are_correct(completion: str, question: str) -> bool:
     """Every written line applies the question's next operation(s), in order, to the
-    running value with true arithmetic ("7+8=15" or, tersely, "7+8-3=12"), and the
+    running value with true arithmetic ("7+8=15", "7 plus 8 is 15" or, tersely,
+    "7+8-3=12"), and the
     lines use up the question: a verifier of the whole solution, not just its answer."""
     ops = _OP_RE.findall(question[len(question.split("+")[0].split("-")[0]) :])
     value = int(re.match(r"\d+", question).group())
@@ -192,7 +180,7 @@ def steps_are_correct(completion: str, question: str) -> bool:
         return False
     i = 0
     for line in lines:
-        m = _LINE_RE.match(line.strip())
+        m = _LINE_RE.match(_unword(line.strip()))
         if m is None or int(m[1]) != value:
             return False
         line_ops = _OP_RE.findall(m[2])
@@ -206,26 +194,24 @@ def steps_are_correct(completion: str, question: str) -> bool:
     return i == len(ops)
 
 
-def human_solution(problem: Problem, seed: int = 0) -> str:
-    """A terse, "human-written" solution: people fold 1-3 operations into one line
-    ("7+8-3=12") where the worked solutions spell out one operation per line.
+_WORDS = {"+": " plus ", "-": " minus ", "=": " is "}
+_STEP_RE = re.compile(r"^(-?\d+)([+-])(\d+)=(-?\d+)$")
 
-    Deterministic in (seed, question). This is the data of the SFT-on-human-solutions
-    baseline (the paper's Table 1 "SFT"): correct, but in a style the model did not
-    produce itself.
+
+def human_solution(problem: Problem) -> str:
+    """A "human-written" solution: one operation per line, like the worked solutions,
+    but in words ("41 plus 7 is 48") where the model's own style writes "41+7=48".
+
+    This is the data of the SFT-on-human-solutions baseline (the paper's Table 1
+    "SFT"): correct and learnable, in a style the model did not produce itself. The
+    checker (`steps_are_correct`) reads both styles. `problem.solution`: chain style.
     """
-    rng = np.random.default_rng([seed, 7, zlib.crc32(problem.question.encode())])
-    ops = _OP_RE.findall(problem.question[len(re.match(r"\d+", problem.question).group()) :])
-    value, lines, i = int(re.match(r"\d+", problem.question).group()), [], 0
-    while i < len(ops):
-        size = int(rng.choice([1, 2, 3], p=[0.25, 0.5, 0.25]))
-        chunk = ops[i : i + size]
-        start = value
-        for o, n in chunk:
-            value = value + int(n) if o == "+" else value - int(n)
-        lines.append(f"{start}" + "".join(o + n for o, n in chunk) + f"={value}")
-        i += size
-    return "\n".join(lines) + f"\n#### {value}"
+    *steps, answer = target(problem).split("\n")
+    worded = []
+    for step in steps:
+        a, op, b, c = _STEP_RE.match(step).groups()
+        worded.append(f"{a}{_WORDS[op]}{b}{_WORDS['=']}{c}")
+    return "\n".join([*worded, answer])
 
 
 def hint_prompt(problem: Problem) -> str:
@@ -291,7 +277,7 @@ def make_task(
     num_transfer: int = 300,
 ) -> Task:
     """The task with splits: sft (worked solutions of easy problems: the base model's
-    data), train (all levels, with terse "human-written" solutions: the E-step's
+    data), train (all levels, with worded "human-written" solutions: the E-step's
     problems and the human-data SFT baseline), val (checkpoint selection), test, and
     transfer (two-digit operands, held out). num_val / num_test take a prefix of the
     fixed held-out splits (small test runs). sft_level_weights (one per sft level, e.g.
@@ -327,7 +313,7 @@ def make_task(
             )
             if style != "chain":
                 return list(probs)
-            return [dataclasses.replace(p, solution=human_solution(p, seed)) for p in probs]
+            return [dataclasses.replace(p, solution=human_solution(p)) for p in probs]
         if split in HELD_OUT:
             held = generate(
                 split,

@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from rest_em.errors import ConfigError
-from rest_em.tasks.problems import Problem, Task
+from rest_em.tasks.problems import Problem, Task, level_shares, next_level
 
 __all__ = [
     "ALL_LEVELS",
@@ -119,9 +119,17 @@ def describe(steps: Sequence[Step], reducer: str) -> str:
     return "; ".join([*words, REDUCERS[reducer][0]])
 
 
-def reference_solution(steps: Sequence[Step], reducer: str) -> str:
-    lines = [_OP_BY_KIND[kind].code.format(k=k) for kind, k in steps]
-    return "\n".join("    " + line for line in [*lines, REDUCERS[reducer][1]])
+STYLES = ("plain", "commented")
+
+
+def reference_solution(steps: Sequence[Step], reducer: str, style: str = "plain") -> str:
+    """One line per operation; style "commented" puts each clause of the description,
+    as a comment, above its line (the model copies a clause, then translates it)."""
+    lines = [_OP_BY_KIND[kind].code.format(k=k) for kind, k in steps] + [REDUCERS[reducer][1]]
+    if style == "commented":
+        clauses = describe(steps, reducer).split("; ")
+        lines = [f"# {clause}\n    {line}" for clause, line in zip(clauses, lines)]
+    return "\n".join("    " + line for line in lines)
 
 
 def _random_list(rng: np.random.Generator) -> list[int]:
@@ -145,7 +153,12 @@ def _draw(rng: np.random.Generator, level: int, pairs: str) -> tuple[list[Step],
 
 
 def make_problem(
-    rng: np.random.Generator, level: int, problem_id: int, *, pairs: str = "avoid"
+    rng: np.random.Generator,
+    level: int,
+    problem_id: int,
+    *,
+    pairs: str = "avoid",
+    style: str = "plain",
 ) -> Problem | None:
     """A level-`level` problem, or None when the draw is rejected (a held-out pair where
     pairs="avoid" or none where "need"; or hidden tests that cannot tell outputs apart:
@@ -167,7 +180,7 @@ def make_problem(
         problem_id,
         question,
         None,
-        reference_solution(steps, reducer),
+        reference_solution(steps, reducer, style),
         level,
         code.AssertTests(test=test, entry_point=None),
     )
@@ -180,18 +193,29 @@ def _function(p: Problem) -> str:
 
 @functools.lru_cache(maxsize=32)
 def generate(
-    split: str, *, num_problems: int, levels: tuple[int, ...], seed: int = 0
+    split: str,
+    *,
+    num_problems: int,
+    levels: tuple[int, ...],
+    seed: int = 0,
+    level_weights: tuple[float, ...] | None = None,
+    style: str = "plain",
 ) -> tuple[Problem, ...]:
-    """`num_problems` problems spread evenly over `levels`, deterministic in (split, seed).
+    """`num_problems` problems spread evenly over `levels` (or in the proportions
+    `level_weights`, interleaved), deterministic in (split, seed).
 
     Held-out functions (test, then val) never appear in a later split; within a split
     functions are distinct. Train and sft: a level whose distinct functions run out
-    (level 1 has a few hundred) gives fewer problems, the others fill the rest.
+    (level 1 has a few hundred) gives fewer problems, the others fill the rest. `style`
+    changes only the reference solutions (`reference_solution`), never the problems.
     """
     if split not in _SPLIT_OFFSETS:
         raise ValueError(f"unknown split {split!r}; expected one of {list(_SPLIT_OFFSETS)}")
     if not set(levels) <= set(ALL_LEVELS) or not levels:
         raise ConfigError(f"levels must be a non-empty subset of {ALL_LEVELS}, got {levels}")
+    if style not in STYLES:
+        raise ConfigError(f"embedded_code: style must be one of {STYLES}, got {style!r}")
+    shares = level_shares(levels, level_weights)
     taken: set[str] = set()
     for earlier, offset in _SPLIT_OFFSETS.items():
         if offset >= _SPLIT_OFFSETS[split]:
@@ -203,13 +227,13 @@ def generate(
     misses = dict.fromkeys(levels, 0)
     count = dict.fromkeys(levels, 0)
     while len(out) < num_problems:
-        live = [lv for lv in levels if misses[lv] < 2000]
+        live = [lv for lv in levels if misses[lv] < 2000 and shares[lv] > 0]
         if not live:
             raise ValueError(
                 f"cannot draw {num_problems} distinct {split} problems of levels {levels}"
             )
-        level = min(live, key=lambda lv: count[lv])  # even over levels, in order
-        p = make_problem(rng, level, len(out))
+        level = next_level(shares, count, live)
+        p = make_problem(rng, level, len(out), style=style)
         if p is None or _function(p) in taken or _function(p) in seen:
             misses[level] += 1
             continue
@@ -284,7 +308,9 @@ def embedded_code_task(
     num_train: int = 1500,
     num_sft: int = 300,
     sft_levels: tuple[int, ...] = ALL_LEVELS,
+    sft_level_weights: tuple[float, ...] | None = None,
     levels: tuple[int, ...] = ALL_LEVELS,
+    style: str = "plain",
     seed: int = 0,
     num_val: int | None = None,
     num_test: int | None = None,
@@ -294,18 +320,34 @@ def embedded_code_task(
     model's data), train (the E-step's problems, with reference solutions for the
     human-data SFT baseline), val (checkpoint selection) and test (a prefix of each via
     num_val / num_test, for small runs; `levels` filters them), all generated from
-    `seed`. sandbox: a `programs.SandboxConfig` (None: the defaults)."""
+    `seed`. sft_level_weights: the sft split's mix over sft_levels (None: even), e.g.
+    many easy problems and a few hard ones, as a pretrained model has seen. style: the
+    reference solutions' format (`reference_solution`). sandbox: a
+    `programs.SandboxConfig` (None: the defaults)."""
     if not set(levels) <= set(ALL_LEVELS) or not set(sft_levels) <= set(ALL_LEVELS):
         raise ConfigError(f"embedded_code: levels must be within {ALL_LEVELS}")
     sizes = {"val": num_val, "test": num_test}
 
     def load(split: str) -> list[Problem]:
         if split == "sft":
-            return list(generate("sft", num_problems=num_sft, levels=sft_levels, seed=seed))
+            return list(
+                generate(
+                    "sft",
+                    num_problems=num_sft,
+                    levels=sft_levels,
+                    seed=seed,
+                    level_weights=sft_level_weights,
+                    style=style,
+                )
+            )
         if split == "train":
-            return list(generate("train", num_problems=num_train, levels=levels, seed=seed))
+            return list(
+                generate("train", num_problems=num_train, levels=levels, seed=seed, style=style)
+            )
         if split in HELD_OUT:
-            held = generate(split, num_problems=HELD_OUT[split], levels=ALL_LEVELS, seed=seed)
+            held = generate(
+                split, num_problems=HELD_OUT[split], levels=ALL_LEVELS, seed=seed, style=style
+            )
             return [p for p in held if p.level in levels][: sizes[split]]
         raise ConfigError(f"embedded_code: unknown split {split!r} (sft, train, val, test)")
 

@@ -16,7 +16,17 @@ from typing import Any
 from rest_em.errors import ConfigError, DataError
 from rest_em.rewards.status import Status
 
-__all__ = ["DataError", "Problem", "Status", "Task", "holdout", "read_jsonl"]
+__all__ = [
+    "DataError",
+    "Problem",
+    "Status",
+    "Task",
+    "holdout",
+    "level_shares",
+    "next_level",
+    "read_jsonl",
+    "weighted_levels",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +79,39 @@ class Task:
     stop_sequences: tuple[str, ...] = ()
     majority_vote: bool = True
     scoring_stats: Callable[[], dict[str, Any]] | None = None
+
+
+def level_shares(levels: Sequence[int], weights: Sequence[float] | None) -> dict[int, float]:
+    """`weights` (one per level) normalised to shares; None: equal shares."""
+    if weights is None:
+        weights = [1.0] * len(levels)
+    if len(weights) != len(levels) or min(weights) < 0 or sum(weights) <= 0:
+        raise ConfigError(
+            f"level weights {tuple(weights)} must be one non-negative weight per level "
+            f"{tuple(levels)}, not all zero"
+        )
+    return {lv: w / sum(weights) for lv, w in zip(levels, weights)}
+
+
+def next_level(shares: dict[int, float], counts: dict[int, int], live: Sequence[int]) -> int:
+    """The level the next problem goes to: the live level with the largest share per
+    problem it already has (D'Hondt; ties to the earlier level). Equal shares give
+    round-robin; a level that runs out (not live) leaves its place to the others in
+    proportion to their shares."""
+    return max(live, key=lambda lv: shares[lv] / (counts[lv] + 1))
+
+
+def weighted_levels(levels: Sequence[int], weights: Sequence[float], n: int) -> list[int]:
+    """The levels of problems 0..n-1: every prefix as close to `weights` as whole counts
+    allow (`next_level`). Equal weights give round-robin in order."""
+    shares = level_shares(levels, weights)
+    counts = dict.fromkeys(levels, 0)
+    out = []
+    for _ in range(n):
+        level = next_level(shares, counts, levels)
+        counts[level] += 1
+        out.append(level)
+    return out
 
 
 def read_jsonl(path: str | pathlib.Path, *, required: Sequence[str]) -> list[tuple[int, dict]]:
