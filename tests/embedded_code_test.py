@@ -1,10 +1,7 @@
 """The embedded code task: generation, levels, hidden tests in the real sandbox, the
-tiny end-to-end loop, and the seeds study's quick mode."""
+tiny end-to-end loop."""
 
 import collections
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
@@ -139,25 +136,3 @@ def test_tiny_end_to_end(tmp_path):
         assert 0.0 <= r["test/greedy_pass@1"] <= 1.0
         assert "test/level_1/greedy_pass@1" in r
     assert "num_selected" in rows[1]
-
-
-def test_study_quick(tmp_path):
-    out = tmp_path / "study.md"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(helpers.REPO / "experiments" / "embedded_code_study.py"),
-            "--quick",
-            f"--root={tmp_path / 'root'}",
-            f"--out={out}",
-            "--gin=EMConfig.num_iterations=0",
-        ],
-        env=helpers.env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    text = pathlib.Path(out).read_text()
-    assert "## test/greedy_pass@1" in text and "per level" in text and "wall seconds" in text
-    assert "\n0 | " in text

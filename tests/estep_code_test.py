@@ -163,7 +163,7 @@ def extended(tmp_path_factory):
     proc = run(
         wd,
         "--gin.rest_em.run.transfer_tasks=[@rest_em.arithmetic_transfer_task()]",
-        "--gin.rest_em.arithmetic_transfer_task.num_transfer=8",
+        "--gin.rest_em.arithmetic_transfer_task.num_test=8",
         gin_file=TINY,
     )
     return wd, proc

@@ -231,19 +231,23 @@ def test_arithmetic_human_solutions_worded_and_checked():
     assert arithmetic.score(outs, [q] * 7, verify_steps=True) == expected
 
 
-def test_arithmetic_transfer_split_is_shifted_and_held_out():
-    task = arithmetic.make_task(num_train=400, num_transfer=100)
-    transfer = task.load("transfer")
-    assert len(transfer) == 100
-    import re
-
-    for p in transfer:
-        assert any(int(n) >= 10 for n in re.findall(r"[+-](\d+)", p.question))
-        assert "=-" not in p.solution
-    assert task.score([task.target(p) for p in transfer], transfer) == ["correct"] * 100
+def test_arithmetic_transfer_task_is_asked_another_way_and_held_out():
+    tr = arithmetic.make_transfer_task(num_test=100)
+    transfer = tr.load("test")
+    assert tr.name == "arithmetic_transfer" and len(transfer) == 100
+    assert {p.level for p in transfer} == {2, 3, 4}
+    assert all(tr.prompt(p) == f"Question: {p.question}\n" for p in transfer)
+    assert tr.score([tr.target(p) for p in transfer], transfer) == ["correct"] * 100
+    # Held out from every split of the task, whatever their sizes.
+    task = arithmetic.make_task(num_train=3000, num_sft=3000)
     others = {p.question for s in ("sft", "train", "val", "test") for p in task.load(s)}
-    assert not others & {p.question for p in transfer}
+    assert not others & {p.question for p in arithmetic.generate_transfer(seed=0)}
+    assert task.prompt(transfer[0]) == f"Q: {transfer[0].question}\n"
     assert (
         task.hint_prompt(transfer[0])
         == f"Q: {transfer[0].question} (answer {transfer[0].answer})\n"
     )
+    with pytest.raises(errors.ConfigError, match="arithmetic_transfer_task"):
+        task.load("transfer")
+    with pytest.raises(errors.ConfigError, match="only a 'test' split"):
+        tr.load("train")

@@ -62,8 +62,8 @@ def test_rest_continues_from_the_last_model(restem, tmp_path):
     run(
         w,
         "--gin_file=variants/rest.gin",
-        "--gin.EMConfig.eval_splits=('test', 'transfer')",
-        "--gin.arithmetic_task.num_transfer=16",
+        "--gin.rest_em.run.transfer_tasks=[@rest_em.arithmetic_transfer_task()]",
+        "--gin.rest_em.arithmetic_transfer_task.num_test=16",
     )
     ref = [json.loads((restem / f"iter_00{i}" / "metrics.json").read_text()) for i in (1, 2)]
     got = [json.loads((w / f"iter_00{i}" / "metrics.json").read_text()) for i in (1, 2)]
@@ -78,7 +78,7 @@ def test_rest_continues_from_the_last_model(restem, tmp_path):
         jax.tree.map(lambda x, y: float(np.abs(np.asarray(x) - np.asarray(y)).max()), a, b)
     )
     assert max(diffs) > 0
-    assert "transfer/greedy_pass@1" in got[1] and "transfer/pass@4" in got[1]
+    assert "arithmetic_transfer/test/greedy_pass@1" in got[1]
 
 
 def test_rft_one_iteration_distinct_solutions(restem, tmp_path):

@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import re
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -86,8 +85,9 @@ def generate(
 ) -> tuple[Problem, ...]:
     """`num_problems` problems spread evenly over `levels`, deterministic in (split, seed).
 
-    Held-out questions (test, then val) never appear in a later split; sft and train
-    may share questions (as human solutions and model samples of the same problems do).
+    Held-out questions (test, then val, and the transfer task's) never appear in a later
+    split; sft and train may share questions (as human solutions and model samples of
+    the same problems do).
     `level_weights` (one per level) spreads them in those proportions instead, levels
     interleaved (`weighted_levels`).
     """
@@ -98,6 +98,8 @@ def generate(
         if offset >= _SPLIT_OFFSETS[split]:
             break
         taken |= _questions(earlier, seed, max_operand)
+    if split in ("train", "sft"):
+        taken |= {p.question for p in generate_transfer(seed=seed)}
     rng = np.random.default_rng([seed, _SPLIT_OFFSETS[split]])
     schedule = (
         None if level_weights is None else weighted_levels(levels, level_weights, num_problems)
@@ -219,26 +221,43 @@ def hint_prompt(problem: Problem) -> str:
     return f"Q: {problem.question} (answer {problem.answer})\n"
 
 
+def running_values(problem: Problem) -> list[int]:
+    """The value after each operation of a problem's question, in order."""
+    value = int(re.match(r"\d+", problem.question).group())
+    out = []
+    for o, n in _OP_RE.findall(problem.question[len(str(value)) :]):
+        value = value + int(n) if o == "+" else value - int(n)
+        out.append(value)
+    return out
+
+
+NUM_TRANSFER = 300  # fixed, like HELD_OUT: train and sft never hold these questions
+
+
 @functools.lru_cache(maxsize=8)
-def generate_transfer(
-    *, num_problems: int, seed: int = 0, max_operand: int = 12, levels: tuple[int, ...] = (2, 3, 4)
-) -> tuple[Problem, ...]:
-    """A held-out transfer split: every problem uses at least one two-digit operand
-    (10..max_operand), which no other split has, running values within [0, 19]; same
-    checker, shifted distribution (the paper's held-out transfer evaluation)."""
+def generate_transfer(*, seed: int = 0, levels: tuple[int, ...] = (2, 3, 4)) -> tuple[Problem, ...]:
+    """The transfer task's problems: levels 2-4 like the test split's, none of them a
+    test, val, train or sft question (train and sft exclude them)."""
+    held = _questions("test", seed, 9) | _questions("val", seed, 9)
     rng = np.random.default_rng([seed, 5])
     out: list[Problem] = []
+    seen: set[str] = set()
     i = 0
-    while len(out) < num_problems:
-        p = make_problem(rng, levels[i % len(levels)], len(out), max_operand)
+    while len(out) < NUM_TRANSFER:
+        p = make_problem(rng, levels[i % len(levels)], len(out))
         i += 1
-        if (
-            any(int(n) >= 10 for _, n in _OP_RE.findall(p.question))
-            and "=-" not in p.solution
-            and p.question not in {q.question for q in out}
-        ):
+        if p.question not in held and p.question not in seen:
+            seen.add(p.question)
             out.append(p)
     return tuple(out)
+
+
+def transfer_prompt(problem: Problem) -> str:
+    """The same arithmetic asked another way ("Question: 41+7-19" where every other split
+    asks "Q: 41+7-19"): held out, related, and within reach of the base model. Measured
+    on a base of the default testbed: unseen digits (two-digit operands, values 20-29),
+    spaces around the operators and worded operators all score 0; this one does not."""
+    return f"Question: {problem.question}\n"
 
 
 def score(
@@ -274,12 +293,11 @@ def make_task(
     num_test: int | None = None,
     style: str = "chain",
     verify_steps: bool = True,
-    num_transfer: int = 300,
 ) -> Task:
     """The task with splits: sft (worked solutions of easy problems: the base model's
     data), train (all levels, with worded "human-written" solutions: the E-step's
-    problems and the human-data SFT baseline), val (checkpoint selection), test, and
-    transfer (two-digit operands, held out). num_val / num_test take a prefix of the
+    problems and the human-data SFT baseline), val (checkpoint selection) and test (the
+    transfer problems are `make_transfer_task`'s). num_val / num_test take a prefix of the
     fixed held-out splits (small test runs). sft_level_weights (one per sft level, e.g.
     many easy and a few hard worked solutions, as a pretrained model has seen) replaces
     the even spread of sft problems over sft_levels."""
@@ -325,8 +343,11 @@ def make_task(
             )
             return [p for p in held if p.level in levels][: sizes[split]]
         if split == "transfer":
-            return list(generate_transfer(num_problems=num_transfer, seed=seed))
-        raise ConfigError(f"unknown split {split!r}; expected sft, train, val, test or transfer")
+            raise ConfigError(
+                "the arithmetic transfer problems are a task of their own "
+                "(arithmetic_transfer_task, for run.transfer_tasks): they are asked another way"
+            )
+        raise ConfigError(f"unknown split {split!r}; expected sft, train, val or test")
 
     return Task(
         "arithmetic",
@@ -339,14 +360,16 @@ def make_task(
     )
 
 
-def make_transfer_task(**task_kwargs: Any) -> Task:
-    """The transfer split as a task of its own ("arithmetic_transfer": its "test" split is
-    `make_task(**task_kwargs)`'s held-out "transfer" split), for `transfer_tasks`."""
-    task = make_task(**task_kwargs)
+def make_transfer_task(*, seed: int = 0, num_test: int | None = None) -> Task:
+    """The transfer task ("arithmetic_transfer", for `transfer_tasks`): a "test" split of
+    held-out problems asked another way (`transfer_prompt`), scored like the task's."""
+    task = make_task(seed=seed)
 
     def load(split: str) -> list[Problem]:
         if split != "test":
             raise ConfigError(f"task 'arithmetic_transfer' has only a 'test' split, not {split!r}")
-        return task.load("transfer")
+        return list(generate_transfer(seed=seed))[:num_test]
 
-    return dataclasses.replace(task, name="arithmetic_transfer", load=load)
+    return dataclasses.replace(
+        task, name="arithmetic_transfer", load=load, prompt=transfer_prompt, hint_prompt=None
+    )

@@ -1,21 +1,26 @@
-"""ReST^EM on the embedded code task (gin_configs/embedded_code.gin) over seeds 0, 1, 2.
+"""ReST^EM over seeds on an embedded task: the arithmetic testbed (gin_configs/
+arithmetic.gin, `make demo`'s; seeds 0-4) or the code task (gin_configs/
+embedded_code.gin; seeds 0-2).
 
-    python experiments/embedded_code_study.py --root=runs/embedded_code_study \
-        --out=runs/embedded_code_study/RESULTS.md
+    python experiments/seeds_study.py --config=arithmetic --seeds=0,1,2,3,4 \
+        --root=runs/arithmetic_study --out=docs/RESULTS_demo.md
+    python experiments/seeds_study.py --config=embedded_code --root=runs/embedded_code_study \
+        --out=docs/RESULTS_code.md
 
 One workdir per seed under --root (`seed<N>`); a seed sets the base model's init and
 data order (rest_em.sft_base.seed) and the E-step's sampling and selection
-(EMConfig.seed); the problems (embedded_code_task.seed) stay fixed, so every seed is
+(EMConfig.seed); the problems (the task's own seed) stay fixed, so every seed is
 scored on the same test set. Resumable: a finished workdir is only read, an unfinished
 one is resumed by the launcher. Writes a markdown report to --out: test greedy pass@1
-per iteration and seed (mean / min / max), per level, pass@k at the last iteration,
-the train-test gap, the transfer task (when configured) and wall seconds per iteration.
-`--quick` runs the tiny test config (tests/testdata/tiny_embedded_code.gin), seed 0.
+per iteration and seed (mean / min / max), per level, pass@k at the base and the last
+iteration, the train-test gap, the transfer task and wall seconds per iteration.
+`--quick` runs the config's tiny test version, seed 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -24,9 +29,30 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-GIN = REPO / "gin_configs" / "embedded_code.gin"
-TINY = REPO / "tests" / "testdata" / "tiny_embedded_code.gin"
-TRANSFER = "embedded_code_transfer"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    title: str
+    gin: pathlib.Path
+    tiny: pathlib.Path
+    transfer: str  # the transfer task's name (its metrics' prefix)
+
+
+CONFIGS = {
+    "arithmetic": Config(
+        "ReST^EM on the embedded arithmetic testbed (`make demo`)",
+        REPO / "gin_configs" / "arithmetic.gin",
+        REPO / "tests" / "testdata" / "tiny_arithmetic.gin",
+        "arithmetic_transfer",
+    ),
+    "embedded_code": Config(
+        "ReST^EM on the embedded code task",
+        REPO / "gin_configs" / "embedded_code.gin",
+        REPO / "tests" / "testdata" / "tiny_embedded_code.gin",
+        "embedded_code_transfer",
+    ),
+}
 
 
 def read_metrics(workdir: pathlib.Path) -> list[dict]:
@@ -72,11 +98,13 @@ def _stats(values: list[float]) -> tuple[str, str, str]:
     return _fmt(sum(values) / len(values)), _fmt(min(values)), _fmt(max(values))
 
 
-def report(runs: dict[int, list[dict]], walls: dict[int, float]) -> str:
+def report(
+    runs: dict[int, list[dict]], walls: dict[int, float], config: Config = CONFIGS["embedded_code"]
+) -> str:
     """The markdown report of finished runs (seed -> metrics rows); numbers in %."""
     seeds = sorted(runs)
     iters = sorted({r["iteration"] for rows in runs.values() for r in rows})
-    out = ["# ReST^EM on the embedded code task", ""]
+    out = [f"# {config.title}", ""]
     out.append("Numbers are percentages of the test split (greedy pass@1 unless named).")
     out.append("")
     # 1. test greedy pass@1 per iteration and seed.
@@ -142,7 +170,7 @@ def report(runs: dict[int, list[dict]], walls: dict[int, float]) -> str:
             tr, te = get(s, it, "train/greedy_pass@1"), get(s, it, "test/greedy_pass@1")
             gap = None if tr is None or te is None else tr - te
             cells = [_fmt(get(s, it, f"test/pass@{k}")) for k in ks]
-            transfer = get(s, it, f"{TRANSFER}/test/greedy_pass@1")
+            transfer = get(s, it, f"{config.transfer}/test/greedy_pass@1")
             cells += [_fmt(tr), _fmt(te), _fmt(gap), _fmt(transfer)]
             out.append(" | ".join([str(s), str(it), *cells]))
     # 4. wall seconds per iteration.
@@ -166,12 +194,14 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", required=True, help="the seeds' workdirs: ROOT/seed<N>")
     ap.add_argument("--out", required=True, help="the markdown report")
+    ap.add_argument("--config", choices=sorted(CONFIGS), default="embedded_code")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--gin_file", default=None, help=f"default {GIN.name} (--quick: {TINY.name})")
+    ap.add_argument("--gin_file", default=None, help="default: the config's (--quick: tiny)")
     ap.add_argument("--quick", action="store_true", help="the tiny test config, seed 0")
     ap.add_argument("--gin", action="append", default=[], help="extra gin bindings")
     args = ap.parse_args(argv)
-    gin_file = pathlib.Path(args.gin_file or (TINY if args.quick else GIN))
+    config = CONFIGS[args.config]
+    gin_file = pathlib.Path(args.gin_file or (config.tiny if args.quick else config.gin))
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     root = pathlib.Path(args.root)
     extra = [f"--gin.{b}" for b in args.gin]
@@ -181,7 +211,7 @@ def main(argv=None) -> None:
         walls[seed] = run_seed(gin_file, workdir, seed, extra)
         runs[seed] = read_metrics(workdir)
         print(f"seed {seed}: {len(runs[seed])} iterations, {walls[seed]:.0f}s", flush=True)
-    text = report(runs, walls)
+    text = report(runs, walls, config)
     pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(args.out).write_text(text)
     print(text)
