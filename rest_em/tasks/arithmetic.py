@@ -161,6 +161,7 @@ def extract(completion: str) -> str | None:
 
 _LINE_RE = re.compile(r"^(-?\d+)((?:[+-]\d+)+)=(-?\d+)$")
 _OP_RE = re.compile(r"([+-])(\d+)")
+_WORDS = {"+": " plus ", "-": " minus ", "=": " is "}  # `human_solution`'s style
 
 
 def _unword(line: str) -> str:
@@ -196,7 +197,6 @@ def steps_are_correct(completion: str, question: str) -> bool:
     return i == len(ops)
 
 
-_WORDS = {"+": " plus ", "-": " minus ", "=": " is "}
 _STEP_RE = re.compile(r"^(-?\d+)([+-])(\d+)=(-?\d+)$")
 
 
@@ -219,16 +219,6 @@ def human_solution(problem: Problem) -> str:
 def hint_prompt(problem: Problem) -> str:
     """The prompt with the gold answer as a hint (STaR's rationalization)."""
     return f"Q: {problem.question} (answer {problem.answer})\n"
-
-
-def running_values(problem: Problem) -> list[int]:
-    """The value after each operation of a problem's question, in order."""
-    value = int(re.match(r"\d+", problem.question).group())
-    out = []
-    for o, n in _OP_RE.findall(problem.question[len(str(value)) :]):
-        value = value + int(n) if o == "+" else value - int(n)
-        out.append(value)
-    return out
 
 
 NUM_TRANSFER = 300  # fixed, like HELD_OUT: train and sft never hold these questions
