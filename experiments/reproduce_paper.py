@@ -21,8 +21,15 @@ smaller model (Fig. 6); 5. ReST vs ReST^EM in-task and on the transfer split (Fi
 6. number of training problems, gains per difficulty level (Fig. 8); 7. three iterations
 vs one iteration with 3x the samples; 8. per-step negatives (Setlur et al. 2024): test
 accuracy vs number of training problems for SFT, positives only, positives + per-step
-negatives and per-step DPO, and the data-efficiency multipliers. Plus the Table-1 summary
-of every variant.
+negatives and per-step DPO, and the data-efficiency multipliers, with positives only
+refit for as many optimizer steps as the negatives' M-step took; 8b. per-step DPO's beta
+and learning rate swept and chosen on val. Plus the Table-1 summary of every variant
+(with transfer) and what the testbed can and cannot show.
+
+The full-mode `restem` run is `make demo`'s config exactly: the workdirs of
+`experiments/seeds_study.py --config=arithmetic` can be copied in as its runs
+(ROOT/seed<N> -> WORKDIR/seed_<N>/restem); the launcher's fingerprint check refuses a
+copy whose config differs.
 """
 
 from __future__ import annotations
@@ -45,7 +52,13 @@ import time
 from collections.abc import Sequence
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "experiments"))
+import readme_block  # noqa: E402
+
 TINY = REPO / "tests" / "testdata" / "tiny_arithmetic.gin"
+ARITHMETIC = REPO / "gin_configs" / "arithmetic.gin"
+# A DPO run's iteration-1 work before its DPO phase: E-step, rollouts, pairs, positives' fit.
+DPO_UNITS = ("samples", "selected.jsonl", "step_dataset.jsonl", "step_pairs.jsonl", "mstep")
 
 SMALL = [
     "--gin.rest_em.ModelConfig.hidden_size=64",
@@ -63,17 +76,26 @@ class Run:
     args: tuple[str, ...]
     after: tuple[str, ...] = ()  # runs that must finish first (same seed)
     base_from: str | None = None  # copy this run's base model (same model + seed)
+    # Iteration-1 units (iter_001/<name>) copied from base_from: work that is identical by
+    # construction (same seed, base and problems), e.g. the E-step's samples.
+    reuse: tuple[str, ...] = ()
+    steps_from: str | None = None  # M-step optimizer steps: this run's iteration 1's
 
 
 def runs_of(quick: bool) -> list[Run]:
+    # Full mode: `restem` is `make demo`'s config exactly (its pass@k up to 8 and its
+    # transfer task), so experiments/seeds_study.py's seeds serve as its runs.
     passk = (
-        ["--gin.EMConfig.eval_num_samples=4", "--gin.EMConfig.eval_ks=(1, 2, 4)"]
-        if quick
-        else ["--gin.EMConfig.eval_num_samples=16", "--gin.EMConfig.eval_ks=(1, 2, 4, 8, 16)"]
+        ["--gin.EMConfig.eval_num_samples=4", "--gin.EMConfig.eval_ks=(1, 2, 4)"] if quick else []
     )
-    transfer = ["--gin.rest_em.run.transfer_tasks=[@rest_em.arithmetic_transfer_task()]"]
-    if quick:
-        transfer.append("--gin.rest_em.arithmetic_transfer_task.num_test=16")
+    transfer = (
+        [
+            "--gin.rest_em.run.transfer_tasks=[@rest_em.arithmetic_transfer_task()]",
+            "--gin.rest_em.arithmetic_transfer_task.num_test=16",
+        ]
+        if quick
+        else []
+    )
     small = (
         SMALL
         if not quick
@@ -101,6 +123,7 @@ def runs_of(quick: bool) -> list[Run]:
         "--gin.StepNegativesConfig.num_rollouts=" + ("2" if quick else "3"),
     )
     samples = "12" if quick else "48"
+    step_dpo = "--gin_file=variants/step_dpo.gin"
     # In priority order (the study runs them run-major over seeds): the paper's studies
     # 1-7 first, then the Table-1-only rows, then study 8.
     return [
@@ -175,18 +198,75 @@ def runs_of(quick: bool) -> list[Run]:
         *[
             Run(
                 f"dpo_{n}",
-                (
-                    *ONE,
-                    *negatives,
-                    "--gin_file=variants/step_dpo.gin",
-                    f"--gin.arithmetic_task.num_train={n}",
-                    *lean,
-                ),
+                (*ONE, *negatives, step_dpo, f"--gin.arithmetic_task.num_train={n}", *lean),
                 ("restem",),
                 "restem",
             )
             for n in train
         ],
+        # Positives only with as many optimizer steps as + per-step negatives took (the
+        # negatives add rows, so their M-step runs longer): the same E-step, reused.
+        *[
+            Run(
+                f"matched_{n}",
+                (*ONE, f"--gin.arithmetic_task.num_train={n}", *lean),
+                ("train_" + str(n), f"negatives_{n}"),
+                f"train_{n}",
+                reuse=("samples", "selected.jsonl"),
+                steps_from=f"negatives_{n}",
+            )
+            for n in train
+        ],
+        # Per-step DPO's beta and its phase's learning rate, chosen on val (study 8), at
+        # the middle size: the E-step, rollouts, pairs and positives' fit are dpo_<n>'s.
+        *[
+            Run(
+                sweep_name(beta, lr),
+                (
+                    *ONE,
+                    *negatives,
+                    step_dpo,
+                    f"--gin.arithmetic_task.num_train={train[1]}",
+                    *lean,
+                    *dpo_schedule(beta, lr, quick),
+                ),
+                (f"dpo_{train[1]}",),
+                f"dpo_{train[1]}",
+                reuse=DPO_UNITS,
+            )
+            for beta, lr in dpo_grid(quick)
+        ],
+    ]
+
+
+def dpo_grid(quick: bool) -> list[tuple[float, float]]:
+    """(DPO beta, DPO-phase learning rate) points of the sweep."""
+    betas, lrs = ((0.1, 0.3), (1e-3,)) if quick else ((0.03, 0.1, 0.3), (1e-4, 3e-4, 1e-3))
+    return [(b, lr) for b in betas for lr in lrs]
+
+
+def sweep_name(beta: float, lr: float) -> str:
+    return f"dposweep_b{beta:g}_lr{lr:g}"
+
+
+def dpo_schedule(beta: float, lr: float, quick: bool) -> list[str]:
+    """Bindings for a DPO phase with the M-step's schedule (the base config's mstep/
+    bindings, copied into the dpo/ scope) but its own learning rate."""
+    config = parse_gin(ARITHMETIC.read_text())
+    if quick:
+        config.update(parse_gin(TINY.read_text()))
+    copied = [
+        f"--gin.dpo/rest_em.{k.split('/', 1)[1]}={v!r}"
+        for k, v in config.items()
+        if k.startswith(("mstep/FitConfig.", "mstep/OptimizerConfig."))
+        and k not in ("mstep/FitConfig.optimizer", "mstep/OptimizerConfig.learning_rate")
+    ]
+    return [
+        f"--gin.StepNegativesConfig.dpo_beta={beta}",
+        "--gin.StepNegativesConfig.dpo_fit=@dpo/rest_em.FitConfig()",
+        *copied,
+        "--gin.dpo/rest_em.FitConfig.optimizer=@dpo/rest_em.OptimizerConfig()",
+        f"--gin.dpo/rest_em.OptimizerConfig.learning_rate={lr}",
     ]
 
 
@@ -207,9 +287,19 @@ def execute(run: Run, seed: int, root: pathlib.Path, base_config: str, log) -> N
         src = root / f"seed_{seed}" / run.base_from
         workdir.mkdir(parents=True, exist_ok=True)
         if (src / "iter_000" / "metrics.json").exists():
-            shutil.copytree(src / "iter_000", workdir / "iter_000")
-        shutil.copytree(src / "base", workdir / "base")
+            shutil.copytree(src / "iter_000", workdir / "iter_000", dirs_exist_ok=True)
+        for name in run.reuse:
+            unit, dst = src / "iter_001" / name, workdir / "iter_001" / name
+            dst.parent.mkdir(exist_ok=True)
+            if unit.is_dir():
+                shutil.copytree(unit, dst, dirs_exist_ok=True)
+            else:
+                shutil.copy2(unit, dst)
+        shutil.copytree(src / "base", workdir / "base")  # last: it marks the copy complete
     args = list(run.args)
+    if run.steps_from:
+        steps = history(root, seed, run.steps_from)[1]["num_train_steps"]
+        args.append(f"--gin.mstep/rest_em.FitConfig.num_steps={steps}")
     if any(a.startswith("--gin_file=variants/distill.gin") for a in args):
         args.append(f"--gin.TEACHER_WORKDIR='{root / f'seed_{seed}' / 'restem'}'")
     cmd = [
@@ -291,6 +381,7 @@ def execute_all(
 # --- reading results ----------------------------------------------------------------------
 
 T = "test/greedy_pass@1"
+X = "arithmetic_transfer/test/greedy_pass@1"  # the transfer task's
 
 
 def history(root: pathlib.Path, seed: int, name: str) -> list[dict]:
@@ -504,10 +595,13 @@ def table1(ctx: Context) -> Section:
     name = pathlib.Path(ctx.config_file).name
     lines = [
         "Test greedy pass@1 (%) of the final model, mean ± std over seeds; iteration 0 is "
-        "the base model (SFT on worked solutions of easy problems).",
+        "the base model (SFT on worked solutions, mostly of easy problems). Transfer: "
+        "greedy pass@1 on the held-out transfer task (the same kind of problems asked "
+        "another way), never used for a choice.",
         "",
-        "| variant | configuration | iterations | test pass@1 | gain over base (points) |",
-        "|---|---|---:|---:|---:|",
+        "| variant | configuration | iterations | test pass@1 | gain over base (points) "
+        "| transfer pass@1 |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     rows = [
         ("base model", f"{name}, iteration 0", "restem", 0),
@@ -520,10 +614,14 @@ def table1(ctx: Context) -> Section:
     for label, conf, run, it in rows:
         vals = ctx.opt(run, T, it)
         if vals is None:
-            lines.append(f"| {label} | `{conf}` | — | not run yet | — |")
+            lines.append(f"| {label} | `{conf}` | — | not run yet | — | — |")
             continue
         gain = pct([v - b for v, b in zip(vals, base)]) if it != 0 else "—"
-        lines.append(f"| {label} | `{conf}` | {ctx.iters(run)[it]} | {pct(vals)} | {gain} |")
+        transfer = ctx.opt(run, X, it)
+        lines.append(
+            f"| {label} | `{conf}` | {ctx.iters(run)[it]} | {pct(vals)} | {gain} "
+            f"| {pct(transfer) if transfer else '—'} |"
+        )
     return Section(lines + [""])
 
 
@@ -735,7 +833,6 @@ def apples_to_apples(ctx: Context) -> Section:
 def rest_vs_restem(ctx: Context) -> Section:
     """5. ReST vs ReST^EM, in-task and on the transfer split."""
     ctx.require("restem", "rest")
-    X = "arithmetic_transfer/test/greedy_pass@1"
     plt = pyplot()
     _, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.4))
     panels = ((ax1, T, "in-task (test)"), (ax2, X, "transfer (asked as 'Question: ...')"))
@@ -928,7 +1025,11 @@ def step_negatives(ctx: Context) -> Section:
     """8. SFT vs positives only vs positives + per-step negatives vs per-step DPO, by number
     of problems (the planned runs' sizes, so stale runs on disk are ignored)."""
     sizes = ctx.planned_sizes("negatives")
-    study = [n for n in ctx.planned if n.startswith(("negatives_", "dpo_", "sft_human_", "train_"))]
+    study = [
+        n
+        for n in ctx.planned
+        if n.startswith(("negatives_", "dpo_", "sft_human_", "train_", "matched_"))
+    ]
     if not sizes:
         raise NotRun("negatives_*")
     ctx.require("restem", "sft_human", *study)
@@ -951,11 +1052,12 @@ def step_negatives(ctx: Context) -> Section:
         },
         "positives + per-step negatives": {n: ctx.get(f"negatives_{n}", T) for n in sizes},
         "positives, then per-step DPO": {n: ctx.get(f"dpo_{n}", T) for n in sizes},
+        "positives only, steps matched": {n: ctx.get(f"matched_{n}", T) for n in sizes},
     }
     mean = {k: [(n, statistics.mean(v[n])) for n in sorted(v)] for k, v in curves.items()}
     plt = pyplot()
     _, ax = plt.subplots(figsize=(5.5, 3.6))
-    for (label, c), style in zip(curves.items(), ("--s", "-o", "-^", ":v")):
+    for (label, c), style in zip(curves.items(), ("--s", "-o", "-^", ":v", "-.o")):
         ns = sorted(c)
         ax.errorbar(
             ns,
@@ -983,7 +1085,7 @@ def step_negatives(ctx: Context) -> Section:
         "`sft_human` and `restem` iteration-1 runs.",
         "",
         "| training problems | " + " | ".join(labels) + " |",
-        "|---:|---:|---:|---:|---:|",
+        "|" + "---:|" * (len(labels) + 1),
     ]
     for n in sorted(curves[labels[0]]):
         L.append(
@@ -1010,7 +1112,7 @@ def step_negatives(ctx: Context) -> Section:
 
     mult: dict[str, list[str]] = {"pos": [], "neg": [], "neg_pos": [], "dpo_pos": []}
     for n in sizes:
-        pos, negs, dpo = (statistics.mean(curves[k][n]) for k in labels[1:])
+        pos, negs, dpo = (statistics.mean(curves[k][n]) for k in labels[1:4])
         mult["pos"].append(multiplier(pos, ref, n))
         mult["neg"].append(multiplier(negs, ref, n))
         mult["neg_pos"].append(multiplier(negs, pos_curve, n))
@@ -1056,7 +1158,10 @@ def step_negatives(ctx: Context) -> Section:
         + f"M-step optimizer steps for {'/'.join(map(str, sizes))} problems: positives only "
         f"{steps('train')}, + per-step negatives {steps('negatives')} (the negatives add "
         "rows, so part of their gain at small sizes may come from the longer M-step), "
-        f"per-step DPO {steps('dpo')} on the positives, then its DPO phase.",
+        f"per-step DPO {steps('dpo')} on the positives, then its DPO phase. "
+        '"Positives only, steps matched" refits the same positives (the same E-step) '
+        f"for as many steps as + per-step negatives took ({steps('matched')}): the fair "
+        "comparison for the negatives.",
     ]
     L += [
         "",
@@ -1071,8 +1176,13 @@ def step_negatives(ctx: Context) -> Section:
         "",
     ]
     d_pos = [a - b for n in sizes for a, b in zip(curves[labels[1]][n], curves[labels[0]][n])]
-    d_neg = [a - b for n in sizes for a, b in zip(curves[labels[2]][n], curves[labels[1]][n])]
     d_dpo = [a - b for n in sizes for a, b in zip(curves[labels[3]][n], curves[labels[1]][n])]
+    d_matched = [a - b for n in sizes for a, b in zip(curves[labels[2]][n], curves[labels[4]][n])]
+    gain_matched = ", ".join(
+        f"{n}: {statistics.mean(d_matched[i * k : (i + 1) * k]) * 100:+.1f}"
+        for i, n in enumerate(sizes)
+        for k in [len(ctx.seeds)]
+    )
     return Section(
         L,
         [
@@ -1085,11 +1195,13 @@ def step_negatives(ctx: Context) -> Section:
             (
                 "8. + per-step negatives (Setlur Fig. 1)",
                 "adding per-step negatives makes the same problems worth ≈8× the data",
-                "multiplier by size vs positives only: "
+                "points over positives only with matched optimizer steps, by size: "
+                + gain_matched
+                + "; multiplier by size vs positives only (unmatched steps): "
                 + ", ".join(mult["neg_pos"])
                 + "; vs SFT: "
                 + ", ".join(mult["neg"]),
-                verdict(d_neg) + " (vs positives only, all sizes)",
+                verdict(d_matched) + " (vs positives only with matched steps, all sizes)",
             ),
             (
                 "8. Per-step DPO (Setlur Sec. 5)",
@@ -1097,6 +1209,59 @@ def step_negatives(ctx: Context) -> Section:
                 "multiplier by size vs positives only: " + ", ".join(mult["dpo_pos"]),
                 verdict(d_dpo) + " (vs positives only, all sizes)",
             ),
+        ],
+    )
+
+
+def dpo_sweep(ctx: Context) -> Section:
+    """8b. Per-step DPO's beta and learning rate, chosen on val, reported on test: its
+    default (the M-step's schedule, beta 0.1) is one guess, not a tuned baseline."""
+    names = [n for n in ctx.planned if n.startswith("dposweep_")]
+    if not names:
+        raise NotRun("dposweep_*")
+    ctx.require(*names, f"train_{ctx.cfg(names[0], 'arithmetic_task.num_train')}")
+    n = ctx.cfg(names[0], "arithmetic_task.num_train")
+    V = "val/greedy_pass@1"
+    L = [
+        f"Per-step DPO at {n} problems (one iteration, the E-step, rollouts, pairs and "
+        f"positives' fit of `dpo_{n}`), its β and its DPO phase's learning rate swept; each "
+        "point keeps the DPO params only if they beat the positives' fit on val. The point "
+        "with the best mean val accuracy is chosen; test is read for it only afterwards.",
+        "",
+        "| β | DPO learning rate | val pass@1 | test pass@1 | DPO kept (seeds) | DPO steps |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    points = []
+    for name in names:
+        beta = ctx.cfg(name, "StepNegativesConfig.dpo_beta")
+        lr = ctx.cfg(name, "dpo/OptimizerConfig.learning_rate")
+        val = ctx.get(name, V)
+        kept = sum(r.get("dpo/best_step", 0) > 0 for r in ctx.rows(name, -1))
+        steps = statistics.mean(r.get("dpo/num_train_steps", 0) for r in ctx.rows(name, -1))
+        points.append((statistics.mean(val), -len(points), name, beta, lr))
+        L.append(
+            f"| {beta:g} | {lr:g} | {pct(val)} | {pct(ctx.get(name, T))} | "
+            f"{kept} of {len(ctx.seeds)} | {steps:.0f} |"
+        )
+    _, _, best, beta, lr = max(points)
+    test, pos = ctx.get(best, T), ctx.get(f"train_{n}", T)
+    diffs = [a - b for a, b in zip(test, pos)]
+    L += [
+        "",
+        f"Chosen on val: β={beta:g}, learning rate {lr:g}: test {pct(test)} vs positives only "
+        f"(`train_{n}`) {pct(pos)}.",
+        "",
+    ]
+    return Section(
+        L,
+        [
+            (
+                "8b. Per-step DPO, β and learning rate tuned on val",
+                "per-step DPO on first-pit pairs improves over positives only",
+                f"β={beta:g}, lr {lr:g} (best val of {len(names)}): test {pct(test)} vs "
+                f"positives only {pct(pos)} at {n} problems",
+                verdict(diffs) + " (vs positives only)",
+            )
         ],
     )
 
@@ -1124,6 +1289,7 @@ STUDIES = (
     ),
     ("7.", "7. Iterations vs one iteration with more samples", iterations_vs_samples),
     ("8.", "8. Per-step negatives: data efficiency (Setlur et al. 2024)", step_negatives),
+    ("8b.", "8b. Per-step DPO: β and learning rate chosen on val", dpo_sweep),
 )
 
 
@@ -1136,7 +1302,8 @@ def intro(ctx: Context) -> str:
         c = ctx.configs["restem"]
         task = (
             f"a {approx(num_params(c))}-parameter byte-level model whose base is trained on "
-            f"worked solutions of {span(c['arithmetic_task.sft_levels'])}-step problems, "
+            f"worked solutions of {span(c['arithmetic_task.sft_levels'])}-step problems"
+            f"{mix(c.get('arithmetic_task.sft_level_weights'))}, "
             f"improved on {span(c['arithmetic_task.levels'])}-step problems with only the "
             "checker as feedback"
         )
@@ -1153,6 +1320,66 @@ def intro(ctx: Context) -> str:
         "when the paired difference (per seed; per seed and size in study 8) has the paper's "
         "sign in every pair; partly when only on average."
     )
+
+
+def mix(weights) -> str:
+    """' (45% / 45% / 5% / 5% of them by level)' for sft_level_weights; '' if unweighted."""
+    if not weights:
+        return ""
+    total = sum(weights)
+    return " (" + " / ".join(f"{100 * w / total:.0f}%" for w in weights) + " of them by level)"
+
+
+def limits(ctx: Context) -> list[str]:
+    """What the testbed can and cannot show (with the base model's per-level numbers)."""
+    lines = ["## What this testbed can and cannot show", ""]
+    if ctx.has("restem"):
+        row = ctx.rows("restem", 0)
+        levels = sorted(
+            int(k.split("/")[1].split("_")[1])
+            for k in row[0]
+            if k.startswith("test/level_") and k.endswith("/greedy_pass@1")
+        )
+        ks = sorted(int(k.rsplit("@", 1)[1]) for k in row[0] if k.startswith("test/pass@"))
+        per_level = ", ".join(
+            f"L{lv} {pct([r[f'test/level_{lv}/greedy_pass@1'] for r in row])} / "
+            f"{pct([r[f'test/level_{lv}/pass@{ks[-1]}'] for r in row])}"
+            for lv in levels
+        )
+        lines += [
+            f"The base model per level, greedy pass@1 / pass@{ks[-1]}: {per_level}. Every "
+            "level has solvable problems, so ReST^EM has positives to amplify on each.",
+            "",
+        ]
+    neg = next((n for n in ctx.planned if n.startswith("negatives_") and ctx.has(n)), None)
+    budget = (
+        f"K={ctx.cfg(neg, 'StepNegativesConfig.num_rollouts')} rollouts and up to "
+        f"{ctx.cfg(neg, 'StepNegativesConfig.max_per_problem')} negatives per problem"
+        if neg
+        else "fewer rollouts and negatives"
+    )
+    lines += [
+        "It can show whether the loop's parts (sampling, a checker that verifies every "
+        "step, filtering, an M-step from the base, iterating) turn a verifier into "
+        "accuracy, and how variants compare *from the same base model*, as paired "
+        "differences over seeds. It cannot show:",
+        "",
+        "- anything about scale or pretrained models: the model has under a million "
+        "parameters and its base is made by SFT on a synthetic mix of levels, so being weak "
+        "but nonzero on every level is engineered here, not emergent;",
+        '- human data: the "human" reference solutions are our rewrite of the model\'s '
+        'format in words ("41 plus 7 is 48", one operation per line), a stand-in for a '
+        "different style, not people's solutions;",
+        "- far transfer: the transfer task is the same arithmetic asked with another "
+        'prompt ("Question: ..."), near transfer, not GSM8K-to-HumanEval distance;',
+        f"- per-step negatives at the paper's budget: study 8 uses {budget} (the paper: K=5, "
+        "up to 8 negatives) to fit 2 CPU cores;",
+        "- one-seed effects: float summation order differs across CPUs, so a single "
+        "seed's number moves; only differences with one sign on every seed are marked "
+        "reproduced.",
+        "",
+    ]
+    return lines
 
 
 def report(ctx: Context, command: str, wall_s: float) -> str:
@@ -1204,6 +1431,7 @@ def report(ctx: Context, command: str, wall_s: float) -> str:
         "- Checkpoints are selected on the val split; the test and transfer splits are never "
         "used for a choice.",
         "",
+        *limits(ctx),
     ]
     return "\n".join(head + body)
 
@@ -1269,14 +1497,9 @@ def main() -> None:
 
 
 def update_readme(path: pathlib.Path, report_text: str) -> None:
-    """Rewrites the README's block between the paper-claims markers with the claims table."""
+    """Rewrites the README's paper-claims block with the report's claims table."""
     claims = report_text.split("## The paper's claims and ours\n", 1)[1].split("\n## ", 1)[0]
-    start, end = "<!-- paper-claims:start -->", "<!-- paper-claims:end -->"
-    text = path.read_text()
-    if start not in text or end not in text:
-        raise ValueError(f"{path}: the markers {start} / {end} are missing")
-    head, rest = text.split(start, 1)
-    path.write_text(head + start + "\n" + claims.strip() + "\n" + end + rest.split(end, 1)[1])
+    readme_block.replace(path, "paper-claims", claims)
 
 
 if __name__ == "__main__":

@@ -109,13 +109,13 @@ def test_reproduce_paper_quick(tmp_path):
     proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     text = (out / "RESULTS.md").read_text()
-    for n in range(1, 9):
+    for n in [*range(1, 9), "8b"]:
         assert f"\n## {n}. " in text, n
     assert "Not run yet" not in text and "Incomplete" not in text
 
-    # The claims table: 13 claims, each with a verdict.
+    # The claims table: 14 claims, each with a verdict.
     claims = _table(text, "| study | paper's finding |")
-    assert len(claims) == 13 and all(len(row) == 4 for row in claims)
+    assert len(claims) == 14 and all(len(row) == 4 for row in claims)
     for study, _, _, verdict in claims:
         assert VERDICT.fullmatch(verdict), (study, verdict)
 
@@ -136,6 +136,11 @@ def test_reproduce_paper_quick(tmp_path):
     ):
         m = _metrics(runs, run)[it]
         assert variants[label][2:4] == [str(m["iteration"]), _pct(m[T])], label
+    # Transfer per method, where the run evaluated it (quick: restem, sft_human, rest).
+    X = "arithmetic_transfer/test/greedy_pass@1"
+    assert variants["ReST^EM"][5] == _pct(restem[-1][X])
+    assert variants["base model"][5] == _pct(restem[0][X])
+    assert variants["RFT"][5] == "—"
     assert _table(text, "| iteration | ReST^EM | ReST | STaR |")[-1][:2] == [
         str(restem[-1]["iteration"]),
         _pct(restem[-1][T]),
@@ -162,6 +167,26 @@ def test_reproduce_paper_quick(tmp_path):
     assert f"The full-size points ({full} problems)" in text and f"\n| {full} | " in text
     assert "β=1, clipped at 10, with up to 4 negatives per problem and K=2 " in text
     assert "step_dpo.gin`, β=0.1)" in text
+
+    # Matched steps: positives only refit on the same E-step for the negatives' steps.
+    for n in (12, 24):
+        matched, train = _metrics(runs, f"matched_{n}")[1], _metrics(runs, f"train_{n}")[1]
+        negatives = _metrics(runs, f"negatives_{n}")[1]
+        assert matched["num_train_steps"] == negatives["num_train_steps"]
+        assert matched["num_selected"] == train["num_selected"]
+    # The DPO sweep reuses dpo_24's E-step, pairs and positives' fit: its point with
+    # dpo_24's beta and the M-step's learning rate reproduces dpo_24 exactly.
+    dpo = _metrics(runs, "dpo_24")[1]
+    same = _metrics(runs, "dposweep_b0.1_lr0.001")[1]
+    for key in (T, "val/greedy_pass@1", "dpo/start_val_pass@1", "negatives/num_pairs"):
+        assert same[key] == dpo[key], key
+    sweep = _table(text, "| β | DPO learning rate |")
+    assert [row[:2] for row in sweep] == [["0.1", "0.001"], ["0.3", "0.001"]]
+    vals = {
+        b: _metrics(runs, f"dposweep_b{b}_lr0.001")[1]["val/greedy_pass@1"] for b in ("0.1", "0.3")
+    }
+    chosen = max(vals, key=lambda b: (vals[b], b == "0.1"))
+    assert f"Chosen on val: β={chosen}, learning rate 0.001: " in text
 
     figs = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert len(figs) == 8 and all((out / "figures" / f).stat().st_size > 5000 for f in figs)

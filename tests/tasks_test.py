@@ -2,6 +2,8 @@
 
 import json
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -9,6 +11,7 @@ from rest_em import errors
 from rest_em.rewards.status import Status
 from rest_em.tasks import DataError, arithmetic, jsonl_tasks, read_jsonl
 from rest_em.tokenizers import ByteTokenizer
+from tests.helpers import env
 
 DATA = pathlib.Path(__file__).parent / "testdata"
 
@@ -251,3 +254,41 @@ def test_arithmetic_transfer_task_is_asked_another_way_and_held_out():
         task.load("transfer")
     with pytest.raises(errors.ConfigError, match="only a 'test' split"):
         tr.load("train")
+
+
+def test_the_shipped_testbed_has_what_its_studies_need():
+    """gin_configs/arithmetic.gin as bound (fresh process): the base model sees worked
+    solutions of every level it is trained and tested on (a few dozen of the hard ones),
+    the human solutions verify, and the transfer task is held out from every split and
+    within the levels the base has seen (so it is solvable, and never trained on)."""
+    code = (
+        "import json; from rest_em import main\n"
+        "main.parse_gin(['arithmetic.gin'], [])\n"
+        "task = main._CONFIGURED['arithmetic_task']()\n"
+        "transfer = main._CONFIGURED['arithmetic_transfer_task']()\n"
+        "splits = {s: task.load(s) for s in ('sft', 'train', 'val', 'test')}\n"
+        "train = splits['train']\n"
+        "out = {s: [p.level for p in ps] for s, ps in splits.items()}\n"
+        "out['human_ok'] = task.score([task.target(p) for p in train], train)\n"
+        "out['human'] = [task.target(p) for p in train[:3]]\n"
+        "out['worked'] = [p.solution for p in splits['sft'][:3]]\n"
+        "qs = {p.question for ps in splits.values() for p in ps}\n"
+        "tr = transfer.load('test')\n"
+        "out['transfer_levels'] = [p.level for p in tr]\n"
+        "out['transfer_shared'] = sum(p.question in qs for p in tr)\n"
+        "out['transfer_prompt'] = transfer.prompt(tr[0]); out['prompt'] = task.prompt(tr[0])\n"
+        "print(json.dumps(out))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    sft, levels = out["sft"], set(out["train"]) | set(out["test"]) | set(out["val"])
+    assert levels == set(sft) == {2, 3, 4, 5}
+    assert min(sft.count(lv) for lv in levels) >= 50
+    assert out["human_ok"] == ["correct"] * len(out["train"])
+    assert all(" is " in h and "=" not in h for h in out["human"])  # another style...
+    assert all("=" in w for w in out["worked"])  # ...than the base model's own
+    assert set(out["transfer_levels"]) <= set(sft) and out["transfer_shared"] == 0
+    assert out["transfer_prompt"].startswith("Question: ") and out["prompt"].startswith("Q: ")
