@@ -1,6 +1,6 @@
 """Getting weights in and out: Hugging Face safetensors import/export, orbax save/restore.
 
-Hugging Face import (`load_hf_checkpoint`) reads Llama / Mistral / Qwen2 checkpoints
+Hugging Face import (`load_hf_checkpoint`) reads Llama / Mistral / Qwen2 / Qwen3 checkpoints
 (one `model.safetensors` or shards listed in `model.safetensors.index.json`), checks
 every tensor name and shape before reading any data, and places each parameter
 straight into its target sharding: a device's callback reads only that device's block
@@ -52,11 +52,13 @@ SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
     "LlamaForCausalLM",
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
 )
 _MODEL_TYPES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
 }
 _HF_DTYPES = {
     "float32": "float32",
@@ -118,9 +120,9 @@ def _architecture(hf: Mapping[str, Any]) -> str:
     return arch
 
 
-def _rope(hf: Mapping[str, Any]) -> tuple[float, tuple[float, float, float, int] | None]:
-    """(theta, llama3 scaling) from transformers 5 `rope_parameters` or the older
-    top-level `rope_theta` + `rope_scaling`."""
+def _rope(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """ModelConfig's rope fields (theta, llama3 or linear scaling) from transformers 5
+    `rope_parameters` or the older top-level `rope_theta` + `rope_scaling`."""
     params = dict(hf.get("rope_parameters") or {})
     # transformers 5 may nest per layer type ({"full_attention": {...}}); all must agree.
     nested = [v for v in params.values() if isinstance(v, Mapping)]
@@ -134,18 +136,23 @@ def _rope(hf: Mapping[str, Any]) -> tuple[float, tuple[float, float, float, int]
         raise CheckpointError("partial_rotary_factor != 1 is not supported")
     kind = scaling.get("rope_type", scaling.get("type")) or "default"
     if kind == "default":
-        return theta, None
+        return {"rope_theta": theta}
     if kind == "llama3":
         original = scaling.get(
             "original_max_position_embeddings", hf.get("max_position_embeddings")
         )
-        return theta, (
+        llama3 = (
             float(scaling["factor"]),
             float(scaling["low_freq_factor"]),
             float(scaling["high_freq_factor"]),
             int(original),
         )
-    raise CheckpointError(f"unsupported rope type {kind!r}; supported: 'default', 'llama3'")
+        return {"rope_theta": theta, "rope_llama3_scaling": llama3}
+    if kind == "linear":
+        return {"rope_theta": theta, "rope_linear_factor": float(scaling["factor"])}
+    raise CheckpointError(
+        f"unsupported rope type {kind!r}; supported: 'default', 'llama3', 'linear'"
+    )
 
 
 def _sliding_window(hf: Mapping[str, Any], arch: str, num_layers: int) -> int | None:
@@ -154,7 +161,7 @@ def _sliding_window(hf: Mapping[str, Any], arch: str, num_layers: int) -> int | 
         return None
     if arch == "MistralForCausalLM":
         return int(window)
-    # Qwen2: the window applies only with use_sliding_window, and only to layers listed
+    # Qwen2 / Qwen3: the window applies only with use_sliding_window, and only to layers listed
     # as "sliding_attention" (those at index >= max_window_layers).
     if not hf.get("use_sliding_window", False):
         return None
@@ -167,7 +174,7 @@ def _sliding_window(hf: Mapping[str, Any], arch: str, num_layers: int) -> int | 
     if all(t == "sliding_attention" for t in types):
         return int(window)
     raise CheckpointError(
-        f"Qwen2 with sliding window on only some layers ({types}) is not "
+        f"{arch} with sliding window on only some layers ({types}) is not "
         "supported: ModelConfig has one sliding_window for all layers"
     )
 
@@ -208,8 +215,11 @@ def _config_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
             "Llama attention_bias=True (q/k/v AND o_proj biases) is not "
             "supported; only Qwen2-style q/k/v biases are"
         )
+    if arch == "Qwen3ForCausalLM" and hf.get("attention_bias", False):
+        raise CheckpointError(
+            "Qwen3 attention_bias=True (q/k/v AND o_proj biases) is not supported"
+        )
     num_layers = int(hf["num_hidden_layers"])
-    theta, llama3 = _rope(hf)
     raw_dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
     if str(raw_dtype) not in _HF_DTYPES:
         raise CheckpointError(
@@ -226,10 +236,10 @@ def _config_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
         num_kv_heads=int(hf.get("num_key_value_heads") or hf["num_attention_heads"]),
         head_dim=int(hf["head_dim"]) if hf.get("head_dim") else None,
         max_seq_len=int(hf.get("max_position_embeddings", 2048)),
-        rope_theta=theta,
-        rope_llama3_scaling=llama3,
+        **_rope(hf),
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         qkv_bias=arch == "Qwen2ForCausalLM",
+        qk_norm=arch == "Qwen3ForCausalLM",
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         sliding_window=_sliding_window(hf, arch, num_layers),
         dtype=dtype,
@@ -239,9 +249,14 @@ def _config_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
-    """A Hugging Face config dict for `cfg` (Qwen2 if it has q/k/v biases, Mistral if
-    it has a sliding window, Llama otherwise), so exports load with `from_pretrained`."""
-    if cfg.qkv_bias:
+    """A Hugging Face config dict for `cfg` (Qwen3 if it has q/k norms, Qwen2 if it has
+    q/k/v biases, Mistral if it has a sliding window, Llama otherwise), so exports load
+    with `from_pretrained`."""
+    if cfg.qk_norm and cfg.qkv_bias:
+        raise ValueError("q/k norms with q/k/v biases match no Hugging Face architecture")
+    if cfg.qk_norm:
+        arch, model_type = "Qwen3ForCausalLM", "qwen3"
+    elif cfg.qkv_bias:
         arch, model_type = "Qwen2ForCausalLM", "qwen2"
     elif cfg.sliding_window is not None:
         arch, model_type = "MistralForCausalLM", "mistral"
@@ -259,6 +274,10 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
             high_freq_factor=high,
             original_max_position_embeddings=original,
         )
+    if cfg.rope_linear_factor is not None:
+        if cfg.rope_llama3_scaling is not None:
+            raise ValueError("llama3 and linear rope scaling together cannot be exported")
+        rope.update(rope_type="linear", factor=cfg.rope_linear_factor)
     hf = {
         "architectures": [arch],
         "model_type": model_type,
@@ -279,14 +298,18 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         hf["head_dim"] = cfg.head_dim
     if arch == "MistralForCausalLM":
         hf["sliding_window"] = cfg.sliding_window
-    if arch == "Qwen2ForCausalLM":
+    if arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM"):
         hf.update(
             sliding_window=cfg.sliding_window,
             use_sliding_window=cfg.sliding_window is not None,
             max_window_layers=0,
         )
+    if arch in ("LlamaForCausalLM", "Qwen3ForCausalLM"):
+        hf.update(attention_bias=False)
     if arch == "LlamaForCausalLM":
-        hf.update(attention_bias=False, mlp_bias=False)
+        hf.update(mlp_bias=False)
+    if arch == "Qwen3ForCausalLM":
+        hf["head_dim"] = cfg.resolved_head_dim  # Qwen3Config defaults it to 128
     return hf
 
 
@@ -366,6 +389,16 @@ def _layout(cfg: ModelConfig) -> list[_Tensor]:
                         hf + f"self_attn.{name}_proj.bias",
                         (n * hd,),
                         *bias(n),
+                    )
+                )
+            if cfg.qk_norm and name != "v":
+                out.append(
+                    _Tensor(
+                        (ours, "attn", f"{name}_norm", "scale"),
+                        hf + f"self_attn.{name}_norm.weight",
+                        (hd,),
+                        _identity,
+                        _identity,
                     )
                 )
         out += [

@@ -1,8 +1,9 @@
-"""Llama-family decoder-only transformer (Llama, Mistral, Qwen2) in Flax linen.
+"""Llama-family decoder-only transformer (Llama, Mistral, Qwen2, Qwen3) in Flax linen.
 
-RMSNorm, rotary embeddings (configurable theta, optional Llama-3 frequency scaling),
-SwiGLU MLP, grouped-query attention, optional q/k/v bias (Qwen2), optional sliding
-window (Mistral), tied or untied embeddings, f32 or bf16 compute.
+RMSNorm, rotary embeddings (configurable theta, optional Llama-3 or linear frequency
+scaling), SwiGLU MLP, grouped-query attention, optional q/k/v bias (Qwen2), optional
+q/k RMSNorm over each head before RoPE (Qwen3), optional sliding window (Mistral), tied
+or untied embeddings, f32 or bf16 compute.
 
 Layers are unrolled modules `layer_0 ... layer_{L-1}`; the KV cache is a tuple with
 one `(k, v)` pair per layer, each `[batch, kv_heads, cache_length, head_dim]`. The
@@ -52,8 +53,10 @@ class ModelConfig:
     # Llama-3 style frequency scaling: (factor, low_freq_factor, high_freq_factor,
     # original_max_position_embeddings), or None.
     rope_llama3_scaling: tuple[float, float, float, int] | None = None
+    rope_linear_factor: float | None = None  # linear ("position interpolation") scaling
     rms_norm_eps: float = 1e-6
     qkv_bias: bool = False
+    qk_norm: bool = False  # RMSNorm of each query / key head before RoPE (Qwen3)
     tie_embeddings: bool = False
     sliding_window: int | None = None
     dtype: str = "float32"  # compute dtype
@@ -148,7 +151,8 @@ class RMSNorm(nn.Module):
 
 
 def rope_inv_freq(cfg: ModelConfig) -> Array:
-    """Inverse rotary frequencies `[head_dim // 2]` (f32), with Llama-3 scaling if set."""
+    """Inverse rotary frequencies `[head_dim // 2]` (f32), with Llama-3 or linear scaling
+    if set."""
     d = cfg.resolved_head_dim
     inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
     if cfg.rope_llama3_scaling is not None:
@@ -161,6 +165,8 @@ def rope_inv_freq(cfg: ModelConfig) -> Array:
         mid = (1 - smooth) * scaled / factor + smooth * scaled
         is_mid = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
         inv_freq = jnp.where(is_mid, mid, scaled)
+    if cfg.rope_linear_factor is not None:
+        inv_freq = inv_freq / cfg.rope_linear_factor
     return inv_freq
 
 
@@ -198,6 +204,9 @@ class Attention(nn.Module):
         q = proj("q", h, "heads")
         k_new = proj("k", k, "kv_heads")
         v_new = proj("v", k, "kv_heads")
+        if cfg.qk_norm:  # over head_dim, per head, before the rotation
+            q = RMSNorm(cfg, name="q_norm")(q)
+            k_new = RMSNorm(cfg, name="k_norm")(k_new)
         inv_freq = rope_inv_freq(cfg)
         q = apply_rope(q, positions_BxT, inv_freq)
         k_new = apply_rope(k_new, positions_BxT, inv_freq)

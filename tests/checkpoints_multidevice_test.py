@@ -44,9 +44,9 @@ def mesh():
     return partitioning.make_mesh(data=2, fsdp=2, tensor=2)
 
 
-@pytest.fixture(scope="module", params=["Llama", "Qwen2"])
+@pytest.fixture(scope="module", params=["Llama", "Qwen2", "Qwen3"])
 def checkpoint(request, tmp_path_factory):
-    hf = make_hf_model(request.param)
+    hf = make_hf_model(request.param, **({"head_dim": 8} if request.param == "Qwen3" else {}))
     path = tmp_path_factory.mktemp(request.param)
     hf.save_pretrained(path, max_shard_size="40KB")
     return path

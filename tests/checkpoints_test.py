@@ -342,6 +342,11 @@ def test_config_rope_formats():
     assert new.rope_theta == 5e5 and new.rope_llama3_scaling == (8.0, 1.0, 4.0, 8192)
     plain = checkpoints.config_from_hf(_hf(rope_scaling=None))
     assert plain.rope_theta == 10000.0 and plain.rope_llama3_scaling is None
+    assert plain.rope_linear_factor is None
+    linear = {"rope_type": "linear", "factor": 4.0}
+    new = checkpoints.config_from_hf(_hf(rope_parameters={"rope_theta": 1e4, **linear}))
+    old = checkpoints.config_from_hf(_hf(rope_scaling={"type": "linear", "factor": 4.0}))
+    assert new == old and new.rope_linear_factor == 4.0 and new.rope_llama3_scaling is None
     with pytest.raises(ValueError, match="yarn"):
         checkpoints.config_from_hf(_hf(rope_parameters={"rope_type": "yarn", "factor": 4.0}))
     with pytest.raises(ValueError, match="dynamic"):
@@ -359,6 +364,10 @@ def test_config_fields_and_overrides():
     assert checkpoints.config_from_hf(no_arch).sliding_window is None
     with pytest.raises(ValueError, match="o_proj"):
         checkpoints.config_from_hf(_hf(attention_bias=True))
+    with pytest.raises(ValueError, match="Qwen3 attention_bias"):
+        checkpoints.config_from_hf(_hf("Qwen3ForCausalLM", attention_bias=True))
+    qwen3 = checkpoints.config_from_hf({**SMALL, "model_type": "qwen3", "head_dim": 8})
+    assert qwen3.qk_norm and not qwen3.qkv_bias and qwen3.head_dim == 8
     with pytest.raises(ValueError, match="gelu"):
         checkpoints.config_from_hf(_hf(hidden_act="gelu"))
 
@@ -388,6 +397,8 @@ def test_config_sliding_window_rules():
     [
         ("Llama", {}),
         ("Qwen2", dict(use_sliding_window=True, sliding_window=3, max_window_layers=0)),
+        ("Qwen3", dict(head_dim=16)),
+        ("Llama", dict(rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0})),
     ],
 )
 def test_hf_export_round_trip(family, overrides, tmp_path):

@@ -25,7 +25,7 @@ SMALL = dict(
 def make_hf_model(
     family: str = "Llama", seed: int = 0, **overrides
 ) -> transformers.PreTrainedModel:
-    """A tiny f32 HF causal LM (`family` is "Llama", "Qwen2" or "Mistral"), in eval mode,
+    """A tiny f32 HF causal LM (`family`: "Llama", "Qwen2", "Qwen3" or "Mistral"), in eval mode,
     with every parameter randomised so that a swapped or dropped tensor shows: norm
     scales around 1, all other weights and biases ~ N(0, 0.1^2).
 

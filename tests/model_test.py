@@ -1,6 +1,6 @@
 """The Flax model against Hugging Face transformers, through `load_hf_checkpoint`.
 
-Tiny random Llama / Qwen2 / Mistral models are built with torch (every weight, norm
+Tiny random Llama / Qwen2 / Qwen3 / Mistral models are built with torch (every weight, norm
 scale and bias randomised so a swapped or dropped tensor shows), saved with
 `save_pretrained`, imported, and their logits compared on full and left-padded batches.
 """
@@ -43,6 +43,13 @@ CASES = {
             }
         ),
     ),
+    "llama_linear_rope": (
+        "Llama",
+        dict(
+            num_hidden_layers=2,
+            rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
+        ),
+    ),
     "llama_mha_head_dim": ("Llama", dict(num_key_value_heads=4, head_dim=8, num_hidden_layers=2)),
     "qwen2": ("Qwen2", dict(num_hidden_layers=2)),
     "qwen2_sliding": (
@@ -50,6 +57,18 @@ CASES = {
         dict(num_hidden_layers=2, use_sliding_window=True, sliding_window=4, max_window_layers=0),
     ),
     "mistral_sliding": ("Mistral", dict(sliding_window=4, num_hidden_layers=2)),
+    # Qwen3: q/k RMSNorm per head before RoPE, an explicit head_dim (not hidden / heads).
+    "qwen3": ("Qwen3", dict(num_hidden_layers=2, head_dim=24)),
+    "qwen3_sliding": (
+        "Qwen3",
+        dict(
+            num_hidden_layers=2,
+            head_dim=16,
+            use_sliding_window=True,
+            sliding_window=4,
+            max_window_layers=0,
+        ),
+    ),
 }
 
 
@@ -91,6 +110,8 @@ def test_config_matches_hf(case):
     assert cfg.qkv_bias == name.startswith("qwen2")
     assert cfg.sliding_window == (4 if name.endswith("sliding") else None)
     assert (cfg.rope_llama3_scaling is not None) == (name == "llama3_rope")
+    assert (cfg.rope_linear_factor is not None) == (name == "llama_linear_rope")
+    assert cfg.qk_norm == name.startswith("qwen3")
     assert cfg.param_dtype == "float32"
     assert ("lm_head" in params) != cfg.tie_embeddings
     assert model.count_params(params) == sum(p.numel() for p in hf.parameters())
@@ -101,6 +122,9 @@ FEATURES = {
     "llama3_rope": "rope_llama3_scaling",
     "qwen2_sliding": "sliding_window",
     "mistral_sliding": "sliding_window",
+    "llama_linear_rope": "rope_linear_factor",
+    "qwen3": "qk_norm",
+    "qwen3_sliding": "sliding_window",
 }
 
 
