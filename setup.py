@@ -31,6 +31,9 @@ setup(
         # dependency, because loading a Hugging Face checkpoint is a main use: it is small
         # (~30 MB with huggingface_hub and hf-xet) and pulls in neither torch nor TensorFlow.
         "tokenizers>=0.20,<1",
+        # Instruct checkpoints' chat templates (rest_em.chat_template), rendered in its
+        # sandbox as transformers does; 3.1.6 fixes known sandbox escapes.
+        "jinja2>=3.1.6",
     ],
     extras_require={
         # The seqio view of the tasks (rest_em.tasks.seqio_tasks): seqio pulls in

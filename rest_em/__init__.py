@@ -19,6 +19,8 @@ costs nothing until a name is used, and the reward checkers never pull in JAX):
   fingerprint   what determines a run's results; a rerun of another config is refused
   errors        user errors (`ConfigError`, `DataError`, ...): one line, exit 2
   tasks         problems, the embedded arithmetic task, GSM8K / MATH from JSONL
+  tokenizers    byte-level and Hugging Face tokenizers
+  chat_template an instruct checkpoint's own chat template, rendered as transformers does
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ _EXPORTS = {
     "rewards.status": ["Status"],
     "tasks": ["Problem", "Task"],
     "tokenizers": ["ByteTokenizer", "HFTokenizer"],
+    "chat_template": ["ChatTemplate", "chat_prompt", "chat_task"],
 }
 _NAME_TO_MODULE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 _SUBMODULES = {m for m in _EXPORTS if "." not in m} | {

@@ -80,8 +80,22 @@ def byte_tokenizer() -> Tokenizer:
     return ByteTokenizer()
 
 
-def hf_tokenizer(*, checkpoint_dir: str, eos_token: str | None = None) -> Tokenizer:
-    return HFTokenizer(checkpoint_dir, eos_token=eos_token)
+def hf_tokenizer(
+    *, checkpoint_dir: str, eos_token: str | None = None, chat: bool = False
+) -> Tokenizer:
+    """A checkpoint's tokenizer; chat=True for an instruct checkpoint prompted through its
+    chat template (EOS = its end-of-turn token, BOS from the template)."""
+    return HFTokenizer(checkpoint_dir, eos_token=eos_token, chat=chat)
+
+
+def chat_task(
+    *, task: Task, checkpoint_dir: str, system: str | None = None, template_name: str = "default"
+) -> Task:
+    """`task` prompted through the checkpoint's own chat template (one user turn)."""
+    from rest_em import chat_template
+
+    template = chat_template.ChatTemplate.from_checkpoint(checkpoint_dir, template_name)
+    return chat_template.chat_task(task, template, system=system)
 
 
 def hf_model_config(

@@ -109,6 +109,7 @@ def register_configurables() -> None:
         experiment.hf_base,
         experiment.byte_tokenizer,
         experiment.hf_tokenizer,
+        experiment.chat_task,
         experiment.hf_model_config,
         *jsonl_tasks.GIN_CONFIGURABLES,
         *embedded_code.GIN_CONFIGURABLES,

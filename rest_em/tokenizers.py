@@ -60,8 +60,16 @@ class HFTokenizer:
     """A Hugging Face `tokenizer.json` (in a checkpoint directory) via `tokenizers`."""
 
     def __init__(
-        self, path: str | pathlib.Path, *, eos_token: str | None = None, pad_id: int | None = None
+        self,
+        path: str | pathlib.Path,
+        *,
+        eos_token: str | None = None,
+        pad_id: int | None = None,
+        chat: bool = False,
     ):
+        """chat: prompts are rendered by the checkpoint's chat template
+        (`rest_em.chat_template`): EOS is the template's end-of-turn token (unless
+        `eos_token` is given) and no BOS id is prepended (the template writes its BOS)."""
         import tokenizers  # lazy: only users of real checkpoints need it
 
         path = pathlib.Path(path)
@@ -74,6 +82,10 @@ class HFTokenizer:
         self._tok = tokenizers.Tokenizer.from_file(str(file))
         self.vocab_size = self._tok.get_vocab_size()
         config = _read_json(file.parent / "tokenizer_config.json")
+        if chat and eos_token is None:
+            from rest_em.chat_template import ChatTemplate
+
+            eos_token = ChatTemplate.from_checkpoint(file.parent).end_of_turn
         eos_token = eos_token or config.get("eos_token")
         if isinstance(eos_token, dict):
             eos_token = eos_token.get("content")
@@ -85,7 +97,7 @@ class HFTokenizer:
                 f"{file}: cannot find the EOS token ({eos_token!r}); pass eos_token="
             )
         self.eos_id = self._tok.token_to_id(eos_token)
-        self.bos_id = self._tok.token_to_id(bos_token) if bos_token else None
+        self.bos_id = self._tok.token_to_id(bos_token) if bos_token and not chat else None
         self.pad_id = self.eos_id if pad_id is None else pad_id
 
     def encode(self, text: str) -> list[int]:

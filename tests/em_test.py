@@ -102,10 +102,12 @@ def test_unknown_gin_binding_fails_before_any_work(tmp_path):
 
 REQUIRED = {  # the values each shipped config marks %gin.REQUIRED
     "gsm8k.gin": ["CHECKPOINT", "TRAIN_FILE", "TEST_FILE"],
+    "gsm8k_instruct.gin": ["CHECKPOINT", "TRAIN_FILE", "TEST_FILE"],
     "math.gin": ["CHECKPOINT", "TRAIN_FILE", "TEST_FILE"],
     "arithmetic_distill.gin": ["TEACHER_WORKDIR"],
     "variants/distill.gin": ["TEACHER_WORKDIR"],
     "mbpp.gin": ["CHECKPOINT", "MBPP_FILE", "HUMANEVAL_FILE"],
+    "mbpp_instruct.gin": ["CHECKPOINT", "MBPP_FILE", "HUMANEVAL_FILE"],
     "apps.gin": ["CHECKPOINT", "TRAIN_FILE", "TEST_FILE", "HUMANEVAL_FILE"],
 }
 SHIPPED = sorted(

@@ -238,3 +238,82 @@ def test_m_step_on_hf_tokenized_samples(checkpoint, data, tmp_path):
     too_long = sum(n > 512 + 1 for n in sizes)
     assert 0 < too_long < len(selected) and it1["num_too_long"] == too_long
     assert all(history[i]["test/greedy_pass@1"] == 1.0 for i in (0, 1))
+
+
+def test_gsm8k_instruct_gin_end_to_end(data, tmp_path):
+    """gsm8k_instruct.gin on a tiny random Llama whose tokenizer carries a ChatML chat
+    template: prompts are the template's user turn (ids equal transformers'), the
+    tokenizer's EOS (where samples stop) is <|im_end|>, and one iteration runs through
+    the launcher."""
+    import hf_testing
+    from rest_em import estep, experiment
+    from rest_em.tasks import jsonl_tasks
+
+    checkpoint = tmp_path / "instruct"
+    rows = _rows()
+    hf_tok = hf_testing.write_chat_tokenizer(
+        checkpoint, "chatml", [r["question"] + "\n" + r["answer"] for r in rows]
+    )
+    hf = hf_testing.make_hf_model(
+        "Llama",
+        vocab_size=len(hf_tok),
+        max_position_embeddings=1024,
+        eos_token_id=hf_tok.convert_tokens_to_ids("<|im_end|>"),
+    )
+    hf.save_pretrained(checkpoint, safe_serialization=True)
+    train, test = data
+    system = "Solve it."
+    task = experiment.chat_task(
+        task=jsonl_tasks.gsm8k_task(
+            train_file=str(train), test_file=str(test), num_shots=0, val_size=VAL_SIZE
+        ),
+        checkpoint_dir=str(checkpoint),
+        system=system,
+    )
+    tok = experiment.hf_tokenizer(checkpoint_dir=str(checkpoint), chat=True)
+    assert tok.eos_id == hf_tok.convert_tokens_to_ids("<|im_end|>") and tok.bos_id is None
+    problem = task.load("test")[0]
+    plain = jsonl_tasks.gsm8k_task(
+        train_file=str(train), test_file=str(test), num_shots=0, val_size=VAL_SIZE
+    )
+    messages = [
+        {"role": "system", "content": system},
+        {"role": "user", "content": plain.prompt(problem)},
+    ]
+    want = hf_tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    want = list(want["input_ids"] if hasattr(want, "keys") else want)
+    assert estep.prompt_ids(task, tok, problem) == want
+
+    workdir = tmp_path / "run"
+    overrides = {
+        "CHECKPOINT": f"'{checkpoint}'",
+        "TRAIN_FILE": f"'{train}'",
+        "TEST_FILE": f"'{test}'",
+        "gsm8k_task.val_size": VAL_SIZE,
+        "EMConfig.num_iterations": 1,
+        "EMConfig.num_samples": NUM_SAMPLES,
+        "EMConfig.max_new_tokens": 16,
+        "EMConfig.chunk_size": 8,
+        "EMConfig.eval_num_samples": 2,
+        "EMConfig.eval_ks": "(1, 2)",
+        "EMConfig.train_eval_size": 8,
+        "FitConfig.batch_size": 4,
+        "FitConfig.micro_batches": 1,
+        "FitConfig.num_steps": 2,
+        "FitConfig.eval_every": 2,
+        "FitConfig.max_length": 512,
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "rest_em.main",
+        "--gin_file=gsm8k_instruct.gin",
+        f"--workdir={workdir}",
+        *(f"--gin.{k}={v}" for k, v in overrides.items()),
+    ]
+    proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1]
+    num_train_used = NUM_TRAIN - VAL_SIZE  # zero-shot: no exemplars taken from train
+    assert rows[1]["num_samples"] == num_train_used * NUM_SAMPLES

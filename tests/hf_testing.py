@@ -74,3 +74,105 @@ def write_tokenizer(directory: pathlib.Path, texts) -> int:
         )
     )
     return tok.get_vocab_size()
+
+
+# --- chat templates (instruct checkpoints) ---------------------------------------
+
+CHATML = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) "
+    "or (message.role == 'assistant') %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+LLAMA3 = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    " + message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{% endif %}"
+)
+GEMMA = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}"
+    "{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}"
+)
+CHAT_FAMILIES = {
+    # name: (template, special tokens, bos, eos, end of turn)
+    "chatml": (
+        CHATML,
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        None,
+        "<|endoftext|>",
+        "<|im_end|>",
+    ),
+    "llama3": (
+        LLAMA3,
+        [
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eot_id|>",
+        ],
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        "<|eot_id|>",
+    ),
+    "gemma": (
+        GEMMA,
+        ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"],
+        "<bos>",
+        "<eos>",
+        "<end_of_turn>",
+    ),
+}
+TEXTS = ["What is 3 + 4 + 1 - 2?", "41 plus 7 is 48\n#### 48", "Q: 5*3-2\nA:"] * 20
+
+
+def write_chat_tokenizer(path, family: str, texts=TEXTS, *, jinja_file: bool = False):
+    """A byte-level BPE tokenizer with a chat-template family's special tokens and
+    template (`CHAT_CHAT_FAMILIES`), saved by transformers (so the files are the ones
+    transformers itself reads: the template in tokenizer_config.json, or in
+    chat_template.jinja with `jinja_file`); returns transformers' tokenizer of it."""
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    template, special, bos, eos, _ = CHAT_FAMILIES[family]
+    tok = tokenizers.Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, chat_template=template
+    )
+    fast.save_pretrained(path)
+    config_file = path / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    jinja = path / "chat_template.jinja"
+    if jinja_file and not jinja.exists():
+        jinja.write_text(config.pop("chat_template"))
+    elif not jinja_file and jinja.exists():  # the template inside tokenizer_config.json
+        config["chat_template"] = jinja.read_text()
+        jinja.unlink()
+    config_file.write_text(json.dumps(config))
+    return transformers.AutoTokenizer.from_pretrained(path)
