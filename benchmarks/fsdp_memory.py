@@ -11,6 +11,8 @@ before JAX starts):
   fsdp=4 x tensor=2     FSDP over 4, Megatron-style tensor parallelism over 2
   ... with remat        `ModelConfig.remat="block"`: each decoder layer recomputed in the
                         backward pass (activations: temp memory)
+  ... bf16              the bf16 M-step, `ModelConfig(dtype="bfloat16")`: bf16
+                        activations and matmuls, f32 params and optimizer state
 
 Compiled with XLA:CPU's memory-minimising scheduler (XLA_FLAGS
 --xla_cpu_enable_concurrency_optimized_scheduler=false), the kind of schedule XLA uses
@@ -32,7 +34,7 @@ state from the compiled arguments, fsdp=8 over 1 device.
 Simulated devices share one CPU: this measures where memory goes, not speed.
 
 Usage:
-  python benchmarks/fsdp_memory.py            # llama20m, batch 16 x 256: 8 compiles (~20 min)
+  python benchmarks/fsdp_memory.py            # llama20m, batch 16 x 256: 10 compiles (~25 min)
   python benchmarks/fsdp_memory.py --quick    # a tiny model (~2 min; the test runs 2 setups)
   python benchmarks/fsdp_memory.py --write    # also update benchmarks/RESULTS.md
 """
@@ -83,6 +85,7 @@ class Setup:
     mesh: tuple[int, int, int]  # (data, fsdp, tensor)
     remat: str = "none"
     scheduler: str = "memory"  # XLA:CPU's: "memory" (minimising) or "default" (concurrency)
+    dtype: str = "float32"  # compute dtype (params and optimizer state stay float32)
 
 
 SETUPS = [
@@ -92,6 +95,8 @@ SETUPS = [
     Setup("fsdp=8", 8, (1, 8, 1)),
     Setup("fsdp=8 remat", 8, (1, 8, 1), "block"),
     Setup("fsdp=4 x tensor=2", 8, (1, 4, 2)),
+    Setup("1 device bf16", 1, (1, 1, 1), dtype="bfloat16"),
+    Setup("fsdp=8 bf16", 8, (1, 8, 1), dtype="bfloat16"),
     # Where activations, not the logits, dominate: attention grows with the length.
     Setup("1 device cpu-default-schedule", 1, (1, 1, 1), scheduler="default"),
     Setup("1 device remat cpu-default-schedule", 1, (1, 1, 1), "block", scheduler="default"),
@@ -112,7 +117,7 @@ def measure(model: str, setup: Setup, batch: int, seq_len: int) -> dict:
     from rest_em import partitioning, training
 
     assert jax.device_count() == setup.devices, (jax.device_count(), setup)
-    cfg = model_lib.ModelConfig(**MODELS[model], remat=setup.remat)
+    cfg = model_lib.ModelConfig(**MODELS[model], remat=setup.remat, dtype=setup.dtype)
     mesh = partitioning.make_mesh(*setup.mesh)
     optimizer = training.make_optimizer(training.OptimizerConfig(), total_steps=100)
     expected = training.train_state_shardings(cfg, optimizer, mesh)
@@ -164,6 +169,7 @@ def measure(model: str, setup: Setup, batch: int, seq_len: int) -> dict:
         "batch": batch,
         "seq_len": seq_len,
         "scheduler": setup.scheduler,
+        "dtype": setup.dtype,
         "num_params": model_lib.count_params(state.params),
         "params_bytes": params_b,
         "opt_bytes": opt_b,
@@ -223,6 +229,10 @@ def summary(rows: list[dict]) -> dict:
         out["remat_temp_ratio_1"] = by["1 device remat"]["temp_bytes"] / one["temp_bytes"]
     if "fsdp=8 remat" in by:
         out["remat_temp_ratio_fsdp8"] = by["fsdp=8 remat"]["temp_bytes"] / fsdp["temp_bytes"]
+    for name, ref in (("1 device bf16", one), ("fsdp=8 bf16", fsdp)):
+        if name in by:
+            key = "bf16_temp_ratio_" + ("1" if ref is one else "fsdp8")
+            out[key] = by[name]["temp_bytes"] / ref["temp_bytes"]
     a, b = "1 device cpu-default-schedule", "1 device remat cpu-default-schedule"
     if a in by and b in by:
         out["remat_temp_ratio_1_cpu_default"] = by[b]["temp_bytes"] / by[a]["temp_bytes"]
@@ -234,19 +244,20 @@ def report(
 ) -> str:
     n = rows[0]["num_params"]
     lines = [
-        f"Model `{model}` ({n / 1e6:.1f}M parameters, f32), batch {batch} x {seq_len} tokens, "
+        f"Model `{model}` ({n / 1e6:.1f}M parameters, f32 params), batch {batch} x {seq_len} "
+        "tokens, "
         "AdamW; MiB per device. params / opt state: the device's shards of the real state; "
         "the other columns: the compiled train step's `memory_analysis()` (state args = "
         "arguments minus the batch shard).",
         "",
-        "| mesh | remat | XLA:CPU schedule | params | opt state | state args | arguments | "
-        "output | temp | state vs 1 device |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| mesh | compute | remat | XLA:CPU schedule | params | opt state | state args | "
+        "arguments | output | temp | state vs 1 device |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     one = next(r for r in rows if r["setup"] == "1 device")
     for r in rows:
         lines.append(
-            f"| {_mesh_name(r['mesh'])} | {r['remat']} | "
+            f"| {_mesh_name(r['mesh'])} | {r.get('dtype', 'float32')} | {r['remat']} | "
             f"{r['scheduler']} | "
             f"{r['params_bytes'] / MIB:.2f} | {r['opt_bytes'] / MIB:.2f} | "
             f"{r['state_argument_bytes'] / MIB:.2f} | {r['argument_bytes'] / MIB:.2f} | "
@@ -283,6 +294,18 @@ def report(
                 else ""
             )
             + "."
+        )
+    if "bf16_temp_ratio_1" in summ:
+        lines.append(
+            '- bf16 M-step (`ModelConfig.dtype="bfloat16"`, f32 master weights and AdamW '
+            f"state, so params and opt state are unchanged): temp memory x"
+            f"{summ['bf16_temp_ratio_1']:.2f} on 1 device"
+            + (
+                f", x{summ['bf16_temp_ratio_fsdp8']:.2f} under fsdp=8"
+                if "bf16_temp_ratio_fsdp8" in summ
+                else ""
+            )
+            + " (activations in bf16; gradients are accumulated in f32)."
         )
     lines += [f"- {note}" for note in notes]
     lines.append(
@@ -328,7 +351,7 @@ def main() -> None:
     if args.child:
         c = json.loads(args.child)
         s = c["setup"]
-        setup = Setup(s["name"], s["devices"], tuple(s["mesh"]), s["remat"], s["scheduler"])
+        setup = Setup(**{**s, "mesh": tuple(s["mesh"])})
         print(json.dumps(measure(c["model"], setup, c["batch"], c["seq_len"])))
         return
 

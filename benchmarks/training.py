@@ -86,6 +86,7 @@ if str(REPO) not in sys.path:  # runnable as a plain script from any directory
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import jax
+import jax.numpy as jnp
 import torch
 import torch.nn.functional as F
 import tqdm
@@ -162,6 +163,10 @@ PRESETS: dict[str, Preset] = {
 
 OURS = "ours"
 OURS_LABEL = "rest_em train_step (jit)"
+# The bf16 M-step: ModelConfig(dtype="bfloat16"), f32 master weights and AdamW state.
+OURS_BF16 = "ours_bf16"
+OURS_BF16_LABEL = "rest_em train_step, bf16 compute (jit)"
+BF16_LOSS_RTOL = 2e-2  # its step-0 loss against f32's (bf16 rounding)
 TORCH_LABEL = "PyTorch (HF Llama, AdamW)"
 
 
@@ -173,6 +178,8 @@ def system_label(key: str, torch_threads: Sequence[int]) -> str:
     """Table label; torch rows name their thread count when more than one is timed."""
     if key == OURS:
         return OURS_LABEL
+    if key == OURS_BF16:
+        return OURS_BF16_LABEL
     if len(torch_threads) == 1:
         return TORCH_LABEL
     n = int(key.split("/")[1])
@@ -370,20 +377,24 @@ def bench_config(
         )
         for i, n in enumerate(args.threads)
     }
+    bf16 = dataclasses.replace(cfg, dtype="bfloat16")
+    systems[OURS_BF16] = ours_system(bf16, jax.tree.map(jnp.copy, params), batch, steps)
     systems[OURS] = ours_system(cfg, params, batch, steps)
     del params  # ours' state holds its own copy
     timings = _common.time_interleaved(
         {k: s.run for k, s in systems.items()}, args.repeats, progress
     )
-    compiles = systems[OURS].compiles()
-    if compiles != 1:
-        raise RuntimeError(
-            f"{name}: rest_em's train_step compiled {compiles} times; the "
-            "timed runs must reuse the warm-up's executable"
-        )
+    for key in (OURS, OURS_BF16):
+        compiles = systems[key].compiles()
+        if compiles != 1:
+            raise RuntimeError(
+                f"{name}: rest_em's train_step ({key}) compiled {compiles} times; the "
+                "timed runs must reuse the warm-up's executable"
+            )
     first = {k: s.losses[0] for k, s in systems.items()}
     for key, loss in first.items():
-        if not math.isclose(first[OURS], loss, rel_tol=LOSS_RTOL):
+        tol = BF16_LOSS_RTOL if key == OURS_BF16 else LOSS_RTOL
+        if not math.isclose(first[OURS], loss, rel_tol=tol):
             raise RuntimeError(
                 f"{name}: step-0 losses differ (ours {first[OURS]!r}, {key} "
                 f"{loss!r}): the systems do not train the same model, batch "
@@ -499,6 +510,13 @@ def report(
             f"implementation {args.hf_attention}, forward with attention_mask and "
             "use_cache=False. rest_em: `training.make_train_step` (jit, state donated), timed "
             "until the new state is ready."
+        ),
+        (
+            'bf16 compute: the same step with `ModelConfig(dtype="bfloat16")` (bf16 '
+            "activations and matmuls, f32 master weights, gradients and AdamW state), from the "
+            f"same weights; its first-step loss agrees with f32's within rel. {BF16_LOSS_RTOL:g} "
+            "(checked). On a CPU without bf16 matmul units it is a correctness and memory "
+            "mode, not a speed-up."
         ),
         f"Total wall time {wall_s / 60:.1f} min.",
     ]

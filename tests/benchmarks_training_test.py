@@ -17,7 +17,11 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "training.py"
-SYSTEMS = ("PyTorch (HF Llama, AdamW)", "rest_em train_step (jit)")
+SYSTEMS = (
+    "PyTorch (HF Llama, AdamW)",
+    "rest_em train_step (jit)",
+    "rest_em train_step, bf16 compute (jit)",
+)
 
 
 @functools.cache

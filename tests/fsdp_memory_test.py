@@ -25,7 +25,7 @@ def test_quick_fsdp_memory_ratio_and_sharding(tmp_path):
             str(SCRIPT),
             "--quick",
             "--setups",
-            "1 device,fsdp=8",
+            "1 device,fsdp=8,1 device bf16",
             "--json",
             str(out),
             "--write",
@@ -39,8 +39,11 @@ def test_quick_fsdp_memory_ratio_and_sharding(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     data = json.loads(out.read_text())
     rows = {r["setup"]: r for r in data["rows"]}
-    assert set(rows) == {"1 device", "fsdp=8"}
-    one, fsdp = rows["1 device"], rows["fsdp=8"]
+    assert set(rows) == {"1 device", "fsdp=8", "1 device bf16"}
+    one, fsdp, bf16 = rows["1 device"], rows["fsdp=8"], rows["1 device bf16"]
+    # The bf16 M-step keeps f32 master weights and optimizer state: the same state bytes.
+    assert (bf16["params_bytes"], bf16["opt_bytes"]) == (one["params_bytes"], one["opt_bytes"])
+    assert bf16["dtype"] == "bfloat16" and "bf16_temp_ratio_1" in data["summary"]
 
     # The bar of issue 7, from the compiled step's arguments and from the real shards.
     assert data["summary"]["state_ratio_compiled"] <= 1 / 6
@@ -62,5 +65,6 @@ def test_quick_fsdp_memory_ratio_and_sharding(tmp_path):
 
     text = results.read_text()
     assert "## Other section\n\nkept as is\n" in text
-    assert "## FSDP memory, " in text and "| fsdp=8 | none |" in text
+    assert "## FSDP memory, " in text and "| fsdp=8 | float32 | none |" in text
+    assert "| 1 device | bfloat16 | none |" in text and "- bf16 M-step" in text
     assert "python benchmarks/fsdp_memory.py --quick" in text

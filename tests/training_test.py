@@ -1,6 +1,7 @@
 """The M-step: batching masks, exact gradient accumulation, a golden step, fit()'s
 validation-based selection, resume after an interruption, and NaN handling."""
 
+import dataclasses
 import functools
 
 import jax
@@ -427,3 +428,56 @@ def test_fit_with_base_reward_keeps_the_start_when_nothing_beats_it():
         base_reward=0.5,
     )
     assert beaten.best_step == 2 and beaten.best_reward == 0.6
+
+
+def test_bf16_m_step_keeps_f32_master_weights_and_tracks_the_f32_loss():
+    """The bf16 M-step, ModelConfig(dtype="bfloat16", param_dtype="float32"): bf16
+    activations and matmuls (f32 accumulation, f32 logits and loss), f32 params,
+    gradients and AdamW moments. On the task model (byte-level, arithmetic solutions)
+    its loss curve over 60 steps from the same init stays within 1% of float32's step by
+    step for 20 steps and within 5% over windows of 10 steps (measured: 0.07%, 1.5%)."""
+    from rest_em.tasks import arithmetic
+    from rest_em.tokenizers import ByteTokenizer
+
+    tok, task = ByteTokenizer(), arithmetic.make_task(num_sft=256)
+    rows = task.load("sft")
+    prompts = [tok.encode(task.prompt(p)) for p in rows]
+    comps = [tok.encode(task.target(p)) + [tok.eos_id] for p in rows]
+    f32 = model_lib.ModelConfig(
+        vocab_size=259,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        max_seq_len=128,
+    )
+    bf16 = dataclasses.replace(f32, dtype="bfloat16")
+    params = model_lib.init_params(f32, jax.random.key(0))
+    steps, batch = 60, 32
+    opt = training.make_optimizer(
+        training.OptimizerConfig(learning_rate=3e-3, warmup_steps=5), steps
+    )
+
+    def curve(cfg):
+        state = training.init_train_state(jax.tree.map(jnp.copy, params), opt)
+        step_fn = training.make_train_step(cfg, opt, state)
+        out = []
+        for i in range(steps):
+            idx = training.batch_indices(len(rows), i, batch, seed=0)
+            b = training.make_batch([prompts[j] for j in idx], [comps[j] for j in idx], length=96)
+            state, m = step_fn(state, _stack(b, 1))
+            out.append(float(m["loss"]))
+        return np.array(out), state
+
+    loss32, _ = curve(f32)
+    loss16, state16 = curve(bf16)
+    leaves = jax.tree.leaves((state16.params, state16.opt_state))
+    assert all(x.dtype == jnp.float32 for x in leaves if jnp.issubdtype(x.dtype, jnp.floating))
+    assert loss32[-1] < 0.4 * loss32[0]  # it learns...
+    # ...and bf16 follows f32: step by step early on, then (as the two trajectories
+    # part by rounding) over windows of 10 steps.
+    np.testing.assert_allclose(loss16[:20], loss32[:20], rtol=0.01)
+    window = lambda x: x.reshape(-1, 10).mean(axis=1)  # noqa: E731
+    np.testing.assert_allclose(window(loss16), window(loss32), rtol=0.05)
+    assert np.abs(loss16 - loss32).max() > 0  # bf16 compute did happen
