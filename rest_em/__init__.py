@@ -11,6 +11,7 @@ costs nothing until a name is used, and the reward checkers never pull in JAX):
   filtering     reward filter, per-problem cap, dedup -> the M-step dataset
   losses        weighted NLL (per-example and per-token weights)
   training      train state, pure train_step, `fit` (the M-step), `fit_dpo`
+  lora          low-rank adapters: frozen base, fresh adapters per M-step, merged weights
   evaluation    greedy pass@1, unbiased pass@k, maj@k, per-level breakdowns
   estep         E-step: sample and score into resumable shards (the `SOURCES` table)
   mstep         M-step: the objectives table (positives, per-step negatives, DPO)
@@ -82,6 +83,7 @@ _EXPORTS = {
     "tasks": ["Problem", "Task"],
     "tokenizers": ["ByteTokenizer", "HFTokenizer"],
     "chat_template": ["ChatTemplate", "chat_prompt", "chat_task"],
+    "lora": ["LoraConfig", "init_adapters", "merge"],
 }
 _NAME_TO_MODULE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 _SUBMODULES = {m for m in _EXPORTS if "." not in m} | {

@@ -97,7 +97,7 @@ def register_configurables() -> None:
     """Makes the library's plain functions and config dataclasses gin-configurable."""
     import gin
 
-    from rest_em import em, experiment, mstep, training
+    from rest_em import em, experiment, lora, mstep, training
     from rest_em.model import ModelConfig
     from rest_em.tasks import arithmetic, code_tasks, embedded_code, jsonl_tasks, programs
 
@@ -121,6 +121,7 @@ def register_configurables() -> None:
         em.EMConfig,
         mstep.StepNegativesConfig,
         training.FitConfig,
+        lora.LoraConfig,
         training.OptimizerConfig,
         programs.SandboxConfig,
     ):

@@ -118,15 +118,20 @@ def _dense(x: Array, w: Array, contract: int = 1, out: Any = None) -> Array:
     """x[..., K...] @ w[K..., N...] as ONE 2-D matmul ([rows, K] x [K, N]).
 
     Same numbers as the einsum, but XLA's CPU backend then needs no transposes in the
-    backward pass (they cost ~25% of a train step with the einsum forms).
+    backward pass (they cost ~25% of a train step with the einsum forms). A
+    `lora.LoraWeight` (training with adapters) adds its low-rank update to the same rows.
     """
+    adapter = None
+    if not isinstance(w, jax.Array) and hasattr(w, "delta"):  # a lora.LoraWeight
+        adapter, w = w, w.w
     dt = x.dtype if jnp.dtype(x.dtype).itemsize <= jnp.dtype(w.dtype).itemsize else w.dtype
     k_shape, n_shape = w.shape[:contract], w.shape[contract:]
     lead = x.shape[: x.ndim - contract]
     k = math.prod(k_shape)
-    y = jnp.dot(
-        x.reshape(-1, k).astype(dt), w.reshape(k, -1).astype(dt), preferred_element_type=jnp.float32
-    )
+    rows = x.reshape(-1, k).astype(dt)
+    y = jnp.dot(rows, w.reshape(k, -1).astype(dt), preferred_element_type=jnp.float32)
+    if adapter is not None:
+        y = y + adapter.delta(rows)
     return y.reshape(*lead, *n_shape).astype(out or x.dtype)
 
 

@@ -18,6 +18,7 @@ Pieces, each usable alone:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import pathlib
 import signal
@@ -33,6 +34,7 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 
+from rest_em import lora as lora_lib
 from rest_em import losses, partitioning
 from rest_em import model as model_lib
 
@@ -238,15 +240,23 @@ def train_step(
     *,
     model_cfg: model_lib.ModelConfig,
     optimizer: optax.GradientTransformation,
+    frozen: Any = None,
+    lora: lora_lib.LoraConfig | None = None,
+    seed: int = 0,
 ) -> tuple[TrainState, dict[str, Array]]:
     """One optimizer update from A stacked micro-batches.
 
     The loss is sum(weight * nll) / (number of target tokens) over ALL micro-batches,
     accumulated exactly (numerators and token counts summed separately), so A micro-batches
-    of B equal one batch of A*B.
+    of B equal one batch of A*B. With `lora`, `state.params` are the adapters and
+    `frozen` the base params they attach to (no gradient, no optimizer state); dropout
+    masks come from (`seed`, step, micro-batch).
     """
 
-    def sums(params, mb: TrainBatch):
+    def sums(params, mb: TrainBatch, i):
+        if lora is not None:
+            key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), state.step), i)
+            params = lora_lib.attach(frozen, params, lora, key)
         logits = model_lib.forward(params, model_cfg, mb.inputs_BxL, mb.valid_BxL)
         _, aux = losses.weighted_nll(
             logits, mb.targets_BxL, mb.loss_mask_BxL, mb.weights_B, mb.token_weights_BxL
@@ -254,19 +264,20 @@ def train_step(
         return aux["loss_sum"], aux
 
     def accumulate(carry, mb):
-        grads, loss_sum, tokens, correct = carry
-        (ls, aux), g = jax.value_and_grad(sums, has_aux=True)(state.params, mb)
+        grads, loss_sum, tokens, correct, i = carry
+        (ls, aux), g = jax.value_and_grad(sums, has_aux=True)(state.params, mb, i)
         grads = jax.tree.map(jnp.add, grads, g)
         return (
             grads,
             loss_sum + ls,
             tokens + aux["num_tokens"],
             correct + aux["accuracy"] * aux["num_tokens"],
+            i + 1,
         ), None
 
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-    init = (zeros, jnp.float32(0), jnp.float32(0), jnp.float32(0))
-    (grads, loss_sum, tokens, correct), _ = jax.lax.scan(accumulate, init, batch_AxBxL)
+    init = (zeros, jnp.float32(0), jnp.float32(0), jnp.float32(0), jnp.int32(0))
+    (grads, loss_sum, tokens, correct, _), _ = jax.lax.scan(accumulate, init, batch_AxBxL)
     denom = jnp.maximum(tokens, 1.0)
     grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -294,6 +305,11 @@ def make_train_step(
     """
     fn = jax.tree_util.Partial(train_step, model_cfg=model_cfg, optimizer=optimizer)
     return _jit_step(fn, state, mesh, rules, _train_batch_shardings)
+
+
+def _lora_train_step(state, frozen, batch, **kwargs):
+    """`train_step` with the frozen base params as an argument (`_jit_step`'s extra)."""
+    return train_step(state, batch, frozen=frozen, **kwargs)
 
 
 def _train_batch_shardings(row, row2) -> TrainBatch:
@@ -566,6 +582,9 @@ class FitConfig:
     max_length: int = 256
     eval_every: int = 50  # validation (and a resumable checkpoint) every K steps
     optimizer: OptimizerConfig = OptimizerConfig()
+    # Train LoRA adapters only (fresh ones from the start params each fit); the result is
+    # the merged params. None: full fine-tuning.
+    lora: lora_lib.LoraConfig | None = None
 
     def __post_init__(self):
         if self.batch_size % self.micro_batches:
@@ -638,10 +657,37 @@ def fit(
     `install_preemption_handler`) on this or, with several processes, on any process,
     `fit` saves the state at the current step on every process and raises `Preempted`.
     """
-    steps, optimizer, state = _start(
-        base_params, len(prompts), cfg, "fit() got no training examples"
-    )
-    step_fn = make_train_step(model_cfg, optimizer, state, mesh)
+    start = base_params
+    if cfg.lora is not None:  # train fresh adapters; the base is frozen
+        start = lora_lib.init_adapters(base_params, cfg.lora, jax.random.key(seed))
+        if mesh is not None:
+            start = jax.device_put(start, partitioning.replicated(mesh))
+    steps, optimizer, state = _start(start, len(prompts), cfg, "fit() got no training examples")
+    if cfg.lora is None:
+        step_fn = make_train_step(model_cfg, optimizer, state, mesh)
+    else:
+        fn = jax.tree_util.Partial(
+            _lora_train_step, model_cfg=model_cfg, optimizer=optimizer, lora=cfg.lora, seed=seed
+        )
+        jitted = _jit_step(
+            fn,
+            state,
+            mesh,
+            partitioning.LOGICAL_AXIS_RULES,
+            _train_batch_shardings,
+            extra=(base_params,),
+        )
+        merge = jax.jit(functools.partial(lora_lib.merge, cfg=cfg.lora))
+
+        def step_fn(st, b):
+            return jitted(st, base_params, b)
+
+        if eval_fn is not None:
+            full_eval = eval_fn
+
+            def eval_fn(adapters):
+                return full_eval(merge(base_params, adapters))
+
     lengths = [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
 
     def batch_at(step: int) -> TrainBatch:
@@ -655,8 +701,8 @@ def fit(
             token_weights=None if token_weights is None else [token_weights[i] for i in idx],
         )
 
-    return _fit_loop(
-        base_params,
+    result = _fit_loop(
+        start,
         state,
         steps=steps,
         batch_at=batch_at,
@@ -667,6 +713,9 @@ def fit(
         desc=desc,
         base_reward=base_reward,
     )
+    if cfg.lora is not None:  # the sampler and the next iteration get merged weights
+        result = dataclasses.replace(result, params=merge(base_params, result.params))
+    return result
 
 
 def fit_dpo(
