@@ -135,3 +135,33 @@ def test_bad_configs_are_refused():
         lora.LoraConfig(rank=0)
     with pytest.raises(errors.ConfigError, match="dropout"):
         lora.LoraConfig(dropout=1.0)
+
+
+def test_memory_benchmark_quick(tmp_path):
+    """benchmarks/lora_memory.py --quick: trainable parameters and optimizer state of
+    LoRA are its adapters' (and their two AdamW moments), a fraction of full's."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "rows.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(helpers.REPO / "benchmarks" / "lora_memory.py"),
+            "--quick",
+            "--ranks=4",
+            f"--json={out}",
+        ],
+        env=helpers.env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    full, low = json.loads(out.read_text())
+    assert full["trainable"] == full["num_params"] and full["frozen_bytes"] == 0
+    assert low["setup"] == "LoRA r=4" and low["trainable"] < 0.1 * full["trainable"]
+    assert abs(low["opt_bytes"] - 2 * 4 * low["trainable"]) <= 64  # mu, nu (f32) + counts
+    assert low["frozen_bytes"] == 4 * full["num_params"]
+    assert "| LoRA r=4 | " in proc.stdout
