@@ -34,8 +34,8 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 
+from rest_em import errors, losses, partitioning
 from rest_em import lora as lora_lib
-from rest_em import losses, partitioning
 from rest_em import model as model_lib
 
 Array = jax.Array
@@ -742,6 +742,11 @@ def fit_dpo(
     selection, resumable checkpoints and preemption. The reference model
     (`reference_params`, default `base_params`) stays frozen. With `base_reward` (the
     validation reward of `base_params`), DPO's params are kept only when they beat it."""
+    if cfg.lora is not None:
+        raise errors.ConfigError(
+            "per-step DPO with LoRA (FitConfig.lora) is not supported yet: give the DPO "
+            "phase a full schedule (StepNegativesConfig.dpo_fit without lora)"
+        )
     steps, optimizer, state = _start(base_params, len(prompts), cfg, "fit_dpo() got no pairs")
     reference = state.params if reference_params is None else reference_params
     reference = _copy(reference)  # the state's params are donated every step

@@ -246,6 +246,32 @@ def test_step_dpo_mode(restem, tmp_path):
     assert (w / "iter_001" / "dpo").is_dir()  # resumable DPO checkpoints
 
 
+def test_lora_m_steps(restem, tmp_path):
+    """variants/lora.gin: the base SFT stays full (it is the reference run's), each M-step
+    trains adapters from the base, and the iteration's params differ from the base only in
+    the target kernels, by a low-rank update; the same samples as ReST^EM's iteration 1."""
+    import jax
+
+    from rest_em import checkpoints
+
+    w = _with_base(restem, tmp_path / "lora")
+    run(w, "--gin_file=variants/lora.gin", "--gin.LoraConfig.rank=2", *FAST)
+    m = json.loads((w / "iter_001" / "metrics.json").read_text())
+    ref = json.loads((restem / "iter_001" / "metrics.json").read_text())
+    assert m["num_selected"] == ref["num_selected"] and m["num_train_steps"] > 0
+    base = checkpoints.restore_params(w / "base")
+    new = checkpoints.restore_params(w / "iter_001" / "params")
+    moved = []
+    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(base)[0], jax.tree.leaves(new)):
+        d = np.asarray(y) - np.asarray(x)
+        if np.abs(d).max() > 0:
+            moved.append(name := jax.tree_util.keystr(path))
+            rows = d.reshape(-1, d.shape[-1]) if "o_kernel" in name else d.reshape(d.shape[0], -1)
+            assert np.linalg.matrix_rank(rows, tol=1e-6) <= 2, name
+    assert moved and all("kernel" in name for name in moved)
+    assert not any("norm" in name or "embedding" in name for name in moved)
+
+
 def test_every_shipped_variant_parses_on_the_default_task():
     """Each gin_configs/variants/*.gin binds only names that exist (one fresh process)."""
     import subprocess
