@@ -1,7 +1,7 @@
 """`make demo`: the embedded default experiment (gin_configs/arithmetic.gin) on CPU.
 
-A byte-level model learns easy arithmetic from worked solutions, then improves on all
-levels with ReST^EM, with only the checker as feedback. Resumable: running it again
+A byte-level model learns arithmetic from worked solutions (mostly easy ones), then
+improves on all levels with ReST^EM, with only the checker as feedback. Resumable: running it again
 continues (or just re-prints the results); delete the workdir to start over.
 
   python -m rest_em.demo [--workdir=runs/demo] [--gin.EMConfig.seed=1 ...]
