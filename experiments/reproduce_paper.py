@@ -124,6 +124,7 @@ def runs_of(quick: bool) -> list[Run]:
     )
     samples = "12" if quick else "48"
     step_dpo = "--gin_file=variants/step_dpo.gin"
+    dpo_mstep = mstep_schedule_as_dpo(quick)
     # The human solutions are worded ("41 minus 17 is 24"): about twice the tokens of the
     # model's own "41-17=24" lines, so SFT on them needs a longer budget to be sampled and
     # trained at all (up to ~105 tokens at level 5; the defaults are 48 and 96).
@@ -233,7 +234,7 @@ def runs_of(quick: bool) -> list[Run]:
                     step_dpo,
                     f"--gin.arithmetic_task.num_train={train[1]}",
                     *lean,
-                    *dpo_schedule(beta, lr, quick),
+                    *dpo_schedule(beta, lr, dpo_mstep),
                 ),
                 (f"dpo_{train[1]}",),
                 f"dpo_{train[1]}",
@@ -254,22 +255,27 @@ def sweep_name(beta: float, lr: float) -> str:
     return f"dposweep_b{beta:g}_lr{lr:g}"
 
 
-def dpo_schedule(beta: float, lr: float, quick: bool) -> list[str]:
-    """Bindings for a DPO phase with the M-step's schedule (the base config's mstep/
-    bindings, copied into the dpo/ scope) but its own learning rate."""
+def mstep_schedule_as_dpo(quick: bool) -> list[str]:
+    """The base config's mstep/ schedule bindings, copied into the dpo/ scope (all but
+    the learning rate, which the sweep sets)."""
     config = parse_gin(ARITHMETIC.read_text())
     if quick:
         config.update(parse_gin(TINY.read_text()))
-    copied = [
+    return [
         f"--gin.dpo/rest_em.{k.split('/', 1)[1]}={v!r}"
         for k, v in config.items()
         if k.startswith(("mstep/FitConfig.", "mstep/OptimizerConfig."))
         and k not in ("mstep/FitConfig.optimizer", "mstep/OptimizerConfig.learning_rate")
     ]
+
+
+def dpo_schedule(beta: float, lr: float, schedule: Sequence[str]) -> list[str]:
+    """Bindings for a DPO phase with the M-step's schedule (`mstep_schedule_as_dpo`) but
+    its own beta and learning rate."""
     return [
         f"--gin.StepNegativesConfig.dpo_beta={beta}",
         "--gin.StepNegativesConfig.dpo_fit=@dpo/rest_em.FitConfig()",
-        *copied,
+        *schedule,
         "--gin.dpo/rest_em.FitConfig.optimizer=@dpo/rest_em.OptimizerConfig()",
         f"--gin.dpo/rest_em.OptimizerConfig.learning_rate={lr}",
     ]

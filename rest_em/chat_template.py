@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -29,8 +30,10 @@ _SPECIAL = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cl
 _REPLY = "\x00rest_em reply\x00"  # a reply no template alters, to find what follows it
 
 
+@functools.lru_cache(maxsize=16)
 def _compile(source: str):
-    """The template in transformers' environment: sandboxed, trim_blocks, lstrip_blocks."""
+    """The template in transformers' environment: sandboxed, trim_blocks, lstrip_blocks;
+    compiled once per template text (a task renders it for every problem)."""
     import jinja2
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment

@@ -123,14 +123,14 @@ def test_gsm8k_scoring_marks_reference_solutions_correct(checkpoint, data):
     )
 
 
-def test_gsm8k_gin_end_to_end(checkpoint, data, tmp_path):
+def _run_gin(gin_file, checkpoint, data, workdir, **bindings):
+    """One tiny ReST^EM iteration of a GSM8K config through the launcher; returns the
+    finished process and the run's metrics rows."""
     train, test = data
-    workdir = tmp_path / "run"
     overrides = {
         "CHECKPOINT": f"'{checkpoint}'",
         "TRAIN_FILE": f"'{train}'",
         "TEST_FILE": f"'{test}'",
-        "gsm8k_task.num_shots": NUM_SHOTS,
         "gsm8k_task.val_size": VAL_SIZE,
         "EMConfig.num_iterations": 1,
         "EMConfig.num_samples": NUM_SAMPLES,
@@ -144,19 +144,27 @@ def test_gsm8k_gin_end_to_end(checkpoint, data, tmp_path):
         "FitConfig.num_steps": 2,
         "FitConfig.eval_every": 2,
         "FitConfig.max_length": 512,
+        **bindings,
     }
     cmd = [
         sys.executable,
         "-m",
         "rest_em.main",
-        "--gin_file=gsm8k.gin",
+        f"--gin_file={gin_file}",
         f"--workdir={workdir}",
         *(f"--gin.{k}={v}" for k, v in overrides.items()),
     ]
     proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-6000:]
-
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return proc, rows
+
+
+def test_gsm8k_gin_end_to_end(checkpoint, data, tmp_path):
+    workdir = tmp_path / "run"
+    proc, rows = _run_gin(
+        "gsm8k.gin", checkpoint, data, workdir, **{"gsm8k_task.num_shots": NUM_SHOTS}
+    )
     assert [r["iteration"] for r in rows] == [0, 1]
     num_train_used = NUM_TRAIN - NUM_SHOTS - VAL_SIZE
     for r in rows:
@@ -284,36 +292,7 @@ def test_gsm8k_instruct_gin_end_to_end(data, tmp_path):
     want = list(want["input_ids"] if hasattr(want, "keys") else want)
     assert estep.prompt_ids(task, tok, problem) == want
 
-    workdir = tmp_path / "run"
-    overrides = {
-        "CHECKPOINT": f"'{checkpoint}'",
-        "TRAIN_FILE": f"'{train}'",
-        "TEST_FILE": f"'{test}'",
-        "gsm8k_task.val_size": VAL_SIZE,
-        "EMConfig.num_iterations": 1,
-        "EMConfig.num_samples": NUM_SAMPLES,
-        "EMConfig.max_new_tokens": 16,
-        "EMConfig.chunk_size": 8,
-        "EMConfig.eval_num_samples": 2,
-        "EMConfig.eval_ks": "(1, 2)",
-        "EMConfig.train_eval_size": 8,
-        "FitConfig.batch_size": 4,
-        "FitConfig.micro_batches": 1,
-        "FitConfig.num_steps": 2,
-        "FitConfig.eval_every": 2,
-        "FitConfig.max_length": 512,
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "rest_em.main",
-        "--gin_file=gsm8k_instruct.gin",
-        f"--workdir={workdir}",
-        *(f"--gin.{k}={v}" for k, v in overrides.items()),
-    ]
-    proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    _, rows = _run_gin("gsm8k_instruct.gin", checkpoint, data, tmp_path / "run")
     assert [r["iteration"] for r in rows] == [0, 1]
     num_train_used = NUM_TRAIN - VAL_SIZE  # zero-shot: no exemplars taken from train
     assert rows[1]["num_samples"] == num_train_used * NUM_SAMPLES

@@ -43,21 +43,30 @@ def make_hf_model(
     return hf
 
 
-def write_tokenizer(directory: pathlib.Path, texts) -> int:
-    """A byte-level BPE tokenizer.json + tokenizer_config.json; returns its vocab size."""
+def _byte_bpe(texts, special_tokens):
+    """A byte-level BPE `tokenizers.Tokenizer` trained on `texts` (vocabulary 400), the
+    special tokens first, in order."""
     import tokenizers
-    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import decoders, models, pre_tokenizers, trainers
 
     tok = tokenizers.Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=400,
-        special_tokens=["<unk>", "<s>", "</s>"],
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def write_tokenizer(directory: pathlib.Path, texts) -> int:
+    """A byte-level BPE tokenizer.json + tokenizer_config.json; returns its vocab size."""
+    from tokenizers import processors
+
+    tok = _byte_bpe(texts, ["<unk>", "<s>", "</s>"])
     # As Llama's tokenizer.json does: encode(..., add_special_tokens=True) prepends BOS.
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
@@ -145,23 +154,11 @@ TEXTS = ["What is 3 + 4 + 1 - 2?", "41 plus 7 is 48\n#### 48", "Q: 5*3-2\nA:"] *
 
 def write_chat_tokenizer(path, family: str, texts=TEXTS, *, jinja_file: bool = False):
     """A byte-level BPE tokenizer with a chat-template family's special tokens and
-    template (`CHAT_CHAT_FAMILIES`), saved by transformers (so the files are the ones
+    template (`CHAT_FAMILIES`), saved by transformers (so the files are the ones
     transformers itself reads: the template in tokenizer_config.json, or in
     chat_template.jinja with `jinja_file`); returns transformers' tokenizer of it."""
-    import tokenizers
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
     template, special, bos, eos, _ = CHAT_FAMILIES[family]
-    tok = tokenizers.Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=special,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok = _byte_bpe(texts, special)
     fast = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=bos, eos_token=eos, chat_template=template
     )
