@@ -268,7 +268,7 @@ def run(
             with timer("filter"):  # the M-step dataset: verified, capped per problem
                 selected, selection = _select(records, ipaths, cfg)
             start = base if cfg.from_base else params  # M-step: fine-tune from the base
-            val = _val_reward(splits.val, key=key, **learner)
+            val = val_reward(splits.val, key=key, **learner)
             inputs = mstep.Inputs(
                 start, policy, records, selected, splits.by_id(), ipaths, key, val, **learner
             )
@@ -319,7 +319,7 @@ def _select(
     return [filtering.Sample(**r) for r in rows], selection
 
 
-def _val_reward(val: Sequence[Problem], **kwargs: Any) -> Callable[[Any], float]:
+def val_reward(val: Sequence[Problem], **kwargs: Any) -> Callable[[Any], float]:
     """Greedy pass@1 on D_val: the M-step's checkpoint selection."""
 
     def reward(params: Any) -> float:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import tqdm
 
 from rest_em import checkpoints, em, errors, estep, partitioning, training
 from rest_em import model as model_lib
@@ -35,11 +36,28 @@ def sft_base(
     fit: training.FitConfig = training.FitConfig(),
     split: str = "sft",
     seed: int = 0,
+    max_new_tokens: int = 64,
 ) -> Any:
-    """A base model trained from random init on `split`'s reference solutions."""
+    """A base model trained from random init on `split`'s reference solutions.
+
+    With `fit.stop_at`, greedy pass@1 on the task's val split (completions of at most
+    `max_new_tokens`) is measured every `fit.eval_every` steps and training stops once it
+    reaches `fit.stop_at`: a base of a chosen strength, whatever the seed or the CPU's
+    float order make of a fixed schedule (else the best of the schedule on val)."""
     problems = [p for p in task.load(split) if p.solution]
     if not problems:
         raise errors.ConfigError(f"task {task.name!r}: split {split!r} has no reference solutions")
+    eval_fn = None
+    if fit.stop_at is not None:
+        eval_fn = em.val_reward(
+            task.load("val"),
+            task=task,
+            tokenizer=tokenizer,
+            model_cfg=model_cfg,
+            cfg=em.EMConfig(max_new_tokens=max_new_tokens),
+            mesh=mesh,
+            key=jax.random.key(seed),
+        )
     params = model_lib.init_params(model_cfg, jax.random.key(seed), mesh)
     result = training.fit(
         params,
@@ -48,10 +66,17 @@ def sft_base(
         model_cfg=model_cfg,
         cfg=fit,
         seed=seed,
+        eval_fn=eval_fn,
         mesh=mesh,
         pad_id=tokenizer.pad_id,
         desc="base model SFT",
     )
+    if eval_fn is not None:
+        steps = training.total_steps(fit, len(problems))
+        tqdm.tqdm.write(
+            f"base model: val greedy pass@1 {result.best_reward:.3f} at step "
+            f"{result.best_step} of {steps} (stop_at={fit.stop_at})"
+        )
     return result.params
 
 

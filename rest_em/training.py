@@ -581,6 +581,9 @@ class FitConfig:
     num_steps: int | None = None
     max_length: int = 256
     eval_every: int = 50  # validation (and a resumable checkpoint) every K steps
+    # Stop at the first validation whose reward reaches this (a model of a chosen
+    # strength, e.g. a base that is competent but not saturated); None: the whole schedule.
+    stop_at: float | None = None
     optimizer: OptimizerConfig = OptimizerConfig()
     # Train LoRA adapters only (fresh ones from the start params each fit); the result is
     # the merged params. None: full fine-tuning.
@@ -649,7 +652,8 @@ def fit(
     Every `cfg.eval_every` steps (and at the end) `eval_fn(params)` gives the validation
     reward; the params with the highest reward are kept (ties: the earlier step). With
     `base_reward` (the validation reward of `base_params`) the start competes too
-    (best_step 0): a fine-tune that never beats it returns `base_params`.
+    (best_step 0): a fine-tune that never beats it returns `base_params`. With
+    `cfg.stop_at`, training ends at the first validation that reaches it (those params).
     With `checkpoint_dir`, the state is saved at each validation and a restarted `fit`
     with the same arguments continues from there; the result equals an uninterrupted run.
 
@@ -869,9 +873,12 @@ def _fit_loop(
             save(done)
         raise Preempted(done, checkpoint_dir if manager is not None else None, desc)
 
+    def reached(reward: float | None) -> bool:
+        return cfg.stop_at is not None and reward is not None and reward >= cfg.stop_at
+
     a = cfg.micro_batches
     mb = cfg.batch_size // a
-    start = int(state.step)
+    start = steps if reached(best_reward) else int(state.step)  # a restart after the stop
     _ACTIVE_FITS[0] += 1
     try:
         bar = tqdm.tqdm(
@@ -907,6 +914,9 @@ def _fit_loop(
                 history.append(entry)
                 if manager is not None:
                     save(done)
+                if reached(entry.get("reward")):
+                    break
+        bar.close()
         # A request that came during the last step: its checkpoint is already written,
         # and the caller must still stop (the handler left that to this loop).
         stop_if_preempted(steps)

@@ -120,6 +120,40 @@ def test_fit_keeps_the_best_validation_checkpoint():
         np.testing.assert_array_equal(np.asarray(x), y)
 
 
+def test_fit_stops_at_the_first_validation_that_reaches_stop_at(tmp_path):
+    prompts, comps = _data()
+    params = model_lib.init_params(CFG, jax.random.key(0))
+    cfg = training.FitConfig(batch_size=4, num_steps=10, max_length=16, eval_every=2, stop_at=0.5)
+    seen = []
+
+    def eval_fn(p):
+        seen.append(jax.tree.map(np.asarray, p))
+        return [0.1, 0.6, 0.2, 0.9, 0.9][len(seen) - 1]
+
+    kw = dict(model_cfg=CFG, cfg=cfg, seed=0, checkpoint_dir=tmp_path / "ckpt")
+    res = training.fit(params, prompts, comps, eval_fn=eval_fn, **kw)
+    assert [h["step"] for h in res.history] == [2, 4] and len(seen) == 2
+    assert res.best_step == 4 and res.best_reward == 0.6
+    for x, y in zip(jax.tree.leaves(res.params), jax.tree.leaves(seen[1])):
+        np.testing.assert_array_equal(np.asarray(x), y)
+    # A restart after the stop trains no further and returns the same params.
+    again = training.fit(params, prompts, comps, eval_fn=lambda p: pytest.fail("trained on"), **kw)
+    assert again.best_step == 4 and again.history == res.history
+    for x, y in zip(jax.tree.leaves(again.params), jax.tree.leaves(res.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # Never reached: the whole schedule, the best on validation.
+    full = training.fit(
+        params,
+        prompts,
+        comps,
+        model_cfg=CFG,
+        cfg=dataclasses.replace(cfg, stop_at=0.95),
+        seed=0,
+        eval_fn=lambda p: 0.1,
+    )
+    assert [h["step"] for h in full.history] == [2, 4, 6, 8, 10]
+
+
 def test_fit_resumes_after_an_interruption(tmp_path):
     prompts, comps = _data(16)
     params = model_lib.init_params(CFG, jax.random.key(0))
@@ -481,3 +515,23 @@ def test_bf16_m_step_keeps_f32_master_weights_and_tracks_the_f32_loss():
     window = lambda x: x.reshape(-1, 10).mean(axis=1)  # noqa: E731
     np.testing.assert_allclose(window(loss16), window(loss32), rtol=0.05)
     assert np.abs(loss16 - loss32).max() > 0  # bf16 compute did happen
+
+
+def test_sft_base_stops_once_val_greedy_reaches_stop_at(capsys):
+    """The base of a chosen strength: sft_base measures greedy pass@1 on the task's val
+    split every eval_every steps and stops at the first that reaches fit.stop_at."""
+    from rest_em import experiment
+    from rest_em.tasks import arithmetic
+    from rest_em.tokenizers import ByteTokenizer
+
+    task = arithmetic.make_task(num_train=8, num_sft=32, num_val=4, num_test=4)
+    model_cfg = dataclasses.replace(CFG, vocab_size=259, max_seq_len=64)
+    fit = training.FitConfig(batch_size=8, num_steps=12, max_length=48, eval_every=4)
+    kw = dict(max_new_tokens=16, seed=0)
+    tok = ByteTokenizer()
+    experiment.sft_base(task, tok, model_cfg, fit=dataclasses.replace(fit, stop_at=0.0), **kw)
+    assert "val greedy pass@1 0.000 at step 4 of 12 (stop_at=0.0)" in capsys.readouterr().out
+    experiment.sft_base(task, tok, model_cfg, fit=dataclasses.replace(fit, stop_at=1.5), **kw)
+    assert "of 12 (stop_at=1.5)" in capsys.readouterr().out  # never reached: the best
+    experiment.sft_base(task, tok, model_cfg, fit=fit, **kw)  # no stop_at: no validation
+    assert "val greedy" not in capsys.readouterr().out
