@@ -1,6 +1,7 @@
 """Getting weights in and out: Hugging Face safetensors import/export, orbax save/restore.
 
-Hugging Face import (`load_hf_checkpoint`) reads Llama / Mistral / Qwen2 / Qwen3 checkpoints
+Hugging Face import (`load_hf_checkpoint`) reads Llama / Mistral / Qwen2 / Qwen3 / Gemma /
+Gemma 2 / Gemma 3 (text, `Gemma3ForCausalLM`) checkpoints
 (one `model.safetensors` or shards listed in `model.safetensors.index.json`), checks
 every tensor name and shape before reading any data, and places each parameter
 straight into its target sharding: a device's callback reads only that device's block
@@ -53,11 +54,18 @@ SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
+    "GemmaForCausalLM",
+    "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM",
 )
+_GEMMA = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM")
 _MODEL_TYPES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
 }
 _HF_DTYPES = {
@@ -114,8 +122,14 @@ def _architecture(hf: Mapping[str, Any]) -> str:
     arch = archs[0] if archs else _MODEL_TYPES.get(hf.get("model_type", ""), None)
     if arch not in SUPPORTED_ARCHITECTURES:
         found = archs or f"model_type={hf.get('model_type')!r}"
+        hint = (
+            " (a Gemma 3 vision-language checkpoint: save its text model, "
+            "Gemma3ForCausalLM, with save_pretrained)"
+            if arch == "Gemma3ForConditionalGeneration"
+            else ""
+        )
         raise CheckpointError(
-            f"unsupported architecture {found}; supported: {list(SUPPORTED_ARCHITECTURES)}"
+            f"unsupported architecture {found}{hint}; supported: {list(SUPPORTED_ARCHITECTURES)}"
         )
     return arch
 
@@ -155,9 +169,54 @@ def _rope(hf: Mapping[str, Any]) -> dict[str, Any]:
     )
 
 
+def _gemma3_rope(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """Gemma 3's rope: the full-attention layers' (theta, maybe linear scaling) and the
+    sliding layers' own theta (`rope_local_theta`, unscaled)."""
+    params = dict(hf.get("rope_parameters") or {})
+    full = params.get("full_attention")
+    local = params.get("sliding_attention")
+    if full is None:  # older configs: top-level rope_theta / rope_scaling / rope_local_base_freq
+        full = {"rope_theta": hf.get("rope_theta", 1_000_000.0), **(hf.get("rope_scaling") or {})}
+        local = {"rope_type": "default", "rope_theta": hf.get("rope_local_base_freq", 10_000.0)}
+    local = dict(local or {"rope_type": "default", "rope_theta": 10_000.0})
+    if local.get("rope_type", "default") != "default":
+        raise CheckpointError(f"scaled rope on sliding layers is not supported: {local}")
+    return {**_rope({"rope_parameters": full}), "rope_local_theta": float(local["rope_theta"])}
+
+
+def _layer_types(hf: Mapping[str, Any], arch: str, num_layers: int) -> list[str]:
+    """Each layer's attention kind, as transformers defaults it when the config omits it."""
+    every = {"Gemma2ForCausalLM": 2, "Gemma3ForCausalLM": hf.get("sliding_window_pattern", 6)}
+    if hf.get("layer_types"):
+        return list(hf["layer_types"])
+    if arch in every:
+        n = every[arch]
+        return ["sliding_attention" if (i + 1) % n else "full_attention" for i in range(num_layers)]
+    return [  # Qwen2 / Qwen3: the layers at index >= max_window_layers
+        "sliding_attention" if i >= hf.get("max_window_layers", 28) else "full_attention"
+        for i in range(num_layers)
+    ]
+
+
+def _gemma_windows(hf: Mapping[str, Any], arch: str, num_layers: int) -> dict[str, Any]:
+    """sliding_window / sliding_layers of Gemma 2 / 3 (a window on some layers)."""
+    if arch == "GemmaForCausalLM":
+        return {}
+    if hf.get("use_bidirectional_attention", False):
+        raise CheckpointError("use_bidirectional_attention=True (an encoder) is not supported")
+    types = _layer_types(hf, arch, num_layers)
+    sliding = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+    if not sliding or hf.get("sliding_window") is None:
+        return {}
+    return {
+        "sliding_window": int(hf["sliding_window"]),
+        "sliding_layers": None if len(sliding) == num_layers else sliding,
+    }
+
+
 def _sliding_window(hf: Mapping[str, Any], arch: str, num_layers: int) -> int | None:
     window = hf.get("sliding_window")
-    if arch == "LlamaForCausalLM" or window is None:
+    if arch == "LlamaForCausalLM" or arch in _GEMMA or window is None:
         return None
     if arch == "MistralForCausalLM":
         return int(window)
@@ -165,10 +224,7 @@ def _sliding_window(hf: Mapping[str, Any], arch: str, num_layers: int) -> int | 
     # as "sliding_attention" (those at index >= max_window_layers).
     if not hf.get("use_sliding_window", False):
         return None
-    types = hf.get("layer_types") or [
-        "sliding_attention" if i >= hf.get("max_window_layers", 28) else "full_attention"
-        for i in range(num_layers)
-    ]
+    types = _layer_types(hf, arch, num_layers)
     if all(t == "full_attention" for t in types):
         return None
     if all(t == "sliding_attention" for t in types):
@@ -205,8 +261,13 @@ def config_from_hf(config: Mapping[str, Any] | PathLike, **overrides: Any) -> Mo
 
 def _config_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
     arch = _architecture(hf)
-    if hf.get("hidden_act", "silu") != "silu":
-        raise CheckpointError(f"unsupported hidden_act {hf['hidden_act']!r}; only 'silu'")
+    # Gemma's "gelu" is a legacy name of the tanh approximation (transformers maps it so).
+    wanted = ("gelu_pytorch_tanh", "gelu") if arch in _GEMMA else ("silu",)
+    act = hf.get("hidden_activation") or hf.get("hidden_act") or wanted[0]
+    if act not in wanted:
+        raise CheckpointError(f"unsupported hidden_act {act!r} for {arch}; only {wanted[0]!r}")
+    if arch in _GEMMA and hf.get("attention_bias", False):
+        raise CheckpointError("Gemma attention_bias=True is not supported")
     if hf.get("mlp_bias", False):
         raise CheckpointError("mlp_bias=True is not supported")
     if arch == "LlamaForCausalLM" and hf.get("attention_bias", False):
@@ -236,7 +297,7 @@ def _config_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
         num_kv_heads=int(hf.get("num_key_value_heads") or hf["num_attention_heads"]),
         head_dim=int(hf["head_dim"]) if hf.get("head_dim") else None,
         max_seq_len=int(hf.get("max_position_embeddings", 2048)),
-        **_rope(hf),
+        **(_gemma3_rope(hf) if arch == "Gemma3ForCausalLM" else _rope(hf)),
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         qkv_bias=arch == "Qwen2ForCausalLM",
         qk_norm=arch == "Qwen3ForCausalLM",
@@ -245,16 +306,82 @@ def _config_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
         dtype=dtype,
         param_dtype=dtype,
     )
+    if arch in _GEMMA:
+        softcaps = ("attn_logit_softcapping", "final_logit_softcapping")
+        attn_cap, final_cap = (
+            float(hf[k]) if hf.get(k) is not None and arch != "GemmaForCausalLM" else None
+            for k in softcaps
+        )
+        fields.update(
+            norm_offset=True,
+            embed_scale=True,
+            hidden_act="gelu_tanh",
+            sandwich_norms=arch != "GemmaForCausalLM",
+            qk_norm=arch == "Gemma3ForCausalLM",
+            tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+            attn_softcap=attn_cap,
+            final_softcap=final_cap,
+            **_gemma_windows(hf, arch, num_layers),
+        )
+        if arch != "GemmaForCausalLM":
+            fields["query_pre_attn_scalar"] = float(hf.get("query_pre_attn_scalar", 256))
     return fields
 
 
+def _gemma_arch(cfg: ModelConfig) -> tuple[str, str] | None:
+    """Gemma's (architecture, model_type) for `cfg`, None for the Llama family; a mix
+    of the two families' features raises."""
+    gemma = (cfg.norm_offset, cfg.embed_scale, cfg.hidden_act == "gelu_tanh")
+    extra = cfg.sandwich_norms or cfg.attn_softcap or cfg.final_softcap
+    extra = extra or cfg.query_pre_attn_scalar or cfg.rope_local_theta or cfg.sliding_layers
+    if not any(gemma) and not extra:
+        return None
+    if not all(gemma) or cfg.qkv_bias or cfg.rope_llama3_scaling:
+        raise ValueError(f"{cfg} mixes Gemma and Llama-family features: no HF architecture")
+    if not cfg.sandwich_norms:
+        if extra:
+            raise ValueError("Gemma 2 / 3 features need sandwich_norms=True")
+        return "GemmaForCausalLM", "gemma"
+    if cfg.qk_norm:
+        return "Gemma3ForCausalLM", "gemma3_text"
+    if cfg.rope_local_theta is not None or cfg.rope_linear_factor is not None:
+        raise ValueError("Gemma 2 has one unscaled rope for every layer")
+    return "Gemma2ForCausalLM", "gemma2"
+
+
+def _gemma_to_hf(cfg: ModelConfig, arch: str, rope: dict[str, Any]) -> dict[str, Any]:
+    if cfg.query_pre_attn_scalar is not None and not float(cfg.query_pre_attn_scalar).is_integer():
+        raise ValueError(
+            f"query_pre_attn_scalar={cfg.query_pre_attn_scalar}: HF Gemma takes an int"
+        )
+    hf: dict[str, Any] = {"hidden_activation": "gelu_pytorch_tanh", "attention_bias": False}
+    hf["head_dim"] = cfg.resolved_head_dim
+    if arch == "GemmaForCausalLM":
+        return {**hf, "hidden_act": "gelu_pytorch_tanh"}
+    kinds = [cfg.layer_kind(i) for i in range(cfg.num_layers)]
+    hf.update(
+        query_pre_attn_scalar=int(cfg.query_pre_attn_scalar or cfg.resolved_head_dim),
+        attn_logit_softcapping=cfg.attn_softcap,
+        final_logit_softcapping=cfg.final_softcap,
+        sliding_window=cfg.sliding_window or cfg.max_seq_len,
+        layer_types=[f"{kind}_attention" for kind in kinds],
+    )
+    if arch == "Gemma3ForCausalLM":
+        local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta or cfg.rope_theta}
+        hf["rope_parameters"] = {"full_attention": rope, "sliding_attention": local}
+    return hf
+
+
 def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
-    """A Hugging Face config dict for `cfg` (Qwen3 if it has q/k norms, Qwen2 if it has
-    q/k/v biases, Mistral if it has a sliding window, Llama otherwise), so exports load
-    with `from_pretrained`."""
+    """A Hugging Face config dict for `cfg` (Gemma 1/2/3 if it has Gemma's features,
+    Qwen3 if it has q/k norms, Qwen2 if it has q/k/v biases, Mistral if it has a sliding
+    window, Llama otherwise), so exports load with `from_pretrained`."""
     if cfg.qk_norm and cfg.qkv_bias:
         raise ValueError("q/k norms with q/k/v biases match no Hugging Face architecture")
-    if cfg.qk_norm:
+    gemma = _gemma_arch(cfg)
+    if gemma is not None:
+        arch, model_type = gemma
+    elif cfg.qk_norm:
         arch, model_type = "Qwen3ForCausalLM", "qwen3"
     elif cfg.qkv_bias:
         arch, model_type = "Qwen2ForCausalLM", "qwen2"
@@ -296,6 +423,9 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     }
     if cfg.head_dim is not None:
         hf["head_dim"] = cfg.head_dim
+    if gemma is not None:
+        del hf["hidden_act"]
+        hf.update(_gemma_to_hf(cfg, arch, rope))
     if arch == "MistralForCausalLM":
         hf["sliding_window"] = cfg.sliding_window
     if arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM"):
@@ -365,13 +495,18 @@ def _layout(cfg: ModelConfig) -> list[_Tensor]:
                 _identity,
                 _identity,
             ),
-            _Tensor(
-                (ours, "mlp_norm", "scale"),
-                hf + "post_attention_layernorm.weight",
-                (d,),
-                _identity,
-                _identity,
-            ),
+        ]
+        # Gemma 2 / 3 name the pre-MLP norm "pre_feedforward" and have two more.
+        norms = {"mlp_norm": "post_attention_layernorm"}
+        if cfg.sandwich_norms:
+            norms = {
+                "post_attn_norm": "post_attention_layernorm",
+                "mlp_norm": "pre_feedforward_layernorm",
+                "post_mlp_norm": "post_feedforward_layernorm",
+            }
+        out += [
+            _Tensor((ours, name, "scale"), hf + f"{hf_name}.weight", (d,), _identity, _identity)
+            for name, hf_name in norms.items()
         ]
         for name, n in (("q", h), ("k", k), ("v", k)):
             out.append(

@@ -1,9 +1,14 @@
-"""Llama-family decoder-only transformer (Llama, Mistral, Qwen2, Qwen3) in Flax linen.
+"""Llama-family decoder-only transformer (Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3)
+in Flax linen.
 
 RMSNorm, rotary embeddings (configurable theta, optional Llama-3 or linear frequency
 scaling), SwiGLU MLP, grouped-query attention, optional q/k/v bias (Qwen2), optional
-q/k RMSNorm over each head before RoPE (Qwen3), optional sliding window (Mistral), tied
-or untied embeddings, f32 or bf16 compute.
+q/k RMSNorm over each head before RoPE (Qwen3, Gemma 3), optional sliding window on all
+layers (Mistral) or some (Gemma 2 and 3: `sliding_layers`, with their own rope theta in
+Gemma 3), tied or untied embeddings, f32 or bf16 compute. Gemma's differences are flags:
+(1 + w) norm scales, sqrt(hidden)-scaled embeddings, GeGLU, norms after attention and the
+MLP as well as before ("sandwich"), a query scale of its own, and tanh soft-capping of
+attention scores and logits.
 
 Layers are unrolled modules `layer_0 ... layer_{L-1}`; the KV cache is a tuple with
 one `(k, v)` pair per layer, each `[batch, kv_heads, cache_length, head_dim]`. The
@@ -18,6 +23,7 @@ left-padded prompt gets the same rotary phases as the unpadded one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -29,6 +35,7 @@ from rest_em import partitioning
 
 Array = jax.Array
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_ACTIVATIONS = {"silu": jax.nn.silu, "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True)}
 # ModelConfig.remat -> the jax.checkpoint policy of each decoder layer (None: no remat).
 REMAT_POLICIES = {
     "none": None,
@@ -59,6 +66,16 @@ class ModelConfig:
     qk_norm: bool = False  # RMSNorm of each query / key head before RoPE (Qwen3)
     tie_embeddings: bool = False
     sliding_window: int | None = None
+    sliding_layers: tuple[int, ...] | None = None  # the layers with the window (None: all)
+    rope_local_theta: float | None = None  # sliding layers' theta, unscaled (Gemma 3)
+    # Gemma 2 / 3:
+    norm_offset: bool = False  # RMSNorm scales by (1 + w), in f32 (w is stored as in HF)
+    embed_scale: bool = False  # embeddings times sqrt(hidden_size)
+    hidden_act: str = "silu"  # "silu" (SwiGLU) or "gelu_tanh" (GeGLU)
+    sandwich_norms: bool = False  # also a norm after attention and after the MLP
+    query_pre_attn_scalar: float | None = None  # scores scale by this**-0.5 (else head_dim)
+    attn_softcap: float | None = None  # scores -> cap * tanh(scores / cap)
+    final_softcap: float | None = None  # the same on the logits
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     # Activation rematerialisation in full (uncached) forward passes, i.e. training:
@@ -83,6 +100,18 @@ class ModelConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {list(_DTYPES)}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}; expected one of {list(REMAT_POLICIES)}")
+        if self.hidden_act not in _ACTIVATIONS:
+            raise ValueError(
+                f"hidden_act={self.hidden_act!r}; expected one of {list(_ACTIVATIONS)}"
+            )
+        if self.sliding_layers is not None and self.sliding_window is None:
+            raise ValueError("sliding_layers is set but sliding_window is not")
+
+    def layer_kind(self, i: int) -> str:
+        """ "sliding" (attends within `sliding_window`) or "full": layer i's mask."""
+        if self.sliding_window is None:
+            return "full"
+        return "sliding" if self.sliding_layers is None or i in self.sliding_layers else "full"
 
     @property
     def resolved_head_dim(self) -> int:
@@ -144,21 +173,23 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        scale = _param(
-            self, "scale", (x.shape[-1],), ("norm",), nn.initializers.ones, self.cfg.params_dtype
-        )
+        cfg = self.cfg
+        init = nn.initializers.zeros if cfg.norm_offset else nn.initializers.ones
+        scale = _param(self, "scale", (x.shape[-1],), ("norm",), init, cfg.params_dtype)
         x32 = x.astype(jnp.float32)
-        x32 = x32 * jax.lax.rsqrt(
-            jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.cfg.rms_norm_eps
-        )
-        # Hugging Face order: normalise in f32, cast back, then scale.
-        return scale.astype(self.cfg.compute_dtype) * x32.astype(self.cfg.compute_dtype)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.rms_norm_eps)
+        if cfg.norm_offset:  # Gemma's order: scale by (1 + w) in f32, then cast
+            return (x32 * (1.0 + scale.astype(jnp.float32))).astype(cfg.compute_dtype)
+        # Llama's order: normalise in f32, cast back, then scale.
+        return scale.astype(cfg.compute_dtype) * x32.astype(cfg.compute_dtype)
 
 
-def rope_inv_freq(cfg: ModelConfig) -> Array:
-    """Inverse rotary frequencies `[head_dim // 2]` (f32), with Llama-3 or linear scaling
-    if set."""
+def rope_inv_freq(cfg: ModelConfig, kind: str = "full") -> Array:
+    """Inverse rotary frequencies `[head_dim // 2]` (f32) of a `kind` layer, with Llama-3
+    or linear scaling if set; sliding layers with `rope_local_theta` use it, unscaled."""
     d = cfg.resolved_head_dim
+    if kind == "sliding" and cfg.rope_local_theta is not None:
+        return 1.0 / (cfg.rope_local_theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
     inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
     if cfg.rope_llama3_scaling is not None:
         factor, low, high, original = cfg.rope_llama3_scaling
@@ -186,8 +217,14 @@ def apply_rope(x_BxTxNxH: Array, positions_BxT: Array, inv_freq: Array) -> Array
     return (x * cos + rotated * sin).astype(x_BxTxNxH.dtype)
 
 
+def softcap(x: Array, cap: float | None) -> Array:
+    """cap * tanh(x / cap) (Gemma 2's soft-capping); x itself if cap is None."""
+    return x if cap is None else cap * jnp.tanh(x / cap)
+
+
 class Attention(nn.Module):
     cfg: ModelConfig
+    kind: str = "full"  # "sliding" or "full" (ModelConfig.layer_kind)
 
     @nn.compact
     def __call__(self, x_BxTxD, positions_BxT, attn_mask_BxTxS, kv_cache, write_index):
@@ -212,7 +249,7 @@ class Attention(nn.Module):
         if cfg.qk_norm:  # over head_dim, per head, before the rotation
             q = RMSNorm(cfg, name="q_norm")(q)
             k_new = RMSNorm(cfg, name="k_norm")(k_new)
-        inv_freq = rope_inv_freq(cfg)
+        inv_freq = rope_inv_freq(cfg, self.kind)
         q = apply_rope(q, positions_BxT, inv_freq)
         k_new = apply_rope(k_new, positions_BxT, inv_freq)
         q = partitioning.constrain(q, ("batch", "length", "act_heads", "head_dim"))
@@ -234,7 +271,7 @@ class Attention(nn.Module):
         g = h // k
         q = q.reshape(b, t, k, g, hd)
         scores = _einsum("btkgh,bksh->bkgts", q, keys, out=jnp.float32)
-        scores = scores * (hd**-0.5)
+        scores = softcap(scores * (cfg.query_pre_attn_scalar or hd) ** -0.5, cfg.attn_softcap)
         scores = jnp.where(attn_mask_BxTxS[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
         # Output heads-major (no transpose of the cache), then the small result moves.
@@ -256,34 +293,43 @@ class MLP(nn.Module):
         gate = _param(self, "gate_kernel", (d, f), ("embed", "mlp"), init, pdt)
         up = _param(self, "up_kernel", (d, f), ("embed", "mlp"), init, pdt)
         down = _param(self, "down_kernel", (f, d), ("mlp", "embed"), init, pdt)
-        hidden = jax.nn.silu(_dense(x_BxTxD, gate)) * _dense(x_BxTxD, up)
+        hidden = _ACTIVATIONS[cfg.hidden_act](_dense(x_BxTxD, gate)) * _dense(x_BxTxD, up)
         hidden = partitioning.constrain(hidden, ("batch", "length", "act_mlp"))
         return _dense(hidden, down)
 
 
 class DecoderLayer(nn.Module):
-    """One pre-norm block: `(x_BxTxD, ..., kv_cache?) -> (x_BxTxD, kv_cache?)`."""
+    """One pre-norm block: `(x_BxTxD, ..., kv_cache?) -> (x_BxTxD, kv_cache?)`; with
+    `sandwich_norms` each sub-block's output is normalised too, before the residual."""
 
     cfg: ModelConfig
+    kind: str = "full"
 
     @nn.compact
     def __call__(self, x_BxTxD, positions_BxT, attn_mask_BxTxS, kv_cache, write_index):
-        attn_out, kv_cache = Attention(self.cfg, name="attn")(
-            RMSNorm(self.cfg, name="attn_norm")(x_BxTxD),
+        cfg = self.cfg
+        attn_out, kv_cache = Attention(cfg, self.kind, name="attn")(
+            RMSNorm(cfg, name="attn_norm")(x_BxTxD),
             positions_BxT,
             attn_mask_BxTxS,
             kv_cache,
             write_index,
         )
+        if cfg.sandwich_norms:
+            attn_out = RMSNorm(cfg, name="post_attn_norm")(attn_out)
         x = x_BxTxD + attn_out
-        x = x + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x))
+        mlp_out = MLP(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x))
+        if cfg.sandwich_norms:
+            mlp_out = RMSNorm(cfg, name="post_mlp_norm")(mlp_out)
+        x = x + mlp_out
         x = partitioning.constrain(x, ("batch", "length", "act_embed"))
         return x, kv_cache
 
 
 class Transformer(nn.Module):
     """`(tokens_BxT, positions_BxT, attn_mask_BxTxS, kv_cache?, write_index)`
-    -> `(logits_BxTxV f32, kv_cache)`.
+    -> `(logits_BxTxV f32, kv_cache)`. The mask is one for every layer, or `layer_masks`'
+    {"full": ..., "sliding": ...} when layers differ.
 
     Layers are unrolled (`layer_0` ... `layer_{L-1}`), each with its own parameters and
     its own cache buffers: decoding then reads weights and cache in place. (A scanned
@@ -304,7 +350,10 @@ class Transformer(nn.Module):
             nn.initializers.normal(0.02),
             cfg.params_dtype,
         )
-        x = jnp.take(embedding, tokens_BxT, axis=0).astype(cfg.compute_dtype)
+        x = jnp.take(embedding, tokens_BxT, axis=0)
+        if cfg.embed_scale:  # in the weights' dtype, as Hugging Face's Gemma does
+            x = x * jnp.asarray(cfg.hidden_size**0.5, x.dtype)
+        x = x.astype(cfg.compute_dtype)
         x = partitioning.constrain(x, ("batch", "length", "act_embed"))
         new_cache = []
         layer_cls = DecoderLayer
@@ -314,10 +363,12 @@ class Transformer(nn.Module):
                 DecoderLayer, policy=REMAT_POLICIES[cfg.remat], static_argnums=(5,)
             )
         for i in range(cfg.num_layers):
-            x, layer_cache = layer_cls(cfg, name=f"layer_{i}")(
+            kind = cfg.layer_kind(i)
+            mask = attn_mask_BxTxS[kind] if isinstance(attn_mask_BxTxS, dict) else attn_mask_BxTxS
+            x, layer_cache = layer_cls(cfg, kind, name=f"layer_{i}")(
                 x,
                 positions_BxT,
-                attn_mask_BxTxS,
+                mask,
                 None if kv_cache is None else kv_cache[i],
                 write_index,
             )
@@ -335,6 +386,7 @@ class Transformer(nn.Module):
                 cfg.params_dtype,
             )
             logits = _dense(x, head, out=jnp.float32)
+        logits = softcap(logits.astype(jnp.float32), cfg.final_softcap)
         logits = partitioning.constrain(logits, ("batch", "length", "act_vocab"))
         return logits.astype(jnp.float32), None if kv_cache is None else tuple(new_cache)
 
@@ -358,10 +410,23 @@ def attention_mask(
     return mask
 
 
-def causal_mask(valid_BxT: Array, sliding_window: int | None = None) -> Array:
-    """`attn_mask_BxTxT` for a full (uncached) forward pass over possibly padded rows."""
+def layer_masks(query_slot_BxT: Array, key_valid_BxS: Array, cfg: ModelConfig) -> Any:
+    """`attention_mask` for `cfg`'s layers: one mask if all layers attend alike, else
+    {"full": ..., "sliding": ...} (Gemma 2 / 3), as `Transformer` takes them."""
+    kinds = {cfg.layer_kind(i) for i in range(cfg.num_layers)}
+    masks = {
+        kind: attention_mask(
+            query_slot_BxT, key_valid_BxS, cfg.sliding_window if kind == "sliding" else None
+        )
+        for kind in kinds
+    }
+    return masks.popitem()[1] if len(masks) == 1 else masks
+
+
+def causal_mask(valid_BxT: Array, cfg: ModelConfig) -> Any:
+    """`layer_masks` for a full (uncached) forward pass over possibly padded rows."""
     b, t = valid_BxT.shape
-    return attention_mask(jnp.broadcast_to(jnp.arange(t), (b, t)), valid_BxT, sliding_window)
+    return layer_masks(jnp.broadcast_to(jnp.arange(t), (b, t)), valid_BxT, cfg)
 
 
 def positions_from_valid(valid_BxT: Array) -> Array:
@@ -379,7 +444,7 @@ def forward(
         {"params": params},
         tokens_BxT,
         positions_from_valid(valid_BxT),
-        causal_mask(valid_BxT, cfg.sliding_window),
+        causal_mask(valid_BxT, cfg),
     )
     return logits
 

@@ -166,7 +166,6 @@ def generate(
     n, t_max = cfg.num_samples, cfg.max_new_tokens
     r, s = b * n, p + t_max
     transformer = model_lib.Transformer(model_cfg)
-    window = model_cfg.sliding_window
 
     pad_B = p - prompt_lengths_B
     slots_S = jnp.arange(s)
@@ -181,14 +180,14 @@ def generate(
     if cfg.use_kv_cache:
         cache = model_lib.init_kv_cache(model_cfg, b, s)
         cache = jax.tree.map(lambda c: partitioning.constrain(c, model_lib.KV_CACHE_AXES), cache)
-        mask = model_lib.attention_mask(prompt_slots_BxP, valid_prompt_BxS, window)
+        mask = model_lib.layer_masks(prompt_slots_BxP, valid_prompt_BxS, model_cfg)
         logits_BxPxV, cache = run(prompt_BxP, positions_BxP, mask, cache, 0)
         cache = jax.tree.map(
             lambda c: partitioning.constrain(jnp.repeat(c, n, axis=0), model_lib.KV_CACHE_AXES),
             cache,
         )
     else:
-        mask = model_lib.attention_mask(prompt_slots_BxP, valid_prompt_BxS[:, :p], window)
+        mask = model_lib.layer_masks(prompt_slots_BxP, valid_prompt_BxS[:, :p], model_cfg)
         logits_BxPxV, _ = run(prompt_BxP, positions_BxP, mask, None, 0)
         cache = None
     logits_RxV = jnp.repeat(logits_BxPxV[:, -1, :], n, axis=0)
@@ -206,11 +205,11 @@ def generate(
         slot = p + t
         valid = valid_R_S | ((slots_S[None, :] >= p) & (slots_S[None, :] <= slot))
         if cfg.use_kv_cache:
-            mask = model_lib.attention_mask(jnp.full((r, 1), slot), valid, window)
+            mask = model_lib.layer_masks(jnp.full((r, 1), slot), valid, model_cfg)
             logits, cache = run(tok_R[:, None], (slot - pad_R)[:, None], mask, cache, slot)
             return logits[:, 0, :], cache
         query = jnp.broadcast_to(slots_S, (r, s))
-        mask = model_lib.attention_mask(query, valid, window)
+        mask = model_lib.layer_masks(query, valid, model_cfg)
         logits, _ = run(seq_RxS, jnp.maximum(query - pad_R[:, None], 0), mask, None, 0)
         return jax.lax.dynamic_index_in_dim(logits, slot, axis=1, keepdims=False), cache
 

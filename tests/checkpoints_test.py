@@ -5,6 +5,7 @@ XLA_FLAGS set before jax starts.
 """
 
 import copy
+import dataclasses
 import json
 import re
 import shutil
@@ -372,6 +373,53 @@ def test_config_fields_and_overrides():
         checkpoints.config_from_hf(_hf(hidden_act="gelu"))
 
 
+def test_config_gemma_formats_and_refusals():
+    """Gemma 2 / 3 configs as the Hub has them (older top-level fields, layer_types left to
+    the default pattern) and what is refused rather than approximated."""
+    gemma2 = checkpoints.config_from_hf(
+        {
+            **SMALL,
+            "num_hidden_layers": 4,
+            "model_type": "gemma2",
+            "sliding_window": 8,
+            "head_dim": 8,
+        }
+    )
+    assert gemma2.sliding_layers == (0, 2) and gemma2.sliding_window == 8
+    assert (gemma2.attn_softcap, gemma2.final_softcap) == (None, None)  # absent: none
+    assert gemma2.query_pre_attn_scalar == 256.0 and gemma2.tie_embeddings
+    old3 = dict(
+        SMALL,
+        num_hidden_layers=7,
+        model_type="gemma3_text",
+        sliding_window=8,
+        rope_theta=1e6,
+        rope_local_base_freq=1e4,
+        rope_scaling={"rope_type": "linear", "factor": 8.0},
+    )
+    gemma3 = checkpoints.config_from_hf(old3)
+    assert gemma3.sliding_layers == (0, 1, 2, 3, 4, 6)  # every 6th layer is global
+    assert (gemma3.rope_theta, gemma3.rope_local_theta, gemma3.rope_linear_factor) == (
+        1e6,
+        1e4,
+        8.0,
+    )
+    assert gemma3.qk_norm and gemma3.sandwich_norms and gemma3.hidden_act == "gelu_tanh"
+    with pytest.raises(ValueError, match="bidirectional"):
+        checkpoints.config_from_hf({**old3, "use_bidirectional_attention": True})
+    with pytest.raises(ValueError, match="text model, Gemma3ForCausalLM"):
+        checkpoints.config_from_hf(_hf("Gemma3ForConditionalGeneration"))
+    with pytest.raises(ValueError, match="hidden_act 'silu' for Gemma2ForCausalLM"):
+        checkpoints.config_from_hf(_hf("Gemma2ForCausalLM", hidden_activation="silu"))
+    local_scaled = {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}
+    with pytest.raises(ValueError, match="sliding layers"):
+        checkpoints.config_from_hf(
+            {**old3, "rope_parameters": {"full_attention": {}, "sliding_attention": local_scaled}}
+        )
+    with pytest.raises(ValueError, match="mixes Gemma and Llama"):
+        checkpoints.config_to_hf(dataclasses.replace(gemma3, qkv_bias=True, qk_norm=False))
+
+
 def test_config_sliding_window_rules():
     mistral = checkpoints.config_from_hf(_hf("MistralForCausalLM", sliding_window=4096))
     assert mistral.sliding_window == 4096 and not mistral.qkv_bias
@@ -399,6 +447,20 @@ def test_config_sliding_window_rules():
         ("Qwen2", dict(use_sliding_window=True, sliding_window=3, max_window_layers=0)),
         ("Qwen3", dict(head_dim=16)),
         ("Llama", dict(rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0})),
+        ("Gemma", dict(head_dim=8)),
+        ("Gemma2", dict(head_dim=8, sliding_window=3, attn_logit_softcapping=1.0)),
+        (
+            "Gemma3",
+            dict(
+                head_dim=8,
+                sliding_window=3,
+                layer_types=["full_attention", "sliding_attention"],
+                rope_parameters={
+                    "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 2.0},
+                    "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+                },
+            ),
+        ),
     ],
 )
 def test_hf_export_round_trip(family, overrides, tmp_path):

@@ -25,13 +25,17 @@ SMALL = dict(
 def make_hf_model(
     family: str = "Llama", seed: int = 0, **overrides
 ) -> transformers.PreTrainedModel:
-    """A tiny f32 HF causal LM (`family`: "Llama", "Qwen2", "Qwen3" or "Mistral"), in eval mode,
+    """A tiny f32 HF causal LM (`family`: "Llama", "Qwen2", "Qwen3", "Mistral", "Gemma",
+    "Gemma2" or "Gemma3"), in eval mode,
     with every parameter randomised so that a swapped or dropped tensor shows: norm
     scales around 1, all other weights and biases ~ N(0, 0.1^2).
 
     `overrides` replace fields of `SMALL` or add other config fields.
     """
-    config_cls = getattr(transformers, f"{family}Config")
+    # Gemma 3's text-only model has a config class of its own (Gemma3Config is the VLM's).
+    config_cls = getattr(
+        transformers, {"Gemma3": "Gemma3TextConfig"}.get(family, f"{family}Config")
+    )
     model_cls = getattr(transformers, f"{family}ForCausalLM")
     config = config_cls(**{**SMALL, **overrides}, attn_implementation="eager")
     torch.manual_seed(seed)

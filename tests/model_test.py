@@ -1,7 +1,8 @@
 """The Flax model against Hugging Face transformers, through `load_hf_checkpoint`.
 
-Tiny random Llama / Qwen2 / Qwen3 / Mistral models are built with torch (every weight, norm
-scale and bias randomised so a swapped or dropped tensor shows), saved with
+Tiny random Llama / Qwen2 / Qwen3 / Mistral / Gemma / Gemma 2 / Gemma 3 models are built
+with torch (every weight, norm scale and bias randomised so a swapped or dropped tensor
+shows), saved with
 `save_pretrained`, imported, and their logits compared on full and left-padded batches.
 """
 
@@ -69,7 +70,37 @@ CASES = {
             max_window_layers=0,
         ),
     ),
+    # Gemma: (1 + w) norms, sqrt(hidden)-scaled tied embeddings, GeGLU.
+    "gemma": ("Gemma", dict(num_hidden_layers=2, head_dim=16)),
+    # Gemma 2: + sandwich norms, its own query scale, soft-capped scores and logits (caps
+    # small enough to bite on random weights), a window on alternate layers (0 and 2).
+    "gemma2": (
+        "Gemma2",
+        dict(
+            head_dim=16,
+            query_pre_attn_scalar=12,
+            attn_logit_softcapping=0.5,
+            final_logit_softcapping=2.0,
+            sliding_window=4,
+        ),
+    ),
+    # Gemma 3: + q/k norms, no caps, sliding layers with their own rope theta, the full
+    # layer's rope linearly scaled.
+    "gemma3": (
+        "Gemma3",
+        dict(
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters={
+                "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 4.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+            },
+        ),
+    ),
 }
+GEMMA = ("gemma", "gemma2", "gemma3")
 
 
 @pytest.fixture(scope="module", params=list(CASES))
@@ -108,10 +139,18 @@ def test_config_matches_hf(case):
     assert cfg.resolved_head_dim == (getattr(c, "head_dim", None) or 64 // 4)
     assert cfg.tie_embeddings == c.tie_word_embeddings
     assert cfg.qkv_bias == name.startswith("qwen2")
-    assert cfg.sliding_window == (4 if name.endswith("sliding") else None)
+    windowed = name.endswith("sliding") or name in ("gemma2", "gemma3")
+    assert cfg.sliding_window == (4 if windowed else None)
+    assert cfg.sliding_layers == ((0, 2) if name in ("gemma2", "gemma3") else None)
     assert (cfg.rope_llama3_scaling is not None) == (name == "llama3_rope")
-    assert (cfg.rope_linear_factor is not None) == (name == "llama_linear_rope")
-    assert cfg.qk_norm == name.startswith("qwen3")
+    assert (cfg.rope_linear_factor is not None) == (name in ("llama_linear_rope", "gemma3"))
+    assert cfg.qk_norm == name.startswith(("qwen3", "gemma3"))
+    assert cfg.norm_offset == cfg.embed_scale == (name in GEMMA)
+    assert cfg.sandwich_norms == (name in ("gemma2", "gemma3"))
+    assert (cfg.attn_softcap, cfg.final_softcap) == (
+        (0.5, 2.0) if name == "gemma2" else (None,) * 2
+    )
+    assert cfg.rope_local_theta == (100.0 if name == "gemma3" else None)
     assert cfg.param_dtype == "float32"
     assert ("lm_head" in params) != cfg.tie_embeddings
     assert model.count_params(params) == sum(p.numel() for p in hf.parameters())
@@ -119,12 +158,25 @@ def test_config_matches_hf(case):
 
 # Optional features whose effect the test sequences must be long enough to show.
 FEATURES = {
-    "llama3_rope": "rope_llama3_scaling",
-    "qwen2_sliding": "sliding_window",
-    "mistral_sliding": "sliding_window",
-    "llama_linear_rope": "rope_linear_factor",
-    "qwen3": "qk_norm",
-    "qwen3_sliding": "sliding_window",
+    "llama3_rope": {"rope_llama3_scaling": None},
+    "qwen2_sliding": {"sliding_window": None},
+    "mistral_sliding": {"sliding_window": None},
+    "llama_linear_rope": {"rope_linear_factor": None},
+    "qwen3": {"qk_norm": False},
+    "qwen3_sliding": {"sliding_window": None},
+    "gemma": {"norm_offset": False},
+    "gemma2": {"sliding_layers": None},  # the window on every layer instead of alternate ones
+}
+# Each of these alone changes the logits too (the reference is the same HF model).
+GEMMA_FEATURES = {
+    "gemma": [{"embed_scale": False}, {"hidden_act": "silu"}],
+    "gemma2": [
+        {"attn_softcap": None},
+        {"final_softcap": None},
+        {"query_pre_attn_scalar": None},
+        {"sliding_window": None, "sliding_layers": None},
+    ],
+    "gemma3": [{"rope_local_theta": None}, {"rope_linear_factor": None}, {"qk_norm": False}],
 }
 
 
@@ -135,9 +187,11 @@ def test_logits_match_hf(case):
     ref = _hf_logits(hf, tokens)
     assert np.abs(ref).max() > 0.5  # the comparison is not between near-zero logits
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
-    if name in FEATURES:  # ...and it would fail without the feature
-        without = dataclasses.replace(cfg, **{FEATURES[name]: None})
-        assert np.abs(np.asarray(_forward(params, without, jnp.asarray(tokens))) - ref).max() > 1e-2
+    changes = ([FEATURES[name]] if name in FEATURES else []) + GEMMA_FEATURES.get(name, [])
+    for change in changes:  # ...and it would fail without the feature
+        without = dataclasses.replace(cfg, **change)
+        got = np.asarray(_forward(params, without, jnp.asarray(tokens)))
+        assert np.abs(got - ref).max() > 1e-2, change
 
 
 def test_left_padded_logits_match_hf(case):

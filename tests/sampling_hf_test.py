@@ -15,6 +15,8 @@ NEW = 16
 
 def _hf_model(family: str):
     extra = {"head_dim": 16} if family == "Qwen3" else {}  # Qwen3Config defaults it to 128
+    if family.startswith("Gemma"):  # a window on some layers, shorter than the decode
+        extra = dict(head_dim=16, sliding_window=6, query_pre_attn_scalar=16)
     return make_hf_model(family, hidden_size=64, num_hidden_layers=3, pad_token_id=PAD, **extra)
 
 
@@ -37,7 +39,7 @@ def _hf_greedy(model, eos):
     return out[:, width:].numpy()
 
 
-@pytest.mark.parametrize("family", ["Llama", "Qwen2", "Qwen3"])
+@pytest.mark.parametrize("family", ["Llama", "Qwen2", "Qwen3", "Gemma2", "Gemma3"])
 def test_greedy_equals_transformers_generate(family, tmp_path):
     hf = _hf_model(family)
     hf.save_pretrained(tmp_path)
