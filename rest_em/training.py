@@ -603,6 +603,7 @@ class FitResult:
     best_step: int
     best_reward: float | None
     history: list[dict]  # one entry per validation: step, reward, loss
+    adapters: Any = None  # with FitConfig.lora: the best adapters (params are merged)
 
 
 def total_steps(cfg: FitConfig, num_examples: int) -> int:
@@ -718,7 +719,9 @@ def fit(
         base_reward=base_reward,
     )
     if cfg.lora is not None:  # the sampler and the next iteration get merged weights
-        result = dataclasses.replace(result, params=merge(base_params, result.params))
+        result = dataclasses.replace(
+            result, params=merge(base_params, result.params), adapters=result.params
+        )
     return result
 
 

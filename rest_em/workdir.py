@@ -56,6 +56,7 @@ class IterationPaths:
     mstep_checkpoints = property(lambda self: self.dir / "mstep")
     dpo_checkpoints = property(lambda self: self.dir / "dpo")
     params = property(lambda self: self.dir / "params")
+    adapter = property(lambda self: self.dir / "adapter")  # FitConfig.lora: PEFT files
     mstep = property(lambda self: self.dir / "mstep.json")
     marker = property(lambda self: self.dir / "metrics.json")
 

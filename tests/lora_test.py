@@ -84,6 +84,10 @@ def test_fit_trains_only_the_adapters_and_returns_merged_params():
 
     res = training.fit(params, prompts, comps, model_cfg=CFG, cfg=fit_cfg, seed=0, eval_fn=eval_fn)
     assert all(seen) and len(seen) == 3
+    # The adapters come back too, and they are what the merged params hold.
+    merged = lora.merge(params, res.adapters, cfg)
+    for x, y in zip(jax.tree.leaves(merged), jax.tree.leaves(res.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert training_loss(res.params) < 0.95 * training_loss(params)  # it learns (0.89 here)
     # Only the targets moved, and by a rank-4 update; norms, embeddings, other kernels
     # are the base's exactly.
@@ -165,3 +169,53 @@ def test_memory_benchmark_quick(tmp_path):
     assert abs(low["opt_bytes"] - 2 * 4 * low["trainable"]) <= 64  # mu, nu (f32) + counts
     assert low["frozen_bytes"] == 4 * full["num_params"]
     assert "| LoRA r=4 | " in proc.stdout
+
+
+@pytest.mark.parametrize("family", ["Llama", "Gemma2"])
+def test_peft_files_load_in_peft_and_match_our_merged_weights(family, tmp_path):
+    """save_peft's directory loads with peft.PeftModel.from_pretrained on the base HF
+    checkpoint, whose logits then equal our forward pass on merge(params, adapters);
+    load_peft reads it back exactly."""
+    import peft  # the test extra's ground truth
+    import torch
+
+    from hf_testing import make_hf_model
+    from rest_em import checkpoints
+
+    extra = {"head_dim": 8} if family == "Gemma2" else {}
+    hf = make_hf_model(family, **extra)
+    hf.save_pretrained(tmp_path / "base")
+    model_cfg, params = checkpoints.load_hf_checkpoint(tmp_path / "base")
+    cfg = lora.LoraConfig(rank=4, alpha=8.0, targets=("q", "k", "v", "o", "gate", "up", "down"))
+    ad = _random_adapters(params, cfg)
+    lora.save_peft(tmp_path / "adapter", ad, cfg, base_model=str(tmp_path / "base"))
+
+    back, cfg_back = lora.load_peft(tmp_path / "adapter")
+    assert cfg_back == cfg
+    for x, y in zip(jax.tree.leaves(back), jax.tree.leaves(ad)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+    tokens = np.random.default_rng(0).integers(1, 128, (2, 9))
+    peft_model = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        want = peft_model(torch.tensor(tokens)).logits.numpy()
+    ours = np.asarray(
+        model_lib.forward(lora.merge(params, ad, cfg), model_cfg, jnp.asarray(tokens))
+    )
+    plain = np.asarray(model_lib.forward(params, model_cfg, jnp.asarray(tokens)))
+    assert np.abs(ours - plain).max() > 1e-2  # the adapters change the logits...
+    np.testing.assert_allclose(ours, want, atol=1e-4, rtol=0)  # ...exactly as PEFT's do
+
+
+def test_load_peft_names_what_it_cannot_use(tmp_path):
+    params = model_lib.init_params(CFG, jax.random.key(0))
+    cfg = lora.LoraConfig(rank=2, targets=("q",))
+    lora.save_peft(tmp_path / "a", lora.init_adapters(params, cfg, jax.random.key(0)), cfg)
+    with pytest.raises(errors.CheckpointError, match="adapter_model.safetensors: missing"):
+        (tmp_path / "a" / "adapter_model.safetensors").unlink()
+        lora.load_peft(tmp_path / "a")
+    lora.save_peft(tmp_path / "b", lora.init_adapters(params, cfg, jax.random.key(0)), cfg)
+    config = tmp_path / "b" / "adapter_config.json"
+    config.write_text(config.read_text().replace('"use_rslora": false', '"use_rslora": true'))
+    with pytest.raises(errors.CheckpointError, match="only plain LoRA"):
+        lora.load_peft(tmp_path / "b")

@@ -270,6 +270,13 @@ def test_lora_m_steps(restem, tmp_path):
             assert np.linalg.matrix_rank(rows, tol=1e-6) <= 2, name
     assert moved and all("kernel" in name for name in moved)
     assert not any("norm" in name or "embedding" in name for name in moved)
+    # The adapters alone (PEFT files) are kept beside the merged params, and are them.
+    from rest_em import lora
+
+    adapters, cfg = lora.load_peft(w / "iter_001" / "adapter")
+    assert cfg.rank == 2
+    for x, y in zip(jax.tree.leaves(lora.merge(base, adapters, cfg)), jax.tree.leaves(new)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6, rtol=0)
 
 
 def test_every_shipped_variant_parses_on_the_default_task():
