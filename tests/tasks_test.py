@@ -234,6 +234,29 @@ def test_arithmetic_human_solutions_worded_and_checked():
     assert arithmetic.score(outs, [q] * 7, verify_steps=True) == expected
 
 
+def test_arithmetic_human_styles_verify_and_the_sft_share_is_seeded():
+    """Every human style is checked correct step by step; sft_human_share puts that share
+    of the sft solutions in the human style (the rest stay the model's), seeded."""
+    for style in arithmetic.HUMAN_STYLES:
+        task = arithmetic.make_task(num_train=200, human_style=style)
+        train = task.load("train")
+        assert task.score([task.target(p) for p in train], train) == ["correct"] * len(train)
+    spaced = arithmetic.make_task(num_train=8, human_style="spaced").load("train")[0]
+    assert " + " in spaced.solution or " - " in spaced.solution
+    mixed = arithmetic.make_task(num_sft=1000, human_style="spaced", sft_human_share=0.25)
+    sft = mixed.load("sft")
+    human = [" = " in p.solution for p in sft]
+    assert 0.2 < sum(human) / len(sft) < 0.3
+    assert mixed.score([p.solution for p in sft], sft) == ["correct"] * len(sft)
+    assert [p.question for p in sft] == [
+        p.question for p in arithmetic.make_task(num_sft=1000).load("sft")
+    ]
+    again = arithmetic.make_task(num_sft=1000, human_style="spaced", sft_human_share=0.25)
+    assert again.load("sft") == sft
+    with pytest.raises(errors.ConfigError, match="human_style"):
+        arithmetic.make_task(num_train=8, human_style="typed").load("train")
+
+
 def test_arithmetic_transfer_task_is_asked_another_way_and_held_out():
     tr = arithmetic.make_transfer_task(num_test=100)
     transfer = tr.load("test")

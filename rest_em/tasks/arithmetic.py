@@ -165,15 +165,16 @@ _WORDS = {"+": " plus ", "-": " minus ", "=": " is "}  # `human_solution`'s styl
 
 
 def _unword(line: str) -> str:
-    """A worded line ("7 plus 8 is 15", `human_solution`) in symbols ("7+8=15")."""
+    """A worded or spaced line ("7 plus 8 is 15", "7 + 8 = 15": `human_solution`'s
+    styles) in symbols ("7+8=15")."""
     for sym, word in _WORDS.items():
         line = line.replace(word, sym)
-    return line
+    return line.replace(" ", "")
 
 
 def steps_are_correct(completion: str, question: str) -> bool:
     """Every written line applies the question's next operation(s), in order, to the
-    running value with true arithmetic ("7+8=15", "7 plus 8 is 15" or, tersely,
+    running value with true arithmetic ("7+8=15", "7 plus 8 is 15", "7 + 8 = 15" or, tersely,
     "7+8-3=12"), and the
     lines use up the question: a verifier of the whole solution, not just its answer."""
     ops = _OP_RE.findall(question[len(question.split("+")[0].split("-")[0]) :])
@@ -200,20 +201,26 @@ def steps_are_correct(completion: str, question: str) -> bool:
 _STEP_RE = re.compile(r"^(-?\d+)([+-])(\d+)=(-?\d+)$")
 
 
-def human_solution(problem: Problem) -> str:
+HUMAN_STYLES = {
+    "worded": lambda a, op, b, c: f"{a}{_WORDS[op]}{b}{_WORDS['=']}{c}",  # 41 plus 7 is 48
+    "spaced": lambda a, op, b, c: f"{a} {op} {b} = {c}",  # 41 + 7 = 48
+}
+
+
+def human_solution(problem: Problem, style: str = "worded") -> str:
     """A "human-written" solution: one operation per line, like the worked solutions,
-    but in words ("41 plus 7 is 48") where the model's own style writes "41+7=48".
+    but written as people write it by hand ("spaced": "41 + 7 = 48") or in words
+    ("worded": "41 plus 7 is 48") where the model's own style writes "41+7=48".
 
     This is the data of the SFT-on-human-solutions baseline (the paper's Table 1
     "SFT"): correct and learnable, in a style the model did not produce itself. The
-    checker (`steps_are_correct`) reads both styles. `problem.solution`: chain style.
+    checker (`steps_are_correct`) reads every style. `problem.solution`: chain style.
     """
+    if style not in HUMAN_STYLES:
+        raise ConfigError(f"human_style={style!r}; expected one of {list(HUMAN_STYLES)}")
     *steps, answer = target(problem).split("\n")
-    worded = []
-    for step in steps:
-        a, op, b, c = _STEP_RE.match(step).groups()
-        worded.append(f"{a}{_WORDS[op]}{b}{_WORDS['=']}{c}")
-    return "\n".join([*worded, answer])
+    lines = [HUMAN_STYLES[style](*_STEP_RE.match(step).groups()) for step in steps]
+    return "\n".join([*lines, answer])
 
 
 def hint_prompt(problem: Problem) -> str:
@@ -283,14 +290,18 @@ def make_task(
     num_test: int | None = None,
     style: str = "chain",
     verify_steps: bool = True,
+    human_style: str = "worded",
+    sft_human_share: float = 0.0,
 ) -> Task:
     """The task with splits: sft (worked solutions of easy problems: the base model's
-    data), train (all levels, with worded "human-written" solutions: the E-step's
+    data), train (all levels, with "human-written" solutions in `human_style`: the E-step's
     problems and the human-data SFT baseline), val (checkpoint selection) and test (the
     transfer problems are `make_transfer_task`'s). num_val / num_test take a prefix of the
     fixed held-out splits (small test runs). sft_level_weights (one per sft level, e.g.
     many easy and a few hard worked solutions, as a pretrained model has seen) replaces
-    the even spread of sft problems over sft_levels."""
+    the even spread of sft problems over sft_levels; `sft_human_share` of the sft
+    solutions are in `human_style` (the base has read human writing, as a pretrained
+    model has)."""
     if verify_steps and style != "chain":
         raise ConfigError("verify_steps checks chain-style solutions; use style='chain'")
     sizes = {"val": num_val, "test": num_test}
@@ -299,17 +310,21 @@ def make_task(
 
     def load(split: str) -> list[Problem]:
         if split == "sft":
-            return list(
-                generate(
-                    "sft",
-                    num_problems=num_sft,
-                    levels=sft_levels,
-                    seed=seed,
-                    max_operand=max_operand,
-                    style=style,
-                    level_weights=sft_level_weights,
-                )
+            probs = generate(
+                "sft",
+                num_problems=num_sft,
+                levels=sft_levels,
+                seed=seed,
+                max_operand=max_operand,
+                style=style,
+                level_weights=sft_level_weights,
             )
+            # A pretrained model has read people's solutions too: a share in human style.
+            human = np.random.default_rng([seed, 7]).random(len(probs)) < sft_human_share
+            return [
+                dataclasses.replace(p, solution=human_solution(p, human_style)) if h else p
+                for p, h in zip(probs, human)
+            ]
         if split == "train":
             probs = generate(
                 "train",
@@ -321,7 +336,7 @@ def make_task(
             )
             if style != "chain":
                 return list(probs)
-            return [dataclasses.replace(p, solution=human_solution(p)) for p in probs]
+            return [dataclasses.replace(p, solution=human_solution(p, human_style)) for p in probs]
         if split in HELD_OUT:
             held = generate(
                 split,
