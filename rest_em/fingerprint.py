@@ -176,6 +176,18 @@ def _is_extension(key: str, old: Any, new: Any) -> bool:
     )
 
 
+def _new_model_field_at_default(key: str, old: Mapping[str, Any], value: Any) -> bool:
+    """A ModelConfig field that a later rest_em added, at its default: the model an older
+    workdir recorded computes exactly this (so upgrading never orphans a workdir)."""
+    if key in old or not key.startswith(("model.", "teacher.model.")):
+        return False
+    from rest_em.model import ModelConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    name = key.rsplit(".", 1)[-1]
+    return name in defaults and _jsonable(defaults[name]) == value
+
+
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """(changes, extensions), each a list of "name: old -> new" lines."""
     changes, extensions = [], []
@@ -183,6 +195,8 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[list[st
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if a == b or (key.startswith("data.") and b is None):  # a split not evaluated now
+            continue
+        if _new_model_field_at_default(key, old, b):
             continue
         line = (
             f"{key}: {'(unset)' if key not in old else json.dumps(a)} -> "

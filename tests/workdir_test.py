@@ -72,6 +72,16 @@ def test_differences_separate_extensions_from_changes():
     ]
 
 
+def test_a_model_field_added_later_at_its_default_is_no_change():
+    """A workdir written before ModelConfig gained a field still resumes when the field is
+    at its default; the field set to anything else is a change."""
+    new = {**FP, "model.sandwich_norms": False, "model.hidden_act": "silu"}
+    new["teacher.model.attn_softcap"] = None
+    assert fingerprint.differences(FP, new) == ([], [])
+    new["model.hidden_act"] = "gelu_tanh"
+    assert fingerprint.differences(FP, new)[0] == ['model.hidden_act: (unset) -> "gelu_tanh"']
+
+
 def test_check_refuses_a_changed_value_and_writes_nothing(tmp_path):
     paths = workdir_lib.RunPaths(tmp_path)
     fingerprint.check(paths, FP)
