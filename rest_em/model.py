@@ -188,9 +188,11 @@ def rope_inv_freq(cfg: ModelConfig, kind: str = "full") -> Array:
     """Inverse rotary frequencies `[head_dim // 2]` (f32) of a `kind` layer, with Llama-3
     or linear scaling if set; sliding layers with `rope_local_theta` use it, unscaled."""
     d = cfg.resolved_head_dim
-    if kind == "sliding" and cfg.rope_local_theta is not None:
-        return 1.0 / (cfg.rope_local_theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
-    inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    local = kind == "sliding" and cfg.rope_local_theta is not None
+    theta = cfg.rope_local_theta if local else cfg.rope_theta
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    if local:
+        return inv_freq
     if cfg.rope_llama3_scaling is not None:
         factor, low, high, original = cfg.rope_llama3_scaling
         low_wavelen = original / low
@@ -388,7 +390,7 @@ class Transformer(nn.Module):
             logits = _dense(x, head, out=jnp.float32)
         logits = softcap(logits.astype(jnp.float32), cfg.final_softcap)
         logits = partitioning.constrain(logits, ("batch", "length", "act_vocab"))
-        return logits.astype(jnp.float32), None if kv_cache is None else tuple(new_cache)
+        return logits, None if kv_cache is None else tuple(new_cache)
 
 
 # --- pure helpers ------------------------------------------------------------

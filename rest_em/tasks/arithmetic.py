@@ -308,6 +308,9 @@ def make_task(
     if not set(levels) <= set(ALL_LEVELS) or not set(sft_levels) <= set(ALL_LEVELS):
         raise ConfigError(f"levels must be within {ALL_LEVELS}")
 
+    def humanized(p: Problem) -> Problem:
+        return dataclasses.replace(p, solution=human_solution(p, human_style))
+
     def load(split: str) -> list[Problem]:
         if split == "sft":
             probs = generate(
@@ -321,10 +324,7 @@ def make_task(
             )
             # A pretrained model has read people's solutions too: a share in human style.
             human = np.random.default_rng([seed, 7]).random(len(probs)) < sft_human_share
-            return [
-                dataclasses.replace(p, solution=human_solution(p, human_style)) if h else p
-                for p, h in zip(probs, human)
-            ]
+            return [humanized(p) if h else p for p, h in zip(probs, human)]
         if split == "train":
             probs = generate(
                 "train",
@@ -336,7 +336,7 @@ def make_task(
             )
             if style != "chain":
                 return list(probs)
-            return [dataclasses.replace(p, solution=human_solution(p, human_style)) for p in probs]
+            return [humanized(p) for p in probs]
         if split in HELD_OUT:
             held = generate(
                 split,
