@@ -19,16 +19,10 @@ import safetensors.numpy
 import torch
 import transformers
 
+from helpers import assert_trees_equal
 from hf_testing import SMALL, make_hf_model
 from rest_em import checkpoints
 from rest_em.errors import CheckpointError
-
-
-def assert_trees_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        assert x.dtype == y.dtype and x.shape == y.shape
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.fixture(scope="module")

@@ -110,3 +110,19 @@ def token_pairs(n: int = 4, seed: int = 5):
     chosen = [rng.integers(3, 32, size=rng.integers(1, 6)).tolist() + [2] for _ in range(n)]
     rejected = [rng.integers(3, 32, size=rng.integers(1, 4)).tolist() for _ in range(n)]
     return prompts, chosen, rejected
+
+
+def assert_trees_equal(a, b, **tolerance) -> None:
+    """Two pytrees have one structure and equal leaves: bit for bit (with shape and dtype),
+    or within `tolerance` (np.testing.assert_allclose's rtol / atol)."""
+    import jax
+    import numpy as np
+
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        x, y = np.asarray(x), np.asarray(y)
+        if tolerance:
+            np.testing.assert_allclose(x, y, **tolerance)
+        else:
+            assert x.dtype == y.dtype and x.shape == y.shape
+            np.testing.assert_array_equal(x, y)

@@ -86,8 +86,7 @@ def test_fit_trains_only_the_adapters_and_returns_merged_params():
     assert all(seen) and len(seen) == 3
     # The adapters come back too, and they are what the merged params hold.
     merged = lora.merge(params, res.adapters, cfg)
-    for x, y in zip(jax.tree.leaves(merged), jax.tree.leaves(res.params)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    helpers.assert_trees_equal(merged, res.params)
     assert training_loss(res.params) < 0.95 * training_loss(params)  # it learns (0.89 here)
     # Only the targets moved, and by a rank-4 update; norms, embeddings, other kernels
     # are the base's exactly.
@@ -192,8 +191,7 @@ def test_peft_files_load_in_peft_and_match_our_merged_weights(family, tmp_path):
 
     back, cfg_back = lora.load_peft(tmp_path / "adapter")
     assert cfg_back == cfg
-    for x, y in zip(jax.tree.leaves(back), jax.tree.leaves(ad)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    helpers.assert_trees_equal(back, ad)
 
     tokens = np.random.default_rng(0).integers(1, 128, (2, 9))
     peft_model = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()

@@ -282,8 +282,10 @@ def test_arithmetic_transfer_task_is_asked_another_way_and_held_out():
 def test_the_shipped_testbed_has_what_its_studies_need():
     """gin_configs/arithmetic.gin as bound (fresh process): the base model sees worked
     solutions of every level it is trained and tested on (a few dozen of the hard ones),
-    the human solutions verify, and the transfer task is held out from every split and
-    within the levels the base has seen (so it is solvable, and never trained on)."""
+    the human solutions verify and are in another style than the base's own (the base
+    has read a fifth of its solutions in it, as a pretrained model has read people's
+    writing), and the transfer task is held out from every split and within the levels
+    the base has seen (so it is solvable, and never trained on)."""
     code = (
         "import json; from rest_em import main\n"
         "main.parse_gin(['arithmetic.gin'], [])\n"
@@ -294,7 +296,7 @@ def test_the_shipped_testbed_has_what_its_studies_need():
         "out = {s: [p.level for p in ps] for s, ps in splits.items()}\n"
         "out['human_ok'] = task.score([task.target(p) for p in train], train)\n"
         "out['human'] = [task.target(p) for p in train[:3]]\n"
-        "out['worked'] = [p.solution for p in splits['sft'][:3]]\n"
+        "out['worked'] = [p.solution for p in splits['sft']]\n"
         "qs = {p.question for ps in splits.values() for p in ps}\n"
         "tr = transfer.load('test')\n"
         "out['transfer_levels'] = [p.level for p in tr]\n"
@@ -311,7 +313,9 @@ def test_the_shipped_testbed_has_what_its_studies_need():
     assert levels == set(sft) == {2, 3, 4, 5}
     assert min(sft.count(lv) for lv in levels) >= 50
     assert out["human_ok"] == ["correct"] * len(out["train"])
-    assert all(" is " in h and "=" not in h for h in out["human"])  # another style...
-    assert all("=" in w for w in out["worked"])  # ...than the base model's own
+    assert all(" + " in h or " - " in h for h in out["human"])  # another style...
+    own = [w for w in out["worked"] if " = " not in w]  # ...than the base model's own,
+    assert all("=" in w for w in own)  # which it mostly reads,
+    assert 0.15 < 1 - len(own) / len(out["worked"]) < 0.25  # and a fifth in human style
     assert set(out["transfer_levels"]) <= set(sft) and out["transfer_shared"] == 0
     assert out["transfer_prompt"].startswith("Question: ") and out["prompt"].startswith("Q: ")

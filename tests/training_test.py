@@ -54,8 +54,7 @@ def test_accumulation_is_exact():
     s1, m1, *_ = _one_step(1)
     s4, m4, *_ = _one_step(4)
     np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
-    for x, y in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s4.params)):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    helpers.assert_trees_equal(s1.params, s4.params, rtol=1e-5, atol=1e-6)
 
 
 def test_golden_one_step_matches_a_direct_optax_update():
@@ -80,8 +79,7 @@ def test_golden_one_step_matches_a_direct_optax_update():
     # Golden value (recorded): a fresh model predicts ~uniformly, nll ~ log(32) = 3.466 per
     # token, scaled by the weights (one row at 0.5, one at 0) over the token count.
     np.testing.assert_allclose(float(metrics["loss"]), 3.014951, rtol=1e-4)
-    for x, y in zip(jax.tree.leaves(state.params), jax.tree.leaves(expected)):
-        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+    helpers.assert_trees_equal(state.params, expected, rtol=1e-4, atol=1e-6)
     assert int(state.step) == 1
 
 
@@ -116,8 +114,7 @@ def test_fit_keeps_the_best_validation_checkpoint():
     )
     assert res.best_step == 4 and res.best_reward == 0.5
     assert [h["step"] for h in res.history] == [2, 4, 6]
-    for x, y in zip(jax.tree.leaves(res.params), jax.tree.leaves(seen[1])):
-        np.testing.assert_array_equal(np.asarray(x), y)
+    helpers.assert_trees_equal(res.params, seen[1])
 
 
 def test_fit_stops_at_the_first_validation_that_reaches_stop_at(tmp_path):
@@ -134,13 +131,11 @@ def test_fit_stops_at_the_first_validation_that_reaches_stop_at(tmp_path):
     res = training.fit(params, prompts, comps, eval_fn=eval_fn, **kw)
     assert [h["step"] for h in res.history] == [2, 4] and len(seen) == 2
     assert res.best_step == 4 and res.best_reward == 0.6
-    for x, y in zip(jax.tree.leaves(res.params), jax.tree.leaves(seen[1])):
-        np.testing.assert_array_equal(np.asarray(x), y)
+    helpers.assert_trees_equal(res.params, seen[1])
     # A restart after the stop trains no further and returns the same params.
     again = training.fit(params, prompts, comps, eval_fn=lambda p: pytest.fail("trained on"), **kw)
     assert again.best_step == 4 and again.history == res.history
-    for x, y in zip(jax.tree.leaves(again.params), jax.tree.leaves(res.params)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    helpers.assert_trees_equal(again.params, res.params)
     # Never reached: the whole schedule, the best on validation.
     full = training.fit(
         params,
@@ -192,8 +187,7 @@ def test_fit_resumes_after_an_interruption(tmp_path):
         checkpoint_dir=tmp_path / "ckpt",
     )
     assert resumed.history == full.history
-    for x, y in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(full.params)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    helpers.assert_trees_equal(resumed.params, full.params)
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
@@ -357,8 +351,7 @@ def test_in_step_reference_equals_precomputed_reference_logprobs():
     )
     got, m_got = step(state, ref, _stack(plain, 2))
     np.testing.assert_allclose(m_got["loss"], m_want["loss"], rtol=1e-5)
-    for x, y in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    helpers.assert_trees_equal(got.params, want.params, rtol=1e-5, atol=1e-6)
 
 
 def test_fit_dpo_prefers_chosen_and_resumes_exactly(tmp_path):
@@ -430,8 +423,7 @@ def test_fit_dpo_prefers_chosen_and_resumes_exactly(tmp_path):
         checkpoint_dir=tmp_path / "ckpt",
     )
     assert resumed.history == full.history
-    for x, y in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(full.params)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    helpers.assert_trees_equal(resumed.params, full.params)
 
 
 def test_fit_with_base_reward_keeps_the_start_when_nothing_beats_it():
@@ -449,8 +441,7 @@ def test_fit_with_base_reward_keeps_the_start_when_nothing_beats_it():
         base_reward=0.5,
     )  # ties keep the earlier: 0
     assert kept.best_step == 0 and kept.best_reward == 0.5
-    for x, y in zip(jax.tree.leaves(kept.params), jax.tree.leaves(params)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    helpers.assert_trees_equal(kept.params, params)
     beaten = training.fit(
         params,
         prompts,
