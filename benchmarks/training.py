@@ -167,6 +167,11 @@ OURS_LABEL = "rest_em train_step (jit)"
 OURS_BF16 = "ours_bf16"
 OURS_BF16_LABEL = "rest_em train_step, bf16 compute (jit)"
 BF16_LOSS_RTOL = 2e-2  # its step-0 loss against f32's (bf16 rounding)
+BF16_CURVE_RTOL = 5e-2  # its loss at every step of the run against f32's at that step
+# The chunked loss: ModelConfig(loss_chunk=C), the LM head and log-softmax C positions at
+# a time (never all [B, L, V] f32 logits), recomputed in the backward pass.
+OURS_CHUNKED = "ours_chunked"
+OURS_CHUNKED_LABEL = "rest_em train_step, chunked loss (jit)"
 TORCH_LABEL = "PyTorch (HF Llama, AdamW)"
 
 
@@ -180,6 +185,8 @@ def system_label(key: str, torch_threads: Sequence[int]) -> str:
         return OURS_LABEL
     if key == OURS_BF16:
         return OURS_BF16_LABEL
+    if key == OURS_CHUNKED:
+        return OURS_CHUNKED_LABEL
     if len(torch_threads) == 1:
         return TORCH_LABEL
     n = int(key.split("/")[1])
@@ -352,6 +359,11 @@ class ConfigInfo:
     params: int
     matmul_params: int
     completion_fraction: float
+    # The bf16 step's loss curve against f32's over the run's steps on the fixed batch
+    # (both start from the same weights and take the same number of steps).
+    curve_steps: int = 0
+    curve_max_rel: float = math.nan
+    curve_last: tuple[float, float] = (math.nan, math.nan)  # (f32, bf16)
 
 
 def bench_config(
@@ -379,12 +391,14 @@ def bench_config(
     }
     bf16 = dataclasses.replace(cfg, dtype="bfloat16")
     systems[OURS_BF16] = ours_system(bf16, jax.tree.map(jnp.copy, params), batch, steps)
+    chunked = dataclasses.replace(cfg, loss_chunk=args.loss_chunk)
+    systems[OURS_CHUNKED] = ours_system(chunked, jax.tree.map(jnp.copy, params), batch, steps)
     systems[OURS] = ours_system(cfg, params, batch, steps)
     del params  # ours' state holds its own copy
     timings = _common.time_interleaved(
         {k: s.run for k, s in systems.items()}, args.repeats, progress
     )
-    for key in (OURS, OURS_BF16):
+    for key in (OURS, OURS_BF16, OURS_CHUNKED):
         compiles = systems[key].compiles()
         if compiles != 1:
             raise RuntimeError(
@@ -400,6 +414,14 @@ def bench_config(
                 f"{loss!r}): the systems do not train the same model, batch "
                 "and loss"
             )
+    loss32 = np.asarray(systems[OURS].losses)
+    loss16 = np.asarray(systems[OURS_BF16].losses)
+    curve_rel = float(np.max(np.abs(loss16 - loss32) / loss32))
+    if curve_rel > BF16_CURVE_RTOL:
+        raise RuntimeError(
+            f"{name}: the bf16 step's loss curve leaves f32's by rel. {curve_rel:.3g} "
+            f"(> {BF16_CURVE_RTOL:g}) within {len(loss32)} steps"
+        )
     flops = train_flops(cfg, batch_size, seq_len) * steps
     rows = []
     for system, runs in timings.items():
@@ -421,6 +443,9 @@ def bench_config(
         sum(p.numel() for p in hf.parameters()),
         matmul_params(cfg),
         float(np.asarray(batch.loss_mask_BxL).mean()),
+        curve_steps=len(loss32),
+        curve_max_rel=curve_rel,
+        curve_last=(float(loss32[-1]), float(loss16[-1])),
     )
     return rows, info
 
@@ -518,6 +543,22 @@ def report(
             "(checked). On a CPU without bf16 matmul units it is a correctness and memory "
             "mode, not a speed-up."
         ),
+        (
+            f"Chunked loss: the f32 step with `ModelConfig(loss_chunk={args.loss_chunk})`: the LM "
+            f"head, log-softmax and their backward over {args.loss_chunk} positions at a time "
+            "(rematerialised), never the whole [B, L, V] float32 logits; its first-step loss "
+            f"agrees with the plain step's within rel. {LOSS_RTOL:g} (checked)."
+        ),
+        "bf16 loss curve: both of rest_em's steps train on the fixed batch for every step "
+        "of the run (warm-up included), from the same weights; the largest relative "
+        "difference of the bf16 loss from f32's at the same step (checked to stay within "
+        f"{BF16_CURVE_RTOL:g}): "
+        + "; ".join(
+            f"{i.name}: {i.curve_max_rel:.2%} over {i.curve_steps} steps (loss "
+            f"{i.curve_last[0]:.4f} f32, {i.curve_last[1]:.4f} bf16 at the last)"
+            for i in infos
+        )
+        + ".",
         f"Total wall time {wall_s / 60:.1f} min.",
     ]
     return (
@@ -579,6 +620,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="default",
         choices=("default", "foreach", "fused"),
         help="torch.optim.AdamW implementation",
+    )
+    p.add_argument(
+        "--loss_chunk",
+        type=int,
+        default=64,
+        help="sequence positions per chunk of the chunked-loss system (ModelConfig.loss_chunk)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

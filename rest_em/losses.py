@@ -6,6 +6,8 @@ kept samples); per-token weights extend it to per-step advantages (Setlur et al.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -55,6 +57,61 @@ def weighted_nll(
         rows = (per_row > 0).sum()
         loss = row_loss.sum() / jnp.maximum(rows, 1)
     return loss, {"loss_sum": loss_sum, "num_tokens": num_tokens, "accuracy": accuracy}
+
+
+def chunked_weighted_nll(
+    hidden_BxLxD: Array,
+    logits_fn: Callable[[Array], Array],
+    targets_BxL: Array,
+    loss_mask_BxL: Array,
+    example_weights_B: Array | None = None,
+    token_weights_BxL: Array | None = None,
+    *,
+    chunk: int,
+) -> tuple[Array, dict[str, Array]]:
+    """`weighted_nll(logits_fn(hidden), ...)` (token normalisation), computed over chunks
+    of `chunk` sequence positions: each chunk's logits `[B, C, V]` are made, reduced and
+    dropped, and rematerialised in the backward pass, so peak memory holds one chunk's
+    logits instead of all `[B, L, V]` (L is padded up to a multiple of C with masked
+    positions). Same value, aux and gradients as the plain loss, up to float summation
+    order.
+    """
+    b, length, _ = hidden_BxLxD.shape
+    n = -(-length // chunk)
+    pad = n * chunk - length
+    mask = loss_mask_BxL.astype(jnp.float32)
+    w = mask
+    if example_weights_B is not None:
+        w = w * example_weights_B.astype(jnp.float32)[:, None]
+    if token_weights_BxL is not None:
+        w = w * token_weights_BxL.astype(jnp.float32)
+
+    def chunks(x):  # [B, L, ...] -> [N, B, C, ...]
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        x = x.reshape(b, n, chunk, *x.shape[2:])
+        return jnp.moveaxis(x, 1, 0)
+
+    @jax.checkpoint
+    def one(h_BxCxD, t_BxC, m_BxC, w_BxC):
+        logp = jax.nn.log_softmax(logits_fn(h_BxCxD).astype(jnp.float32), axis=-1)
+        nll = -jnp.take_along_axis(logp, t_BxC[..., None].astype(jnp.int32), axis=-1)[..., 0]
+        loss_sum = jnp.where(m_BxC > 0, w_BxC * nll, 0.0).sum()
+        correct = jnp.where(m_BxC > 0, jnp.argmax(logp, axis=-1) == t_BxC, False).sum()
+        return loss_sum, correct.astype(jnp.float32)
+
+    def body(carry, xs):
+        loss_sum, correct = one(*xs)
+        return (carry[0] + loss_sum, carry[1] + correct), None
+
+    xs = tuple(map(chunks, (hidden_BxLxD, targets_BxL, mask, w)))
+    (loss_sum, correct), _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0)), xs)
+    num_tokens = mask.sum()
+    denom = jnp.maximum(num_tokens, 1.0)
+    return loss_sum / denom, {
+        "loss_sum": loss_sum,
+        "num_tokens": num_tokens,
+        "accuracy": correct / denom,
+    }
 
 
 def advantage_weights(advantages_BxL: Array, *, beta: float, clip: float) -> Array:

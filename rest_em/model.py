@@ -89,6 +89,11 @@ class ModelConfig:
     # --xla_cpu_enable_concurrency_optimized_scheduler=false: the default CPU schedule
     # recomputes every layer right after the forward pass (benchmarks/fsdp_memory.py).
     remat: str = "none"
+    # Training loss over chunks of this many sequence positions (None: all at once): the
+    # LM head, log-softmax and their backward run one chunk at a time (recomputed in the
+    # backward pass), so [B, L, V] float32 logits never exist whole (vocab 150k-256k).
+    # The loss and gradients are the same; sampling is unaffected.
+    loss_chunk: int | None = None
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -106,6 +111,8 @@ class ModelConfig:
             )
         if self.sliding_layers is not None and self.sliding_window is None:
             raise ValueError("sliding_layers is set but sliding_window is not")
+        if self.loss_chunk is not None and self.loss_chunk < 1:
+            raise ValueError(f"loss_chunk={self.loss_chunk}; expected None or >= 1")
 
     def layer_kind(self, i: int) -> str:
         """ "sliding" (attends within `sliding_window`) or "full": layer i's mask."""
@@ -342,7 +349,11 @@ class Transformer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_BxT, positions_BxT, attn_mask_BxTxS, kv_cache=None, write_index=0):
+    def __call__(
+        self, tokens_BxT, positions_BxT, attn_mask_BxTxS, kv_cache=None, write_index=0, head=True
+    ):
+        """`(logits_BxTxV, new_cache)`; with `head=False`, the final-normed hidden states
+        `[B, T, D]` instead of logits (`logits_from_hidden` applies the head)."""
         cfg = self.cfg
         embedding = _param(
             self,
@@ -376,10 +387,9 @@ class Transformer(nn.Module):
             )
             new_cache.append(layer_cache)
         x = RMSNorm(cfg, name="final_norm")(x)
-        if cfg.tie_embeddings:
-            logits = _einsum("btd,vd->btv", x, embedding, out=jnp.float32)
-        else:
-            head = _param(
+        weights = {"embedding": embedding}
+        if not cfg.tie_embeddings:
+            weights["lm_head"] = _param(
                 self,
                 "lm_head",
                 (cfg.hidden_size, cfg.vocab_size),
@@ -387,10 +397,19 @@ class Transformer(nn.Module):
                 nn.initializers.normal(0.02),
                 cfg.params_dtype,
             )
-            logits = _dense(x, head, out=jnp.float32)
-        logits = softcap(logits.astype(jnp.float32), cfg.final_softcap)
-        logits = partitioning.constrain(logits, ("batch", "length", "act_vocab"))
-        return logits, None if kv_cache is None else tuple(new_cache)
+        out = logits_from_hidden(weights, cfg, x) if head else x
+        return out, None if kv_cache is None else tuple(new_cache)
+
+
+def logits_from_hidden(params: Any, cfg: ModelConfig, x_BxTxD: Array) -> Array:
+    """The LM head on final-normed hidden states: f32 logits `[B, T, V]` (tied or untied
+    embeddings, Gemma 2's final softcap). `params` needs only "embedding" / "lm_head"."""
+    if cfg.tie_embeddings:
+        logits = _einsum("btd,vd->btv", x_BxTxD, params["embedding"], out=jnp.float32)
+    else:
+        logits = _dense(x_BxTxD, params["lm_head"], out=jnp.float32)
+    logits = softcap(logits.astype(jnp.float32), cfg.final_softcap)
+    return partitioning.constrain(logits, ("batch", "length", "act_vocab"))
 
 
 # --- pure helpers ------------------------------------------------------------
@@ -437,18 +456,25 @@ def positions_from_valid(valid_BxT: Array) -> Array:
 
 
 def forward(
-    params: Any, cfg: ModelConfig, tokens_BxT: Array, valid_BxT: Array | None = None
+    params: Any,
+    cfg: ModelConfig,
+    tokens_BxT: Array,
+    valid_BxT: Array | None = None,
+    *,
+    head: bool = True,
 ) -> Array:
-    """Logits `[B, T, V]` (f32) of a full uncached pass; `valid_BxT` masks padding."""
+    """Logits `[B, T, V]` (f32) of a full uncached pass; `valid_BxT` masks padding.
+    `head=False`: the final-normed hidden states `[B, T, D]` (for a chunked loss)."""
     if valid_BxT is None:
         valid_BxT = jnp.ones(tokens_BxT.shape, bool)
-    logits, _ = Transformer(cfg).apply(
+    out, _ = Transformer(cfg).apply(
         {"params": params},
         tokens_BxT,
         positions_from_valid(valid_BxT),
         causal_mask(valid_BxT, cfg),
+        head=head,
     )
-    return logits
+    return out
 
 
 def init_kv_cache(cfg: ModelConfig, batch: int, length: int, dtype: Any = None) -> KVCache:

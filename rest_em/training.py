@@ -257,10 +257,14 @@ def train_step(
         if lora is not None:
             key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), state.step), i)
             params = lora_lib.attach(frozen, params, lora, key)
-        logits = model_lib.forward(params, model_cfg, mb.inputs_BxL, mb.valid_BxL)
-        _, aux = losses.weighted_nll(
-            logits, mb.targets_BxL, mb.loss_mask_BxL, mb.weights_B, mb.token_weights_BxL
-        )
+        labels = (mb.targets_BxL, mb.loss_mask_BxL, mb.weights_B, mb.token_weights_BxL)
+        if model_cfg.loss_chunk is None:
+            logits = model_lib.forward(params, model_cfg, mb.inputs_BxL, mb.valid_BxL)
+            _, aux = losses.weighted_nll(logits, *labels)
+        else:  # never all [B, L, V] logits at once
+            hidden = model_lib.forward(params, model_cfg, mb.inputs_BxL, mb.valid_BxL, head=False)
+            head = functools.partial(model_lib.logits_from_hidden, params, model_cfg)
+            _, aux = losses.chunked_weighted_nll(hidden, head, *labels, chunk=model_cfg.loss_chunk)
         return aux["loss_sum"], aux
 
     def accumulate(carry, mb):

@@ -21,6 +21,7 @@ SYSTEMS = (
     "PyTorch (HF Llama, AdamW)",
     "rest_em train_step (jit)",
     "rest_em train_step, bf16 compute (jit)",
+    "rest_em train_step, chunked loss (jit)",
 )
 
 
@@ -74,6 +75,9 @@ def test_quick_run_reports_both_systems(quick_run):
     assert rows[SYSTEMS[0]][1] == "1.00"  # the ratio is ours / torch
     assert re.search(r"Matmul peak measured in this run .*: \d+ GFLOP/s", stdout)
     assert re.search(r"first-step losses .*tiny: ours \d+\.\d+, torch \d+\.\d+", stdout)
+    # The bf16 step's loss curve, step by step against f32's (both take 2 steps: warm-up
+    # and one timed run of 1 step).
+    assert re.search(r"bf16 loss curve: .*tiny: \d+\.\d+% over 2 steps \(loss", stdout), stdout
     assert "Machine: " in stdout and "jax " in stdout and "torch " in stdout
     assert "Load average" in stdout
 
@@ -114,3 +118,26 @@ def test_make_workload_rows_are_unpadded_with_a_prompt():
     mask = batch.loss_mask_BxL
     assert (mask[:, -1] == 1).all() and (mask[:, 0] == 0).all()
     assert ((batch.inputs_BxL >= 3) & (batch.inputs_BxL < 50)).all()
+
+
+def test_loss_memory_quick(tmp_path):
+    """benchmarks/loss_memory.py --quick: the compiled step's temp memory with the chunked
+    loss is well below the plain loss's where the logits dominate (vocab 4096), and the
+    table names every (vocab, loss) pair."""
+    import json
+
+    out = tmp_path / "rows.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "loss_memory.py"), "--quick", f"--json={out}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {(r["vocab"], r["setup"]): r for r in json.loads(out.read_text())}
+    assert set(rows) == {(256, "plain"), (256, "chunk=8"), (4096, "plain"), (4096, "chunk=8")}
+    plain, chunked = rows[4096, "plain"], rows[4096, "chunk=8"]
+    assert plain["argument_bytes"] == chunked["argument_bytes"]  # same state, same batch
+    assert chunked["temp_bytes"] < 0.75 * plain["temp_bytes"]
+    assert "| 4,096 | 0.6M | chunk=8 |" in proc.stdout

@@ -187,3 +187,50 @@ def test_step_dpo_check_grads():
         atol=1e-2,
         rtol=1e-2,
     )
+
+
+def _chunked_case(seed=0, b=3, length=7, d=5, v=11):
+    rng = np.random.default_rng(seed)
+    hidden = jnp.asarray(rng.normal(size=(b, length, d)), jnp.float32)
+    head = jnp.asarray(rng.normal(size=(d, v)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, v, size=(b, length)), jnp.int32)
+    mask = jnp.asarray(rng.random((b, length)) < 0.7, jnp.float32).at[:, 0].set(1.0)
+    w = jnp.asarray(rng.random(b) + 0.5, jnp.float32)
+    tw = jnp.asarray(rng.random((b, length)) + 0.5, jnp.float32)
+    return hidden, head, targets, mask, w, tw
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 16])
+def test_chunked_nll_equals_the_plain_loss_and_its_gradients(chunk):
+    """Chunks that divide L, that do not (padded, masked positions) and one over all of
+    it: the same loss, aux and gradients (wrt the hidden states and the head) as
+    weighted_nll on the full logits."""
+    hidden, head, targets, mask, w, tw = _chunked_case()
+
+    def plain(h, wh):
+        return losses.weighted_nll(h @ wh, targets, mask, w, tw)
+
+    def chunked(h, wh):
+        return losses.chunked_weighted_nll(h, lambda x: x @ wh, targets, mask, w, tw, chunk=chunk)
+
+    (l0, a0), g0 = jax.value_and_grad(plain, argnums=(0, 1), has_aux=True)(hidden, head)
+    (l1, a1), g1 = jax.value_and_grad(chunked, argnums=(0, 1), has_aux=True)(hidden, head)
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    for k in ("loss_sum", "num_tokens", "accuracy"):
+        np.testing.assert_allclose(a1[k], a0[k], rtol=1e-6)
+    for x, y in zip(g1, g0):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_nll_check_grads():
+    hidden, head, targets, mask, w, tw = _chunked_case(b=2, length=5, d=3, v=4)
+    check_grads(
+        lambda h, wh: losses.chunked_weighted_nll(
+            h, lambda x: x @ wh, targets, mask, w, tw, chunk=2
+        )[0],
+        (hidden, head),
+        order=1,
+        modes=("rev",),
+        atol=1e-2,
+        rtol=1e-2,
+    )

@@ -526,3 +526,47 @@ def test_sft_base_stops_once_val_greedy_reaches_stop_at(capsys):
     assert "of 12 (stop_at=1.5)" in capsys.readouterr().out  # never reached: the best
     experiment.sft_base(task, tok, model_cfg, fit=fit, **kw)  # no stop_at: no validation
     assert "val greedy" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"tie_embeddings": True, "final_softcap": 5.0}],
+    ids=["untied", "tied_softcap"],
+)
+def test_chunked_loss_train_step_equals_the_plain_one(overrides):
+    """ModelConfig.loss_chunk: the train step's loss, metrics and update are the plain
+    step's (chunks of 5 over length 16: padded, masked positions), for untied and for
+    tied, softcapped heads (Gemma 2's)."""
+    prompts, comps = _data()
+    cfg = dataclasses.replace(CFG, **overrides)
+    params = model_lib.init_params(cfg, jax.random.key(0))
+    opt = optax.sgd(1.0)
+    batch = _stack(training.make_batch(prompts, comps, length=16, weights=[1, 1, 0.5, 1] * 2), 2)
+    out = []
+    for c in (cfg, dataclasses.replace(cfg, loss_chunk=5)):
+        state = training.init_train_state(jax.tree.map(jnp.copy, params), opt)
+        out.append(training.train_step(state, batch, model_cfg=c, optimizer=opt))
+    (s0, m0), (s1, m1) = out
+    for k in ("loss", "token_accuracy", "num_tokens", "grad_norm"):
+        np.testing.assert_allclose(m1[k], m0[k], rtol=1e-5)
+    helpers.assert_trees_equal(s1.params, s0.params, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_loss_bounds_the_train_steps_memory():
+    """At vocab 8192 the compiled step's temporary memory holds [B, L, V] f32 logits (and
+    their gradient) unchunked, one chunk's with loss_chunk (XLA's own estimate)."""
+    cfg = dataclasses.replace(CFG, vocab_size=8192)
+    params = model_lib.init_params(cfg, jax.random.key(0))
+    opt = optax.adamw(1e-3)
+    prompts = [[5] * 8] * 8
+    comps = [[6] * 56] * 8
+    batch = _stack(training.make_batch(prompts, comps, length=64), 1)
+    temp = {}
+    for chunk in (None, 8):
+        c = dataclasses.replace(cfg, loss_chunk=chunk)
+        state = training.init_train_state(params, opt)
+        step = jax.jit(functools.partial(training.train_step, model_cfg=c, optimizer=opt))
+        temp[chunk] = step.lower(state, batch).compile().memory_analysis().temp_size_in_bytes
+    logits_bytes = 8 * 64 * 8192 * 4
+    assert temp[None] > 2 * logits_bytes
+    assert temp[8] < temp[None] / 3, temp
