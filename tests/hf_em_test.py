@@ -248,11 +248,19 @@ def test_m_step_on_hf_tokenized_samples(checkpoint, data, tmp_path):
     assert all(history[i]["test/greedy_pass@1"] == 1.0 for i in (0, 1))
 
 
-def test_gsm8k_instruct_gin_end_to_end(data, tmp_path):
-    """gsm8k_instruct.gin on a tiny random Llama whose tokenizer carries a ChatML chat
-    template: prompts are the template's user turn (ids equal transformers'), the
-    tokenizer's EOS (where samples stop) is <|im_end|>, and one iteration runs through
-    the launcher."""
+@pytest.mark.parametrize(
+    "family, chat, system",
+    [
+        ("Llama", "chatml", "Solve it."),
+        # Gemma's template refuses a system turn: the config's is turned off by gin.
+        ("Gemma2", "gemma", None),
+    ],
+)
+def test_gsm8k_instruct_gin_end_to_end(data, tmp_path, family, chat, system):
+    """gsm8k_instruct.gin on a tiny random instruct checkpoint (a Llama with ChatML's
+    template, a Gemma 2 with Gemma's): prompts are the template's user turn (ids equal
+    transformers'), the tokenizer's EOS (where samples stop) is the template's end of
+    turn, and one iteration runs through the launcher."""
     import hf_testing
     from rest_em import estep, experiment
     from rest_em.tasks import jsonl_tasks
@@ -260,17 +268,17 @@ def test_gsm8k_instruct_gin_end_to_end(data, tmp_path):
     checkpoint = tmp_path / "instruct"
     rows = _rows()
     hf_tok = hf_testing.write_chat_tokenizer(
-        checkpoint, "chatml", [r["question"] + "\n" + r["answer"] for r in rows]
+        checkpoint, chat, [r["question"] + "\n" + r["answer"] for r in rows]
     )
+    end_of_turn = hf_testing.CHAT_FAMILIES[chat][-1]
     hf = hf_testing.make_hf_model(
-        "Llama",
+        family,
         vocab_size=len(hf_tok),
         max_position_embeddings=1024,
-        eos_token_id=hf_tok.convert_tokens_to_ids("<|im_end|>"),
+        eos_token_id=hf_tok.convert_tokens_to_ids(end_of_turn),
     )
     hf.save_pretrained(checkpoint, safe_serialization=True)
     train, test = data
-    system = "Solve it."
     task = experiment.chat_task(
         task=jsonl_tasks.gsm8k_task(
             train_file=str(train), test_file=str(test), num_shots=0, val_size=VAL_SIZE
@@ -279,20 +287,19 @@ def test_gsm8k_instruct_gin_end_to_end(data, tmp_path):
         system=system,
     )
     tok = experiment.hf_tokenizer(checkpoint_dir=str(checkpoint), chat=True)
-    assert tok.eos_id == hf_tok.convert_tokens_to_ids("<|im_end|>") and tok.bos_id is None
+    assert tok.eos_id == hf_tok.convert_tokens_to_ids(end_of_turn) and tok.bos_id is None
     problem = task.load("test")[0]
     plain = jsonl_tasks.gsm8k_task(
         train_file=str(train), test_file=str(test), num_shots=0, val_size=VAL_SIZE
     )
-    messages = [
-        {"role": "system", "content": system},
-        {"role": "user", "content": plain.prompt(problem)},
-    ]
+    messages = [{"role": "system", "content": system}] if system is not None else []
+    messages.append({"role": "user", "content": plain.prompt(problem)})
     want = hf_tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
     want = list(want["input_ids"] if hasattr(want, "keys") else want)
     assert estep.prompt_ids(task, tok, problem) == want
 
-    _, rows = _run_gin("gsm8k_instruct.gin", checkpoint, data, tmp_path / "run")
+    bindings = {} if system is not None else {"chat_task.system": None}
+    _, rows = _run_gin("gsm8k_instruct.gin", checkpoint, data, tmp_path / "run", **bindings)
     assert [r["iteration"] for r in rows] == [0, 1]
     num_train_used = NUM_TRAIN - VAL_SIZE  # zero-shot: no exemplars taken from train
     assert rows[1]["num_samples"] == num_train_used * NUM_SAMPLES
