@@ -133,6 +133,7 @@ def test_reproduce_paper_quick(tmp_path):
         ("STaR (greedy + rationalization)", "star", -1),
         ("ReST", "rest", -1),
         ("ReST^EM", "restem", -1),
+        ("ReST^EM, LoRA M-steps (rank 8)", "lora", -1),
     ):
         m = _metrics(runs, run)[it]
         assert variants[label][2:4] == [str(m["iteration"]), _pct(m[T])], label
@@ -167,6 +168,11 @@ def test_reproduce_paper_quick(tmp_path):
     assert f"The full-size points ({full} problems)" in text and f"\n| {full} | " in text
     assert "β=1, clipped at 10, with up to 4 negatives per problem and K=2 " in text
     assert "step_dpo.gin`, β=0.1)" in text
+
+    # LoRA reuses restem's iteration-1 samples (same base, same keys) and trains adapters.
+    lora = _metrics(runs, "lora")
+    assert lora[1]["num_selected"] == restem[1]["num_selected"]
+    assert (runs / "seed_0" / "lora" / "iter_001" / "adapter").is_dir()
 
     # Matched steps: positives only refit on the same E-step for the negatives' steps.
     for n in (12, 24):
