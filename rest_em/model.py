@@ -277,6 +277,11 @@ class Attention(nn.Module):
             values = partitioning.constrain(values, KV_CACHE_AXES)
             new_cache = (keys, values)
 
+        # A mask shorter than the cache (the sampler's attention buckets) attends over
+        # the cache's first slots only: the filled part, not prompt + max_new_tokens.
+        attend = attn_mask_BxTxS.shape[-1]
+        if attend < keys.shape[2]:
+            keys, values = keys[:, :, :attend], values[:, :, :attend]
         g = h // k
         q = q.reshape(b, t, k, g, hd)
         scores = _einsum("btkgh,bksh->bkgts", q, keys, out=jnp.float32)

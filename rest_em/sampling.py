@@ -54,6 +54,10 @@ class SamplingConfig:
     eos_id: int | None = None
     pad_id: int = 0
     use_kv_cache: bool = True  # False recomputes the whole prefix each step (benchmark baseline)
+    # Decode steps attend over the filled part of the cache only, in doubling length
+    # buckets (`attend_buckets`): a step at context 100 reads 128 cache slots, not the
+    # whole prompt + max_new_tokens. False: every step reads the whole cache (reference).
+    bucketed_attention: bool = True
 
     def __post_init__(self):
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -143,6 +147,19 @@ def sample_keys(key: Array, problem_ids_B: Array, num_samples: int) -> Array:
 # --- the pure sampler ---------------------------------------------------------------
 
 
+def attend_buckets(prompt_len: int, cache_len: int, smallest: int = 64) -> list[int]:
+    """The cache lengths decode steps attend over: doubling from the first power of two
+    (at least `smallest`) above the prompt, up to `cache_len` (the last). A step that
+    writes slot q uses the first bucket > q, so it reads less than twice its context."""
+    ends, end = [], smallest
+    while end <= prompt_len:
+        end *= 2
+    while end < cache_len:
+        ends.append(end)
+        end *= 2
+    return [*ends, cache_len]
+
+
 def generate(
     params: Any,
     prompt_BxP: Array,
@@ -201,11 +218,12 @@ def generate(
         [jnp.repeat(prompt_BxP, n, axis=0), jnp.full((r, t_max), cfg.pad_id, jnp.int32)], axis=1
     )
 
-    def next_logits(tok_R, t, cache, seq_RxS):
+    def next_logits(tok_R, t, cache, seq_RxS, attend):
+        """The logits after `tok_R` at slot p + t; a cached step attends to slots < attend."""
         slot = p + t
         valid = valid_R_S | ((slots_S[None, :] >= p) & (slots_S[None, :] <= slot))
         if cfg.use_kv_cache:
-            mask = model_lib.layer_masks(jnp.full((r, 1), slot), valid, model_cfg)
+            mask = model_lib.layer_masks(jnp.full((r, 1), slot), valid[:, :attend], model_cfg)
             logits, cache = run(tok_R[:, None], (slot - pad_R)[:, None], mask, cache, slot)
             return logits[:, 0, :], cache
         query = jnp.broadcast_to(slots_S, (r, s))
@@ -215,11 +233,7 @@ def generate(
 
     stopped = stop_next_SxV.shape[0] - 1 if stop_next_SxV is not None else None
 
-    def cond(state):
-        t, done_R = state[0], state[3]
-        return (t < t_max) & ~jnp.all(done_R)
-
-    def body(state):
+    def body(state, attend):
         t, tokens_RxT, logprobs_RxT, done_R, lengths_R, logits_RxV, cache, seq_RxS, stop_R = state
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys_R)
         tok = choose_tokens(logits_RxV, step_keys, cfg)
@@ -238,7 +252,7 @@ def generate(
             done_R = done_R | (stop_R == stopped)
         if not cfg.use_kv_cache:
             seq_RxS = jax.lax.dynamic_update_index_in_dim(seq_RxS, tok, p + t, axis=1)
-        logits_RxV, cache = next_logits(tok, t, cache, seq_RxS)
+        logits_RxV, cache = next_logits(tok, t, cache, seq_RxS, attend)
         return (
             t + 1,
             tokens_RxT,
@@ -263,7 +277,16 @@ def generate(
         seq_RxS if not cfg.use_kv_cache else jnp.zeros((r, 0), jnp.int32),
         jnp.zeros((r,), jnp.int32),  # each row's stop-automaton state
     )
-    steps, tokens_RxT, logprobs_RxT, _, lengths_R, *_ = jax.lax.while_loop(cond, body, state)
+    # One while_loop per attention bucket: steps whose new token lands in slots
+    # [previous end, end) attend over `end` cache slots (a static shape per loop).
+    for end in attend_buckets(p, s) if cfg.use_kv_cache and cfg.bucketed_attention else [s]:
+
+        def cond(state, end=end):
+            t, done_R = state[0], state[3]
+            return (t < min(t_max, end - p)) & ~jnp.all(done_R)
+
+        state = jax.lax.while_loop(cond, functools.partial(body, attend=end), state)
+    steps, tokens_RxT, logprobs_RxT, _, lengths_R, *_ = state
     return SampleOutput(
         tokens_BxNxT=tokens_RxT.reshape(b, n, t_max),
         lengths_BxN=lengths_R.reshape(b, n),

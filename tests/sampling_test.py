@@ -1,5 +1,7 @@
 """Sampler behaviour on one device: decoding rules, keys, EOS, compilation, bad input."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -234,3 +236,44 @@ def test_problem_ids_must_match_prompts(params):
         sampling.sample(
             params, PROMPTS, model_cfg=CFG, cfg=cfg, key=jax.random.key(0), problem_ids=[1]
         )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"sliding_window": 12, "sliding_layers": (0,), "attn_softcap": 20.0}],
+    ids=["llama", "sliding_softcap"],
+)
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_bucketed_attention_equals_attending_over_the_whole_cache(overrides, temperature):
+    """Decode steps attending over the filled cache only (doubling buckets 64, 128, the
+    whole cache) give the tokens, lengths and log-probs of steps that read every slot:
+    rows of mixed lengths (EOS) on either side of the first boundary, and rows without
+    EOS that run through every bucket; with sliding windows and softcapping too."""
+    cfg = dataclasses.replace(CFG, max_seq_len=256, **overrides)
+    p = model.init_params(cfg, jax.random.key(1))
+    prompts = [[3, 4, 5], [7, 8, 9, 10, 11, 12, 13], [1], [20, 21, 22, 23, 24]]
+    assert sampling.attend_buckets(8, 158) == [64, 128, 158]
+    for eos_id, num_samples in ((2, 6), (None, 1)):
+        out = {}
+        for bucketed in (True, False):
+            sc = sampling.SamplingConfig(
+                max_new_tokens=150,
+                num_samples=num_samples,
+                temperature=temperature,
+                top_k=0,
+                eos_id=eos_id,
+                bucketed_attention=bucketed,
+            )
+            out[bucketed] = sampling.sample(
+                p, prompts, model_cfg=cfg, cfg=sc, key=jax.random.key(0)
+            )
+        a, b = out[True], out[False]
+        np.testing.assert_array_equal(a.tokens_BxNxT, b.tokens_BxNxT)
+        np.testing.assert_array_equal(a.lengths_BxN, b.lengths_BxN)
+        np.testing.assert_allclose(a.logprobs_BxNxT, b.logprobs_BxNxT, atol=1e-5)
+        assert int(a.num_steps) == int(b.num_steps)
+        lengths = np.asarray(a.lengths_BxN).ravel()
+        if eos_id is None:
+            assert (lengths == 150).all() and int(a.num_steps) == 150
+        elif temperature > 0:  # rows end on both sides of the first boundary (slot 64)
+            assert lengths.min() < 40 and lengths.max() > 60, lengths
