@@ -35,3 +35,19 @@ def test_quick_run_reports_both_rows_and_the_skipped_share(tmp_path):
         line = next(line for line in text.splitlines() if line.startswith(row))
         assert float(line.split("|")[3].replace(",", "")) > 0  # samples/s
     assert "skipped as identical" in text and "isolation" in text
+
+
+def test_estep_attention_buckets_quick(tmp_path):
+    """benchmarks/estep.py --quick: both attention modes run at both caps, sample the same
+    tokens (the script checks it) and land in the results file."""
+    results = tmp_path / "RESULTS.md"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "estep.py"), "--quick", "--write"]
+    proc = subprocess.run(
+        [*cmd, f"--results={results}"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for cap in (16, 96):
+        for system in ("whole", "buckets"):
+            assert f"| {cap} | {system} | " in proc.stdout
+    assert "identical tokens at every cap (checked)" in proc.stdout
+    assert "## E-step decoding, attention buckets" in results.read_text()
