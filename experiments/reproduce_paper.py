@@ -1354,6 +1354,24 @@ def mix(weights) -> str:
     return " (" + " / ".join(f"{100 * w / total:.0f}%" for w in weights) + " of them by level)"
 
 
+def human_data(ctx: Context) -> str:
+    """What the task's "human" solutions are, as the reference run configured them."""
+    c = ctx.configs.get("restem", {}) if ctx.has("restem") else {}
+    style = c.get("arithmetic_task.human_style", "worded")
+    example = {"worded": "41 plus 7 is 48", "spaced": "41 + 7 = 48"}.get(style, style)
+    text = (
+        f'the "human" reference solutions are our rewrite of the model\'s format '
+        f'("{example}" where the model writes "41+7=48", one operation per line)'
+    )
+    share = c.get("arithmetic_task.sft_human_share")
+    if share:
+        text += (
+            f", and {100 * share:.0f}% of the base's SFT solutions are in that style (as a "
+            "pretrained model has read people's writing)"
+        )
+    return text
+
+
 def limits(ctx: Context) -> list[str]:
     """What the testbed can and cannot show (with the base model's per-level numbers)."""
     lines = ["## What this testbed can and cannot show", ""]
@@ -1391,9 +1409,8 @@ def limits(ctx: Context) -> list[str]:
         "- anything about scale or pretrained models: the model has under a million "
         "parameters and its base is made by SFT on a synthetic mix of levels, so being weak "
         "but nonzero on every level is engineered here, not emergent;",
-        '- human data: the "human" reference solutions are our rewrite of the model\'s '
-        'format in words ("41 plus 7 is 48", one operation per line), a stand-in for a '
-        "different style, not people's solutions;",
+        f"- human data: {human_data(ctx)}, a stand-in for a different style, not "
+        "people's solutions;",
         "- far transfer: the transfer task is the same arithmetic asked with another "
         'prompt ("Question: ..."), near transfer, not GSM8K-to-HumanEval distance;',
         f"- per-step negatives at the paper's budget: study 8 uses {budget} (the paper: K=5, "
