@@ -6,7 +6,7 @@ sample` on a random-init llama20m-shaped model (f32), `--samples` samples of eac
 every sample), for each `max_new_tokens` cap, with
   whole    `SamplingConfig(bucketed_attention=False)`: every decode step reads the whole
            prompt + max_new_tokens cache (the sampler before attention buckets);
-  buckets  `bucketed_attention=True` (the default): a step writing slot q attends over
+  buckets  `bucketed_attention=True` (opt-in): a step writing slot q attends over
            the first doubling bucket (64, 128, 256, ...) above q, so it reads less than
            twice its context.
 Rows run to the cap (no EOS): every decode step produces a kept token, so the figures
@@ -20,7 +20,7 @@ Not measured here (issue 17, still open): continuous batching (refilling finishe
 and heavy-tailed EOS lengths, where a static batch wastes the steps after a row ends.
 
 Usage:
-  python benchmarks/estep.py                 # caps 128, 256, 1024 (~5 min on 2 cores)
+  python benchmarks/estep.py                 # caps 128, 256, 512, 8 samples (~5 min)
   python benchmarks/estep.py --quick         # a tiny model (seconds; the test runs it)
   python benchmarks/estep.py --write         # also update benchmarks/RESULTS.md
 """
@@ -123,10 +123,10 @@ def report(rows: list[Row], cfg, args, notes: list[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="llama20m", choices=sorted(MODELS))
-    p.add_argument("--caps", default="128,256,1024")
+    p.add_argument("--caps", default="128,256,512")
     p.add_argument("--prompts", type=int, default=1)
     p.add_argument("--prompt_len", type=int, default=48)
-    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--samples", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="tiny model, caps 16 and 96, 1 repeat")
     p.add_argument("--write", action="store_true")
