@@ -25,10 +25,11 @@ def _with_base(src, dst):
 
 
 def _tiny_task():
+    """The task tiny_arithmetic.gin configures (its human style from arithmetic.gin)."""
     from rest_em.tasks import arithmetic
 
     return arithmetic.make_task(
-        num_train=48, num_sft=64, num_val=16, num_test=32, verify_steps=False
+        num_train=48, num_sft=64, num_val=16, num_test=32, verify_steps=False, human_style="spaced"
     )
 
 
@@ -51,8 +52,8 @@ def test_sft_on_human_solutions(restem, tmp_path):
     m = json.loads((w / "iter_001" / "metrics.json").read_text())
     assert m["num_samples"] == 0 and m["num_selected"] == len(train)
     assert m["num_train_steps"] > 0 and 0.0 <= m["test/greedy_pass@1"] <= 1.0
-    # The human solutions are worded ("7 plus 8 is 15"), not the model's "7+8=15".
-    assert all(" is " in r["completion"] and "=" not in r["completion"] for r in selected)
+    # The human solutions are spaced ("7 + 8 = 15"), not the model's "7+8=15".
+    assert all(" = " in r["completion"] for r in selected)
 
 
 def test_rest_continues_from_the_last_model(restem, tmp_path):
