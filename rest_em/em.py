@@ -72,6 +72,11 @@ class EMConfig:
     top_k: int = 40  # 0 = the whole vocabulary
     top_p: float = 1.0
     max_new_tokens: int = 128
+    # The decoding engine (E-step, evaluation, per-step rollouts): continuous batching
+    # in this many slots per sampler call (`rest_em.continuous_batching`; 0 = one static
+    # batch). The same samples either way, so it is not part of a workdir's fingerprint.
+    decode_slots: int = 256
+    kv_cache_dtype: str | None = None  # "bfloat16": half the KV cache (logits change slightly)
     max_per_problem: int = 10  # the paper's cap on solutions per problem
     dedup: bool = True
     from_base: bool = True  # ReST^EM: every M-step starts from the base model
@@ -98,6 +103,11 @@ class EMConfig:
             if not ok:
                 raise errors.ConfigError(f"EMConfig: {msg}")
 
+        need(self.decode_slots >= 0, f"decode_slots must be >= 0, got {self.decode_slots}")
+        need(
+            self.kv_cache_dtype in (None, "float32", "bfloat16"),
+            f"kv_cache_dtype must be None, 'float32' or 'bfloat16', got {self.kv_cache_dtype!r}",
+        )
         need(self.num_iterations >= 0, f"num_iterations must be >= 0, got {self.num_iterations}")
         need(
             self.num_samples >= 1 and self.eval_num_samples >= 1,

@@ -239,8 +239,9 @@ def _done(value: Any) -> concurrent.futures.Future:
 
 
 def sampling_config(cfg: Any, tokenizer: Tokenizer, num_samples: int) -> sampling.SamplingConfig:
-    """`num_samples` per prompt at the EMConfig's temperature, top-k, top-p and length:
-    the E-step's (and the per-step rollouts') sampler settings."""
+    """`num_samples` per prompt at the EMConfig's temperature, top-k, top-p and length,
+    on its decoding engine: the E-step's, evaluation's and per-step rollouts' sampler
+    settings."""
     return sampling.SamplingConfig(
         num_samples=num_samples,
         temperature=cfg.temperature,
@@ -249,6 +250,8 @@ def sampling_config(cfg: Any, tokenizer: Tokenizer, num_samples: int) -> samplin
         max_new_tokens=cfg.max_new_tokens,
         eos_id=tokenizer.eos_id,
         pad_id=tokenizer.pad_id,
+        num_slots=getattr(cfg, "decode_slots", 0),
+        kv_cache_dtype=getattr(cfg, "kv_cache_dtype", None),
     )
 
 

@@ -115,14 +115,10 @@ def evaluate(
     `cfg` is an EMConfig (max_new_tokens, chunk_size, temperature, top_k, top_p, eval_ks)."""
     import dataclasses
 
-    from rest_em import estep, sampling
+    from rest_em import estep
 
-    greedy_cfg = sampling.SamplingConfig(
-        num_samples=1,
-        temperature=0.0,
-        max_new_tokens=cfg.max_new_tokens,
-        eos_id=tokenizer.eos_id,
-        pad_id=tokenizer.pad_id,
+    greedy_cfg = dataclasses.replace(
+        estep.sampling_config(cfg, tokenizer, 1), temperature=0.0, top_k=0, top_p=1.0
     )
     common = dict(
         task=task,

@@ -36,6 +36,9 @@ from rest_em import workdir as workdir_lib
 
 ON_CONFIG_CHANGE = ("refuse", "continue")
 _EXTENDABLE = ("EMConfig.num_iterations", "EMConfig.eval_splits")  # (binding suffixes)
+# Knobs of how samples are computed, not which: left out, so a workdir resumes with
+# another value (continuous batching gives the static sampler's tokens, tested).
+_ENGINE = ("EMConfig.decode_slots",)
 
 
 def _jsonable(x: Any) -> Any:
@@ -120,8 +123,9 @@ def of_run(
     transfer: Mapping[str, tuple[Any, Sequence[Any]]] | None = None,
 ) -> dict[str, Any]:
     """The fingerprint of an `em.run` call; `config` (the launcher's gin bindings,
-    `gin_bindings`) replaces the EMConfig's fields. `mesh` is not part of it: a run gives
-    the same results on any mesh, so a workdir may be resumed on another one."""
+    `gin_bindings`) replaces the EMConfig's fields. `mesh` and the decoding engine's
+    slots are not part of it: a run gives the same results on any mesh and any number
+    of slots, so a workdir may be resumed on another one."""
     del mesh
     from rest_em import __version__
 
@@ -147,7 +151,7 @@ def of_run(
     if teacher is not None:
         fp.update(flatten("teacher.model", teacher.model_cfg))
         fp["teacher.params"] = params_checksum(teacher.params)
-    return _jsonable(fp)
+    return {k: v for k, v in _jsonable(fp).items() if not k.endswith(_ENGINE)}
 
 
 def _literal(v: Any) -> Any:

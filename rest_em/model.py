@@ -231,6 +231,18 @@ def softcap(x: Array, cap: float | None) -> Array:
     return x if cap is None else cap * jnp.tanh(x / cap)
 
 
+def _cache_write(cache_BxKxSxH: Array, new_BxKxTxH: Array, write_index: Any) -> Array:
+    """Writes the new keys (or values) into the cache from slot `write_index`: a scalar
+    (every row at the same slot: the static sampler) or one slot per row, `[B]`
+    (continuous batching, where each row is at its own length)."""
+    new_BxKxTxH = new_BxKxTxH.astype(cache_BxKxSxH.dtype)
+    if jnp.ndim(write_index) == 0:
+        return jax.lax.dynamic_update_slice(cache_BxKxSxH, new_BxKxTxH, (0, 0, write_index, 0))
+    return jax.vmap(lambda c, x, i: jax.lax.dynamic_update_slice(c, x, (0, i, 0)))(
+        cache_BxKxSxH, new_BxKxTxH, write_index
+    )
+
+
 class Attention(nn.Module):
     cfg: ModelConfig
     kind: str = "full"  # "sliding" or "full" (ModelConfig.layer_kind)
@@ -270,9 +282,8 @@ class Attention(nn.Module):
             keys, values, new_cache = k_new, v_new, None
         else:
             cache_k, cache_v = kv_cache
-            start = (0, 0, write_index, 0)
-            keys = jax.lax.dynamic_update_slice(cache_k, k_new.astype(cache_k.dtype), start)
-            values = jax.lax.dynamic_update_slice(cache_v, v_new.astype(cache_v.dtype), start)
+            keys = _cache_write(cache_k, k_new, write_index)
+            values = _cache_write(cache_v, v_new, write_index)
             keys = partitioning.constrain(keys, KV_CACHE_AXES)
             values = partitioning.constrain(values, KV_CACHE_AXES)
             new_cache = (keys, values)

@@ -60,6 +60,14 @@ class SamplingConfig:
     # XLA:CPU it is measured SLOWER (llama20m, 8 rows, cap 256: 7.9 s vs 6.8 s; the
     # prefix slice of the cache is copied every step), so it waits for a faster form.
     bucketed_attention: bool = False
+    # Continuous batching (`rest_em.continuous_batching`): decode in this many slots,
+    # refilling a slot with the next (prompt, sample) the step its row ends, instead of
+    # one static batch of every prompt x num_samples decoded until its longest row ends.
+    # The same tokens either way. 0 = the static batch.
+    num_slots: int = 0
+    # The KV cache's dtype ("bfloat16" halves its memory and traffic; None: the model's
+    # compute dtype). Attention then runs q.k and p.v in bf16 with f32 accumulation.
+    kv_cache_dtype: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -74,6 +82,16 @@ class SamplingConfig:
             raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
         if not (0.0 < self.top_p <= 1.0):
             raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {self.top_p!r}")
+        if not isinstance(self.num_slots, int) or self.num_slots < 0:
+            raise ValueError(
+                f"num_slots must be an integer >= 0 (0 = a static batch), got {self.num_slots!r}"
+            )
+        if self.num_slots and not self.use_kv_cache:
+            raise ValueError("num_slots (continuous batching) needs use_kv_cache=True")
+        if self.kv_cache_dtype not in (None, "float32", "bfloat16"):
+            raise ValueError(
+                f"kv_cache_dtype must be None, 'float32' or 'bfloat16', got {self.kv_cache_dtype!r}"
+            )
 
     @property
     def greedy(self) -> bool:
@@ -162,6 +180,43 @@ def attend_buckets(prompt_len: int, cache_len: int, smallest: int = 64) -> list[
     return [*ends, cache_len]
 
 
+def prompt_validity(prompt_lengths_B: Array, p: int, s: int) -> tuple[Array, Array]:
+    """`(pad_B, valid_prompt_BxS)`: each left-padded prompt's padding, and which of the
+    `s` cache slots hold its tokens (the last `prompt_lengths_B[b]` of the first `p`)."""
+    pad_B = p - prompt_lengths_B
+    slots_S = jnp.arange(s)
+    return pad_B, (slots_S[None, :] >= pad_B[:, None]) & (slots_S[None, :] < p)
+
+
+def prefill(
+    params: Any,
+    prompt_BxP: Array,
+    prompt_lengths_B: Array,
+    s: int,
+    *,
+    model_cfg: model_lib.ModelConfig,
+    cfg: SamplingConfig,
+) -> tuple[Array, Any]:
+    """Runs the LEFT-padded prompts once: `(logits_BxV after the last prompt token, KV
+    cache [B, K, s, H] per layer with the prompts in its first p slots)`; the cache is
+    None when `cfg.use_kv_cache` is off. Shared by the static and continuous samplers,
+    so both decode from the same numbers."""
+    b, p = prompt_BxP.shape
+    run = functools.partial(model_lib.Transformer(model_cfg).apply, {"params": params})
+    pad_B, valid_prompt_BxS = prompt_validity(prompt_lengths_B, p, s)
+    positions_BxP = jnp.maximum(jnp.arange(p)[None, :] - pad_B[:, None], 0)
+    prompt_slots_BxP = jnp.broadcast_to(jnp.arange(p), (b, p))
+    if not cfg.use_kv_cache:
+        mask = model_lib.layer_masks(prompt_slots_BxP, valid_prompt_BxS[:, :p], model_cfg)
+        logits_BxPxV, _ = run(prompt_BxP, positions_BxP, mask, None, 0)
+        return logits_BxPxV[:, -1, :], None
+    cache = model_lib.init_kv_cache(model_cfg, b, s, cfg.kv_cache_dtype)
+    cache = jax.tree.map(lambda c: partitioning.constrain(c, model_lib.KV_CACHE_AXES), cache)
+    mask = model_lib.layer_masks(prompt_slots_BxP, valid_prompt_BxS, model_cfg)
+    logits_BxPxV, cache = run(prompt_BxP, positions_BxP, mask, cache, 0)
+    return logits_BxPxV[:, -1, :], cache
+
+
 def generate(
     params: Any,
     prompt_BxP: Array,
@@ -184,32 +239,20 @@ def generate(
     b, p = prompt_BxP.shape
     n, t_max = cfg.num_samples, cfg.max_new_tokens
     r, s = b * n, p + t_max
-    transformer = model_lib.Transformer(model_cfg)
-
-    pad_B = p - prompt_lengths_B
+    run = functools.partial(model_lib.Transformer(model_cfg).apply, {"params": params})
     slots_S = jnp.arange(s)
-    valid_prompt_BxS = (slots_S[None, :] >= pad_B[:, None]) & (slots_S[None, :] < p)
-    positions_BxP = jnp.maximum(jnp.arange(p)[None, :] - pad_B[:, None], 0)
-    prompt_slots_BxP = jnp.broadcast_to(jnp.arange(p), (b, p))
-
-    def run(tokens, positions, mask, cache, write_index):
-        return transformer.apply({"params": params}, tokens, positions, mask, cache, write_index)
+    pad_B, valid_prompt_BxS = prompt_validity(prompt_lengths_B, p, s)
 
     # Prefill once per prompt, then give each of the n samples its own copy of the cache.
-    if cfg.use_kv_cache:
-        cache = model_lib.init_kv_cache(model_cfg, b, s)
-        cache = jax.tree.map(lambda c: partitioning.constrain(c, model_lib.KV_CACHE_AXES), cache)
-        mask = model_lib.layer_masks(prompt_slots_BxP, valid_prompt_BxS, model_cfg)
-        logits_BxPxV, cache = run(prompt_BxP, positions_BxP, mask, cache, 0)
+    logits_BxV, cache = prefill(
+        params, prompt_BxP, prompt_lengths_B, s, model_cfg=model_cfg, cfg=cfg
+    )
+    if cache is not None:
         cache = jax.tree.map(
             lambda c: partitioning.constrain(jnp.repeat(c, n, axis=0), model_lib.KV_CACHE_AXES),
             cache,
         )
-    else:
-        mask = model_lib.layer_masks(prompt_slots_BxP, valid_prompt_BxS[:, :p], model_cfg)
-        logits_BxPxV, _ = run(prompt_BxP, positions_BxP, mask, None, 0)
-        cache = None
-    logits_RxV = jnp.repeat(logits_BxPxV[:, -1, :], n, axis=0)
+    logits_RxV = jnp.repeat(logits_BxV, n, axis=0)
     logits_RxV = partitioning.constrain(logits_RxV, ("batch", "act_vocab"))
 
     pad_R = jnp.repeat(pad_B, n)
@@ -316,9 +359,17 @@ def make_sampler(
     rules: partitioning.Rules = partitioning.LOGICAL_AXIS_RULES,
     with_stops: bool = False,
 ):
-    """`generate` jitted for these configs (and shardings, with a mesh; `with_stops`: it
-    takes a stop table after the key). Cached."""
+    """`generate` (or, with `cfg.num_slots`, `continuous_batching.generate`) jitted for
+    these configs (and shardings, with a mesh; `with_stops`: it takes a stop table after
+    the key). Cached."""
     fn = functools.partial(generate, model_cfg=model_cfg, cfg=cfg)
+    if cfg.num_slots:
+        from rest_em import continuous_batching
+
+        multiple = partitioning.batch_multiple(mesh, rules) if mesh is not None else 1
+        fn = functools.partial(
+            continuous_batching.generate, model_cfg=model_cfg, cfg=cfg, slot_multiple=multiple
+        )
     if mesh is None:
         return jax.jit(fn)
     batch2, batch, _ = input_shardings(mesh, rules)

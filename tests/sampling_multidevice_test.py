@@ -65,6 +65,25 @@ def test_sharded_sampling_equals_one_device(params, single_device, data, fsdp, t
     np.testing.assert_allclose(out.logprobs_BxNxT, single_device.logprobs_BxNxT, atol=1e-4)
 
 
+@pytest.mark.parametrize("data,fsdp,tensor,slots", [(8, 1, 1, 8), (2, 2, 2, 5), (4, 1, 2, 64)])
+def test_continuous_batching_on_a_mesh_equals_the_static_sampler(
+    params, single_device, data, fsdp, tensor, slots
+):
+    """Slots sharded over the batch axes (5 rounds up to the split), refilled from the
+    work list: the static single-device sampler's samples."""
+    import dataclasses
+
+    mesh = partitioning.make_mesh(data, fsdp, tensor)
+    sharded_params = jax.device_put(params, model.param_shardings(CFG, mesh))
+    cfg = dataclasses.replace(SAMPLING, num_slots=slots)
+    out = sampling.sample(
+        sharded_params, PROMPTS, model_cfg=CFG, cfg=cfg, key=jax.random.key(3), mesh=mesh
+    )
+    np.testing.assert_array_equal(out.tokens_BxNxT, single_device.tokens_BxNxT)
+    np.testing.assert_array_equal(out.lengths_BxN, single_device.lengths_BxN)
+    np.testing.assert_allclose(out.logprobs_BxNxT, single_device.logprobs_BxNxT, atol=1e-4)
+
+
 def test_sharded_sample_does_not_depend_on_neighbours(params, single_device):
     mesh = partitioning.make_mesh(4, 1, 2)
     # Problem 1 alone (padded up to the mesh's batch split), then with other neighbours.
