@@ -37,9 +37,10 @@ def test_quick_run_reports_both_rows_and_the_skipped_share(tmp_path):
     assert "skipped as identical" in text and "isolation" in text
 
 
-def test_estep_attention_buckets_quick(tmp_path):
-    """benchmarks/estep.py --quick: both attention modes run at both caps, sample the same
-    tokens (the script checks it) and land in the results file."""
+def test_estep_heavy_tailed_quick(tmp_path):
+    """benchmarks/estep.py --quick: every system runs at both caps, the f32 ones sample
+    the same tokens (the script checks it), EOS-biased lengths end early, and the section
+    lands in the results file."""
     results = tmp_path / "RESULTS.md"
     cmd = [sys.executable, str(REPO / "benchmarks" / "estep.py"), "--quick", "--write"]
     proc = subprocess.run(
@@ -47,7 +48,13 @@ def test_estep_attention_buckets_quick(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for cap in (16, 96):
-        for system in ("whole", "buckets"):
-            assert f"| {cap} | {system} | " in proc.stdout
+        for system in ("static", "buckets", "continuous", "continuous-bf16"):
+            line = next(
+                x for x in proc.stdout.splitlines() if x.startswith(f"| {cap} | {system} |")
+            )
+            cells = [c.strip() for c in line.split("|")]
+            assert float(cells[3].replace(",", "")) > 0  # kept tokens/s
+            assert 0 < float(cells[6]) <= 1  # useful-step fraction
+            assert float(cells[7]) < cap  # EOS ends rows before the cap on average
     assert "identical tokens at every cap (checked)" in proc.stdout
-    assert "## E-step decoding, attention buckets" in results.read_text()
+    assert "## E-step decoding, heavy-tailed lengths" in results.read_text()
