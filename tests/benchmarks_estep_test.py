@@ -58,3 +58,17 @@ def test_estep_heavy_tailed_quick(tmp_path):
             assert float(cells[7]) < cap  # EOS ends rows before the cap on average
     assert "identical tokens at every cap (checked)" in proc.stdout
     assert "## E-step decoding, heavy-tailed lengths" in results.read_text()
+
+
+def test_gpu_benchmark_smoke_runs_on_cpu(tmp_path):
+    """benchmarks/gpu.py --smoke: both rows on a tiny model, on whatever backend CI has."""
+    results = tmp_path / "RESULTS.md"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--smoke", "--write"]
+    proc = subprocess.run(
+        [*cmd, f"--results={results}"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for row in ("| E-step (continuous, bf16 weights + KV cache) |", "| train step (bf16"):
+        line = next(x for x in proc.stdout.splitlines() if x.startswith(row))
+        assert float(line.split("|")[3].replace(",", "")) > 0  # tokens/s
+    assert "## E-step and train step on one chip" in results.read_text()
