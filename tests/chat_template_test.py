@@ -7,14 +7,10 @@ import json
 import jinja2
 import pytest
 
-from hf_testing import CHAT_FAMILIES, write_chat_tokenizer
+from hf_testing import CHAT_FAMILIES, chat_ids, write_chat_tokenizer
 from rest_em import chat_template, errors, estep
 from rest_em.tasks import arithmetic
 from rest_em.tokenizers import HFTokenizer
-
-
-def _ids(out):
-    return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
 @pytest.mark.parametrize("jinja_file", [False, True])
@@ -31,7 +27,7 @@ def test_prompts_equal_transformers_text_and_ids(family, jinja_file, tmp_path):
         want = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         text = chat_template.chat_prompt(template, "Q: 3+4+1-2\n", system=sys_prompt)
         assert text == want
-        want_ids = _ids(hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
+        want_ids = chat_ids(hf, messages)
         assert ours.encode(text) == want_ids
     # Through a task: the E-step's prompt ids are transformers' (BOS once, from the template).
     task = chat_template.chat_task(arithmetic.make_task(num_train=8), template, system=system)
@@ -39,7 +35,7 @@ def test_prompts_equal_transformers_text_and_ids(family, jinja_file, tmp_path):
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": arithmetic.make_task().prompt(problem)}
     ]
-    want_ids = _ids(hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
+    want_ids = chat_ids(hf, messages)
     assert estep.prompt_ids(task, ours, problem) == want_ids
     plain = arithmetic.make_task()
     assert task.hint_prompt(problem) == chat_template.chat_prompt(

@@ -45,6 +45,25 @@ def checkpoint(tmp_path_factory):
     return directory
 
 
+@pytest.fixture(scope="module")
+def instruct_checkpoint(tmp_path_factory):
+    """A tiny random Llama with ChatML's template: samples end at `<|im_end|>`. (Not a
+    Qwen2: transformers 5 picks Qwen2Tokenizer from config.json, which imposes Qwen's own
+    pre-tokenizer on this generic tokenizer.json; a real Qwen tokenizer.json has it.)"""
+    import hf_testing
+
+    directory = tmp_path_factory.mktemp("hf_code_instruct")
+    hf_tok = hf_testing.write_chat_tokenizer(directory, "chatml", _texts())
+    hf = hf_testing.make_hf_model(
+        "Llama",
+        vocab_size=len(hf_tok),
+        max_position_embeddings=4096,
+        eos_token_id=hf_tok.convert_tokens_to_ids("<|im_end|>"),
+    )
+    hf.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
 _TINY = {
     "EMConfig.num_iterations": 1,
     "EMConfig.num_samples": 2,
@@ -114,6 +133,50 @@ def test_mbpp_gin_end_to_end_with_humaneval_transfer(checkpoint, tmp_path):
     )
     _check_code_run(proc, rows, samples, num_train=6)
     assert rows[0]["test/num_problems"] == 6
+
+
+@pytest.mark.skipif(not MBPP.exists(), reason="needs ../shared/data/mbpp")
+def test_mbpp_instruct_gin_end_to_end_with_humaneval_transfer(instruct_checkpoint, tmp_path):
+    """mbpp_instruct.gin: MBPP and HumanEval as user turns of the checkpoint's template,
+    zero-shot, through the launcher; a prompt's ids are transformers' for the same turn."""
+    proc, rows, samples = _launch(
+        "mbpp_instruct.gin",
+        tmp_path / "run",
+        {
+            "CHECKPOINT": f"'{instruct_checkpoint}'",
+            "MBPP_FILE": f"'{MBPP}'",
+            "HUMANEVAL_FILE": f"'{HUMANEVAL}'",
+            "mbpp_task.limit": 6,
+        },
+    )
+    _check_code_run(proc, rows, samples, num_train=6)
+
+    # The prompt the launcher sampled from is the template's turn, ids as transformers'.
+    import re
+
+    import transformers
+
+    import hf_testing
+    from rest_em import estep, experiment
+    from rest_em.tasks import code_tasks
+
+    config = (REPO / "gin_configs" / "mbpp_instruct.gin").read_text()
+    system = re.search(r'^rest_em\.chat_task\.system = "(.*)"$', config, re.M).group(1)
+    task = experiment.chat_task(
+        task=code_tasks.mbpp_task(path=str(MBPP), num_shots=0, limit=6),
+        checkpoint_dir=str(instruct_checkpoint),
+        system=system,
+    )
+    tok = experiment.hf_tokenizer(checkpoint_dir=str(instruct_checkpoint), chat=True)
+    plain = code_tasks.mbpp_task(path=str(MBPP), num_shots=0, limit=6)
+    problem = task.load("train")[0]
+    hf_tok = transformers.AutoTokenizer.from_pretrained(instruct_checkpoint)
+    messages = [
+        {"role": "system", "content": system},
+        {"role": "user", "content": plain.prompt(problem)},
+    ]
+    want = hf_testing.chat_ids(hf_tok, messages)
+    assert estep.prompt_ids(task, tok, problem) == want
 
 
 def test_apps_gin_end_to_end_with_humaneval_transfer(checkpoint, tmp_path):

@@ -294,8 +294,7 @@ def test_gsm8k_instruct_gin_end_to_end(data, tmp_path, family, chat, system):
     )
     messages = [{"role": "system", "content": system}] if system is not None else []
     messages.append({"role": "user", "content": plain.prompt(problem)})
-    want = hf_tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
-    want = list(want["input_ids"] if hasattr(want, "keys") else want)
+    want = hf_testing.chat_ids(hf_tok, messages)
     assert estep.prompt_ids(task, tok, problem) == want
 
     bindings = {} if system is not None else {"chat_task.system": None}

@@ -156,6 +156,14 @@ CHAT_FAMILIES = {
 TEXTS = ["What is 3 + 4 + 1 - 2?", "41 plus 7 is 48\n#### 48", "Q: 5*3-2\nA:"] * 20
 
 
+def chat_ids(hf_tok, messages, **kwargs) -> list[int]:
+    """transformers' `apply_chat_template(tokenize=True)` ids (transformers 5 returns a
+    BatchEncoding, older versions a list), the generation prompt added by default."""
+    kwargs.setdefault("add_generation_prompt", True)
+    out = hf_tok.apply_chat_template(messages, tokenize=True, **kwargs)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
 def write_chat_tokenizer(path, family: str, texts=TEXTS, *, jinja_file: bool = False):
     """A byte-level BPE tokenizer with a chat-template family's special tokens and
     template (`CHAT_FAMILIES`), saved by transformers (so the files are the ones
