@@ -20,6 +20,7 @@ The bandwidth comes from the device kind (H100 SXM 3.35 TB/s, H200 4.8 TB/s, A10
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import shlex
 import statistics
@@ -34,6 +35,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import _common  # noqa: E402
 from benchmarks.estep import EOS, bias_eos  # noqa: E402
+from benchmarks.fsdp_memory import MODELS as FSDP_MODELS  # noqa: E402
 from benchmarks.training import OPTIMIZER, make_workload, train_flops  # noqa: E402
 from rest_em import model as model_lib  # noqa: E402
 from rest_em import sampling, training  # noqa: E402
@@ -51,14 +53,8 @@ MODELS = {
         qkv_bias=True,
         rope_theta=1e6,
     ),
-    "tiny": dict(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-    ),
+    # --smoke: fsdp_memory's tiny model (its max_seq_len set here from the workload).
+    "tiny": {k: v for k, v in FSDP_MODELS["tiny"].items() if k != "max_seq_len"},
 }
 HBM_TB_S = {"H100": 3.35, "H200": 4.8, "A100": 2.04, "L4": 0.3}
 
@@ -174,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     params = model_lib.init_params(cfg, jax.random.key(0))
     bandwidth = hbm_bandwidth(args)
-    estep = bench_estep(dataclass_bf16(cfg), params, args, bandwidth)
+    # The sampler's config: bf16 weights too (the E-step reads them every step).
+    estep = bench_estep(dataclasses.replace(cfg, param_dtype="bfloat16"), params, args, bandwidth)
     train = bench_train(cfg, params, args)
     size = model_lib.count_params(model_lib.abstract_params(cfg))
     device = jax.devices()[0]
@@ -202,13 +199,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.write:
         heading = _common.results_heading("E-step and train step on one chip", flags)
         _common.write_results(pathlib.Path(args.results), heading, text)
-
-
-def dataclass_bf16(cfg: model_lib.ModelConfig) -> model_lib.ModelConfig:
-    """The sampler's config: bf16 weights too (the E-step reads them every step)."""
-    import dataclasses
-
-    return dataclasses.replace(cfg, param_dtype="bfloat16")
 
 
 if __name__ == "__main__":

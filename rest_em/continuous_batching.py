@@ -121,10 +121,7 @@ def decode_step(
     live_R = state.live_R
     work_R = jnp.minimum(state.work_R, w_total - 1)
     step_keys = jax.vmap(jax.random.fold_in)(keys_W[work_R], state.t_R)
-    tok_R = sampling.choose_tokens(state.logits_RxV, step_keys, cfg)
-    logp_R = jnp.take_along_axis(state.logits_RxV, tok_R[:, None], axis=-1)[
-        :, 0
-    ] - jax.nn.logsumexp(state.logits_RxV, axis=-1)
+    tok_R, logp_R = sampling.draw(state.logits_RxV, step_keys, cfg)
 
     out_R = jnp.where(live_R, state.work_R, w_total)  # w_total: dropped
     t_R = jnp.minimum(state.t_R, t_max - 1)
@@ -132,13 +129,8 @@ def decode_step(
     logprobs_WxT = state.logprobs_WxT.at[out_R, t_R].set(logp_R, mode="drop")
     lengths_W = state.lengths_W.at[out_R].set(state.t_R + 1, mode="drop")
 
-    ended_R = state.t_R + 1 >= t_max
-    if cfg.eos_id is not None:
-        ended_R = ended_R | (tok_R == cfg.eos_id)
-    stop_R = state.stop_R
-    if stop_next_SxV is not None:
-        stop_R = stop_next_SxV[stop_R, tok_R]
-        ended_R = ended_R | (stop_R == stop_next_SxV.shape[0] - 1)
+    ended_R, stop_R = sampling.row_ends(tok_R, state.stop_R, stop_next_SxV, cfg)
+    ended_R = ended_R | (state.t_R + 1 >= t_max)
 
     # The model step: the token at slot P + t of its row, attending to its prompt and
     # its own tokens so far (the static sampler's mask, row by row).

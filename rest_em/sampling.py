@@ -155,6 +155,28 @@ def choose_tokens(logits_RxV: Array, keys_R: Array, cfg: SamplingConfig) -> Arra
     return jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
+def draw(logits_RxV: Array, keys_R: Array, cfg: SamplingConfig) -> tuple[Array, Array]:
+    """Each row's next token and its log-probability under the unmodified model
+    distribution (`SampleOutput.logprobs_BxNxT`'s definition)."""
+    tok_R = choose_tokens(logits_RxV, keys_R, cfg)
+    chosen_R = jnp.take_along_axis(logits_RxV, tok_R[:, None], axis=-1)[:, 0]
+    return tok_R, chosen_R - jax.nn.logsumexp(logits_RxV, axis=-1)
+
+
+def row_ends(
+    tok_R: Array, stop_R: Array, stop_next_SxV: Array | None, cfg: SamplingConfig
+) -> tuple[Array, Array]:
+    """Whether each row ends with `tok_R` (EOS, or its text now contains a stop sequence:
+    the stop automaton reaches its last, absorbing state), and the automaton's new state."""
+    ended_R = jnp.zeros(tok_R.shape, bool)
+    if cfg.eos_id is not None:
+        ended_R = tok_R == cfg.eos_id
+    if stop_next_SxV is not None:
+        stop_R = stop_next_SxV[stop_R, tok_R]
+        ended_R = ended_R | (stop_R == stop_next_SxV.shape[0] - 1)
+    return ended_R, stop_R
+
+
 def sample_keys(key: Array, problem_ids_B: Array, num_samples: int) -> Array:
     """`keys_R` for rows `b * num_samples + n`: fold_in(fold_in(key, problem_id), n)."""
     per_problem = jax.vmap(lambda p: jax.random.fold_in(key, p))(problem_ids_B)
@@ -276,25 +298,17 @@ def generate(
         logits, _ = run(seq_RxS, jnp.maximum(query - pad_R[:, None], 0), mask, None, 0)
         return jax.lax.dynamic_index_in_dim(logits, slot, axis=1, keepdims=False), cache
 
-    stopped = stop_next_SxV.shape[0] - 1 if stop_next_SxV is not None else None
-
     def body(state, attend):
         t, tokens_RxT, logprobs_RxT, done_R, lengths_R, logits_RxV, cache, seq_RxS, stop_R = state
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys_R)
-        tok = choose_tokens(logits_RxV, step_keys, cfg)
-        logp = jnp.take_along_axis(logits_RxV, tok[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(
-            logits_RxV, axis=-1
-        )
+        tok, logp = draw(logits_RxV, step_keys, cfg)
         tok = jnp.where(done_R, cfg.pad_id, tok)
         logp = jnp.where(done_R, 0.0, logp)
         tokens_RxT = jax.lax.dynamic_update_index_in_dim(tokens_RxT, tok, t, axis=1)
         logprobs_RxT = jax.lax.dynamic_update_index_in_dim(logprobs_RxT, logp, t, axis=1)
         lengths_R = lengths_R + (~done_R).astype(jnp.int32)
-        if cfg.eos_id is not None:
-            done_R = done_R | (tok == cfg.eos_id)
-        if stop_next_SxV is not None:
-            stop_R = stop_next_SxV[stop_R, tok]
-            done_R = done_R | (stop_R == stopped)
+        ended_R, stop_R = row_ends(tok, stop_R, stop_next_SxV, cfg)
+        done_R = done_R | ended_R
         if not cfg.use_kv_cache:
             seq_RxS = jax.lax.dynamic_update_index_in_dim(seq_RxS, tok, p + t, axis=1)
         logits_RxV, cache = next_logits(tok, t, cache, seq_RxS, attend)
