@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from rest_em import losses, partitioning
 from rest_em import model as model_lib
-from rest_em import partitioning
 
 Array = jax.Array
 
@@ -159,8 +159,7 @@ def draw(logits_RxV: Array, keys_R: Array, cfg: SamplingConfig) -> tuple[Array, 
     """Each row's next token and its log-probability under the unmodified model
     distribution (`SampleOutput.logprobs_BxNxT`'s definition)."""
     tok_R = choose_tokens(logits_RxV, keys_R, cfg)
-    chosen_R = jnp.take_along_axis(logits_RxV, tok_R[:, None], axis=-1)[:, 0]
-    return tok_R, chosen_R - jax.nn.logsumexp(logits_RxV, axis=-1)
+    return tok_R, losses.token_logprobs(logits_RxV, tok_R)[0]
 
 
 def row_ends(

@@ -35,6 +35,34 @@ def test_value_matches_numpy_reference():
     np.testing.assert_allclose(aux["loss_sum"], loss * mask.sum(), rtol=1e-5)
 
 
+def test_token_logprobs_equal_the_log_softmax_and_its_gradient():
+    """The logsumexp form gives log_softmax's gathered values, argmax and gradients."""
+    logits, targets, _ = _case(v=50)
+    logp, top = losses.token_logprobs(jnp.asarray(logits), jnp.asarray(targets))
+    full = jax.nn.log_softmax(jnp.asarray(logits), axis=-1)
+    want = jnp.take_along_axis(full, jnp.asarray(targets)[..., None], axis=-1)[..., 0]
+    np.testing.assert_allclose(logp, want, atol=1e-6)
+    argmax = logits.argmax(-1)
+    targets[0, :2] = argmax[0, :2]  # some targets are the most likely token
+    _, top = losses.token_logprobs(jnp.asarray(logits), jnp.asarray(targets))
+    np.testing.assert_array_equal(top, targets == argmax)
+    assert top.sum() >= 2
+
+    def via_softmax(x):
+        f = jax.nn.log_softmax(x, axis=-1)
+        return (jnp.take_along_axis(f, jnp.asarray(targets)[..., None], axis=-1) ** 2).sum()
+
+    def via_lse(x):
+        return (losses.token_logprobs(x, jnp.asarray(targets))[0] ** 2).sum()
+
+    np.testing.assert_allclose(
+        jax.grad(via_lse)(jnp.asarray(logits)),
+        jax.grad(via_softmax)(jnp.asarray(logits)),
+        atol=1e-5,
+    )
+    check_grads(via_lse, (jnp.asarray(logits),), order=2, modes=["rev"], atol=1e-2, rtol=1e-2)
+
+
 def test_masked_positions_never_matter():
     logits, targets, mask = _case()
     garbage_logits = np.where(
