@@ -162,13 +162,9 @@ def test_mbpp_instruct_gin_end_to_end_with_humaneval_transfer(instruct_checkpoin
 
     config = (REPO / "gin_configs" / "mbpp_instruct.gin").read_text()
     system = re.search(r'^rest_em\.chat_task\.system = "(.*)"$', config, re.M).group(1)
-    task = experiment.chat_task(
-        task=code_tasks.mbpp_task(path=str(MBPP), num_shots=0, limit=6),
-        checkpoint_dir=str(instruct_checkpoint),
-        system=system,
-    )
-    tok = experiment.hf_tokenizer(checkpoint_dir=str(instruct_checkpoint), chat=True)
     plain = code_tasks.mbpp_task(path=str(MBPP), num_shots=0, limit=6)
+    task = experiment.chat_task(task=plain, checkpoint_dir=str(instruct_checkpoint), system=system)
+    tok = experiment.hf_tokenizer(checkpoint_dir=str(instruct_checkpoint), chat=True)
     problem = task.load("train")[0]
     hf_tok = transformers.AutoTokenizer.from_pretrained(instruct_checkpoint)
     messages = [
