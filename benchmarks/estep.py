@@ -10,14 +10,19 @@ the cap, as chain-of-thought lengths are heavy-tailed: `--samples` samples of ea
   buckets       the static batch attending over the filled cache only (opt-in);
   continuous    `SamplingConfig(num_slots=--slots)`: slots refilled from the work list
                 the step their sample ends (`rest_em.continuous_batching`);
-  continuous-bf16  the same with a bf16 KV cache.
+  continuous-buckets  continuous batching attending over the filled cache only (the
+                furthest live slot's bucket);
+  continuous-bf16  the same with a bf16 KV cache;
+  hf            Hugging Face `generate` on the same weights (exported with
+                `checkpoints.save_hf_checkpoint`), a static batch of prompts x samples
+                with EOS ending rows (torch's own random numbers: other tokens, the same
+                length distribution); opt-in (`--systems=...,hf`), it needs torch.
 The f32 systems sample identical tokens (checked on every run). Reported: the median
 over `--repeats` interleaved runs after a warm-up each, kept tokens/s, the ratio to the
 static batch, the cost per kept token relative to the smallest cap, the useful-step
 fraction (kept tokens / row-steps decoded: a static batch's is its slot occupancy too).
 
-Not measured here: Hugging Face `generate` on this workload (benchmarks/sampling.py
-compares against it on fixed lengths), and a GPU (benchmarks/RESULTS.md says so).
+Not measured here: a GPU (benchmarks/gpu.py).
 
 Usage:
   python benchmarks/estep.py                 # caps 256, 1024, 32 samples (~10 min)
@@ -50,9 +55,13 @@ SYSTEMS = {  # name -> SamplingConfig overrides (num_slots filled in from --slot
     "static": {},
     "buckets": {"bucketed_attention": True},
     "continuous": {"num_slots": -1},
+    "continuous-buckets": {"num_slots": -1, "bucketed_attention": True},
     "continuous-bf16": {"num_slots": -1, "kv_cache_dtype": "bfloat16"},
 }
-DEFAULT_SYSTEMS = "static,continuous,continuous-bf16"
+SYSTEMS["hf"] = {}  # not a SamplingConfig: `hf_runner`
+# Systems that draw other tokens than the f32 static sampler (not checked for equality).
+OWN_TOKENS = {"continuous-bf16", "hf"}
+DEFAULT_SYSTEMS = "static,continuous,continuous-buckets,continuous-bf16"
 EOS = 2
 
 
@@ -90,10 +99,58 @@ def bias_eos(params, cfg, mean_length: float):
     return {**p, "lm_head": jax.numpy.asarray(head)}
 
 
+def kept_lengths(new_tokens_RxT: np.ndarray) -> np.ndarray:
+    """Tokens up to and including each row's first EOS (all of them without one)."""
+    eos = new_tokens_RxT == EOS
+    return np.where(eos.any(1), eos.argmax(1) + 1, new_tokens_RxT.shape[1])
+
+
+def hf_runner(cfg, params, prompts, cap: int, samples: int, outputs: dict):
+    """HF `generate` (KV cache, sdpa) sampling `samples` rows per prompt, temperature 1,
+    no top-k, until every row has drawn EOS or `cap` tokens, like the static batch."""
+    import tempfile
+
+    import torch
+    import transformers
+
+    from rest_em import checkpoints
+
+    with tempfile.TemporaryDirectory() as d:
+        checkpoints.save_hf_checkpoint(d, cfg, params)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(d, attn_implementation="sdpa")
+    hf = hf.float().eval()
+    ids = torch.tensor(prompts, dtype=torch.long).repeat_interleave(samples, dim=0)
+
+    def run(seed: int) -> int:
+        del seed
+        torch.manual_seed(0)  # the same tokens every run
+        with torch.inference_mode():
+            out = hf.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=cap,
+                eos_token_id=EOS,
+                pad_token_id=0,
+                use_cache=True,
+            )
+        new = out[:, ids.shape[1] :].numpy()
+        lengths = kept_lengths(new)
+        outputs["hf"] = (None, lengths, new.shape[0] * new.shape[1])
+        return int(lengths.sum())
+
+    return run
+
+
 def bench_cap(cfg, params, prompts, args, cap: int, systems, progress) -> list[Row]:
     outputs: dict[str, tuple] = {}
 
     def runner(name: str):
+        if name == "hf":
+            return hf_runner(cfg, params, prompts, cap, args.samples, outputs)
         over = {k: (args.slots if v == -1 else v) for k, v in SYSTEMS[name].items()}
         sc = sampling.SamplingConfig(
             max_new_tokens=cap,
@@ -116,7 +173,7 @@ def bench_cap(cfg, params, prompts, args, cap: int, systems, progress) -> list[R
         return run
 
     timings = _common.time_interleaved({n: runner(n) for n in systems}, args.repeats, progress)
-    f32 = [n for n in systems if "bf16" not in n]
+    f32 = [n for n in systems if n not in OWN_TOKENS]
     for n in f32[1:]:
         if not np.array_equal(outputs[n][0], outputs[f32[0]][0]):
             raise RuntimeError(f"cap {cap}: {n} sampled other tokens than {f32[0]}")
@@ -154,7 +211,12 @@ def report(rows: list[Row], cfg, args, systems, notes: list[str]) -> str:
     lines += [
         "",
         "- The f32 systems sampled identical tokens at every cap (checked); the bf16 cache "
-        "changes logits by bf16 rounding of k and v, so its samples differ.",
+        "changes logits by bf16 rounding of k and v, so its samples differ"
+        + (
+            "; HF draws with torch's random numbers (other samples of the same model)."
+            if "hf" in systems
+            else "."
+        ),
         *[f"- {n}" for n in notes],
     ]
     return "\n".join(lines) + "\n"
@@ -178,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(flags)
     if args.quick:
         args.model, args.caps, args.repeats, args.samples = "tiny", "16,96", 1, 6
-        args.systems, args.slots = ",".join(SYSTEMS), 4
+        args.systems, args.slots = ",".join(SYSTEMS), 4  # hf too: torch is a test extra
     caps = [int(c) for c in args.caps.split(",")]
     cfg = model_lib.ModelConfig(
         **{**MODELS[args.model], "max_seq_len": args.prompt_len + max(caps)}

@@ -16,7 +16,10 @@ refill order it had.
 Everything is one jitted function: a `lax.while_loop` whose body is `refill` (under
 `lax.cond`: only steps where a slot is free and work remains pay for it) then
 `decode_step`, both pure functions of `SlotState`. No recompilation per refill; the
-host loop is `sampling.sample`'s.
+host loop is `sampling.sample`'s. With `cfg.bucketed_attention` a step attends over the
+smallest of `sampling.attend_buckets` that holds the furthest live slot's context: one
+while_loop per bucket, taken in turn inside an outer loop (no `lax.switch`, which would
+copy the cache every step on XLA:CPU).
 
 Legend: B prompts, P prompt width, N samples per prompt, W = B * N work items, R slots,
 S = P + T cache slots, T = max_new_tokens, V vocabulary.
@@ -111,10 +114,11 @@ def decode_step(
     model_cfg: model_lib.ModelConfig,
     cfg: sampling.SamplingConfig,
     prompt_width: int,
+    attend: int,
 ) -> SlotState:
     """Every live slot draws its sample's next token (written to the outputs); then one
-    model step for all slots computes the logits after it (free slots compute garbage
-    that the next refill overwrites)."""
+    model step for all slots, attending over the cache's first `attend` slots, computes
+    the logits after it (free slots compute garbage that the next refill overwrites)."""
     w_total, t_max = state.tokens_WxT.shape
     p, n = prompt_width, cfg.num_samples
     s = p + t_max
@@ -140,7 +144,8 @@ def decode_step(
     valid_RxS = ((slots_S[None, :] >= pad_R[:, None]) & (slots_S[None, :] < p)) | (
         (slots_S[None, :] >= p) & (slots_S[None, :] <= slot_R[:, None])
     )
-    mask = model_lib.layer_masks(slot_R[:, None], valid_RxS, model_cfg)
+    # Only the first `attend` slots are read (every live slot's context is in them).
+    mask = model_lib.layer_masks(slot_R[:, None], valid_RxS[:, :attend], model_cfg)
     logits, cache = model_lib.Transformer(model_cfg).apply(
         {"params": params}, tok_R[:, None], (slot_R - pad_R)[:, None], mask, state.cache, slot_R
     )
@@ -220,15 +225,35 @@ def generate(
         prompt_width=p,
     )
 
-    def body(state: SlotState) -> SlotState:
+    def body(state: SlotState, attend: int) -> SlotState:
         needs = jnp.any(~state.live_R) & (state.next_work < w_total)
         state = jax.lax.cond(needs, do_refill, lambda st: st, state)
-        return step(state)
+        return step(state, attend=attend)
 
-    def cond(state: SlotState) -> Array:
+    def running(state: SlotState) -> Array:
         return (state.next_work < w_total) | jnp.any(state.live_R)
 
-    state = jax.lax.while_loop(cond, body, state)
+    def need(state: SlotState) -> Array:
+        # Cache slots the next model step reads: the furthest live slot's next write,
+        # or a refilled slot's first (P), whichever is further.
+        return jnp.maximum(jnp.max(jnp.where(state.live_R, p + state.t_R, p)), p) + 1
+
+    # One while_loop per attention bucket, run in turn inside an outer loop: a bucket's
+    # loop decodes while the slots' context fits it and not the bucket below; when the
+    # longest sample ends and context shrinks, the outer loop starts again from the
+    # smallest. Static shapes in every loop (no recompilation, no copy of the cache).
+    ends = sampling.attend_buckets(p, s) if cfg.bucketed_attention else [s]
+
+    def phase(state: SlotState) -> SlotState:
+        for lo, end in zip([0, *ends[:-1]], ends):
+            state = jax.lax.while_loop(
+                lambda st, lo=lo, end=end: running(st) & (need(st) > lo) & (need(st) <= end),
+                functools.partial(body, attend=end),
+                state,
+            )
+        return state
+
+    state = jax.lax.while_loop(running, phase, state)
     return sampling.SampleOutput(
         tokens_BxNxT=state.tokens_WxT.reshape(b, n, t_max),
         lengths_BxN=state.lengths_W.reshape(b, n),

@@ -57,8 +57,10 @@ class SamplingConfig:
     # Decode steps attend over the filled part of the cache only, in doubling length
     # buckets (`attend_buckets`): a step at context 100 reads 128 cache slots, not the
     # whole prompt + max_new_tokens. The same tokens either way. Off by default: on
-    # XLA:CPU it is measured SLOWER (llama20m, 8 rows, cap 256: 7.9 s vs 6.8 s; the
-    # prefix slice of the cache is copied every step), so it waits for a faster form.
+    # XLA:CPU the prefix slice of the cache is copied every step, which the static
+    # batch (every row at full context) pays for: llama20m, 64 rows, cap 1024, 0.80x
+    # the static sampler's tokens/s. Continuous batching (num_slots) gains from it:
+    # 1.21x continuous without buckets in the same run (benchmarks/RESULTS.md).
     bucketed_attention: bool = False
     # Continuous batching (`rest_em.continuous_batching`): decode in this many slots,
     # refilling a slot with the next (prompt, sample) the step its row ends, instead of
@@ -190,12 +192,15 @@ def sample_keys(key: Array, problem_ids_B: Array, num_samples: int) -> Array:
 
 def attend_buckets(prompt_len: int, cache_len: int, smallest: int = 64) -> list[int]:
     """The cache lengths decode steps attend over: doubling from the first power of two
-    (at least `smallest`) above the prompt, up to `cache_len` (the last). A step that
-    writes slot q uses the first bucket > q, so it reads less than twice its context."""
+    (at least `smallest`) above the prompt, up to half of `cache_len`, then `cache_len`.
+    A step that writes slot q uses the first bucket > q, so it reads less than twice
+    its context. XLA:CPU copies a bucket's prefix of the cache before attending over
+    it, which pays only for buckets well short of the whole cache (measured:
+    benchmarks/estep.py)."""
     ends, end = [], smallest
     while end <= prompt_len:
         end *= 2
-    while end < cache_len:
+    while 2 * end <= cache_len:
         ends.append(end)
         end *= 2
     return [*ends, cache_len]

@@ -38,9 +38,9 @@ def test_quick_run_reports_both_rows_and_the_skipped_share(tmp_path):
 
 
 def test_estep_heavy_tailed_quick(tmp_path):
-    """benchmarks/estep.py --quick: every system runs at both caps, the f32 ones sample
-    the same tokens (the script checks it), EOS-biased lengths end early, and the section
-    lands in the results file."""
+    """benchmarks/estep.py --quick: every system (HF `generate` too) runs at both caps,
+    the f32 ones sample the same tokens (the script checks it), EOS-biased lengths end
+    early, and the section lands in the results file."""
     results = tmp_path / "RESULTS.md"
     cmd = [sys.executable, str(REPO / "benchmarks" / "estep.py"), "--quick", "--write"]
     proc = subprocess.run(
@@ -48,7 +48,14 @@ def test_estep_heavy_tailed_quick(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for cap in (16, 96):
-        for system in ("static", "buckets", "continuous", "continuous-bf16"):
+        for system in (
+            "static",
+            "buckets",
+            "continuous",
+            "continuous-buckets",
+            "continuous-bf16",
+            "hf",
+        ):
             line = next(
                 x for x in proc.stdout.splitlines() if x.startswith(f"| {cap} | {system} |")
             )

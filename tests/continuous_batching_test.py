@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from rest_em import continuous_batching, model, sampling, stops
+from rest_em import continuous_batching, model, partitioning, sampling, stops
 
 CFG = model.ModelConfig(
     vocab_size=48,
@@ -65,6 +65,29 @@ def test_continuous_batching_gives_the_static_samplers_samples(overrides, temper
     # Fewer slots take more steps; one slot decodes the samples one after another.
     assert steps[1] == lengths.sum() and steps[1] > steps[4] > steps[7] >= steps[15]
     assert steps[15] == steps[64] == int(static.num_steps)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_bucketed_attention_in_slots_gives_the_static_samplers_samples(temperature):
+    """Slots attending over the filled cache only (buckets 64 and the whole cache, by
+    the furthest live slot) give the static sampler's samples: long samples cross every
+    bucket boundary, and when one ends its slot's fresh sample shrinks the context back
+    to the smallest bucket. One compilation serves every refill and bucket change."""
+    cfg = dataclasses.replace(CFG, max_seq_len=256)
+    params = model.init_params(cfg, jax.random.key(1))
+    assert sampling.attend_buckets(11, 161) == [64, 161]  # buckets up to half the cache
+    kw = dict(max_new_tokens=150, num_samples=3, temperature=temperature, top_k=0, eos_id=2)
+    static = _sample(params, cfg, **kw)
+    lengths = np.asarray(static.lengths_BxN)
+    assert lengths.min() < 10 and lengths.max() > 128 - 11, lengths  # crosses buckets
+    sc = sampling.SamplingConfig(num_slots=4, bucketed_attention=True, **kw)
+    rules = tuple(partitioning.LOGICAL_AXIS_RULES)
+    fn = sampling.make_sampler(cfg, sc, None, rules, False)  # the one `sample` takes
+    before = fn._cache_size()
+    for slots in (1, 4, 15):
+        got = _sample(params, cfg, num_slots=slots, bucketed_attention=True, **kw)
+        _assert_same(static, got)
+    assert fn._cache_size() - before == 1  # slots=4: compiled once for the whole run
 
 
 def test_stop_sequences_end_a_slots_sample():
